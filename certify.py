@@ -1,0 +1,28 @@
+"""Verify certificates, compose the global bound, check it against the stitched model.
+
+python certify.py [model=smollm2] [runs=DIR] [out=DIR]; exit 3 when a hash or claim does not
+verify, exit 4 when a sound bound is below the observed deviation. See README.md.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from blockcert.cli import check_choices, one_line_errors, quiet_libraries
+
+
+@hydra.main(config_path="conf", config_name="certify", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from blockcert.certify import certify, log_report_to_wandb, summary_table
+
+    with one_line_errors():
+        report = certify(cfg)
+    print(summary_table(report))
+    log_report_to_wandb(cfg, report)
+
+
+if __name__ == "__main__":
+    check_choices(sys.argv[1:])
+    quiet_libraries()
+    main()

@@ -1,0 +1,71 @@
+"""Sharded safetensors cache of residual pairs, keyed by (model hash, data hash, block).
+
+A capacity sweep reads pairs from here instead of re-running the teacher. A cache directory is
+complete only once its manifest exists; the manifest is written last and atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import IterableDataset
+
+from blockcert.atomic import write_atomic, write_text_atomic
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+MANIFEST = "manifest.json"
+
+
+def cache_dir(root: str | Path, model_sha256: str, tokens_sha256: str, block: int) -> Path:
+    key = hashlib.sha256(f"{model_sha256}|{tokens_sha256}|{block}".encode()).hexdigest()[:20]
+    return Path(root).expanduser() / f"block{block:03d}-{key}"
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / MANIFEST).is_file()
+
+
+def fill_cache(directory: Path, pairs: Iterable[Pair], meta: dict) -> Path:
+    """Write every `(x_in, x_out)` batch as one shard, then the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shards, rows = [], []
+    for index, (x_in, x_out) in enumerate(pairs):
+        name = f"shard_{index:05d}.safetensors"
+        tensors = {"x_in": x_in.contiguous(), "x_out": x_out.contiguous()}
+        write_atomic(directory / name, lambda tmp, t=tensors: save_file(t, str(tmp)))
+        shards.append(name)
+        rows.append(len(x_in))
+    manifest = {**meta, "shards": shards, "rows": rows}
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2))
+    return directory
+
+
+class CachedPairs(IterableDataset):
+    """Reads shards one at a time; with `shuffle`, shard order and prompts within a shard vary."""
+
+    def __init__(self, directory: Path, batch_size: int, shuffle: bool = False, seed: int = 0):
+        manifest = json.loads((directory / MANIFEST).read_text())
+        self.directory, self.shards, self.rows = directory, manifest["shards"], manifest["rows"]
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return sum(-(-rows // self.batch_size) for rows in self.rows)
+
+    def __iter__(self) -> Iterator[Pair]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.shards), generator=generator) if self.shuffle else None
+        for i in order.tolist() if order is not None else range(len(self.shards)):
+            shard = load_file(str(self.directory / self.shards[i]))
+            x_in, x_out = shard["x_in"], shard["x_out"]
+            rows = torch.randperm(len(x_in), generator=generator) if self.shuffle else None
+            if rows is not None:
+                x_in, x_out = x_in[rows], x_out[rows]
+            for start in range(0, len(x_in), self.batch_size):
+                yield x_in[start : start + self.batch_size], x_out[start : start + self.batch_size]

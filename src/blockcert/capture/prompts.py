@@ -1,0 +1,75 @@
+"""Prompts: fixed-length token windows cut from a corpus, split into train / held-out by prompt."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from blockcert.capture.corpus import Corpus
+from blockcert.errors import BlockCertError
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """train: `[n_train, seq_len]`, heldout: `[n_heldout, seq_len]` int64 token ids."""
+
+    train: torch.Tensor
+    heldout: torch.Tensor
+    source: dict[str, str]
+
+    @property
+    def seq_len(self) -> int:
+        return self.heldout.shape[1]
+
+
+def token_ids_sha256(ids: torch.Tensor) -> str:
+    """SHA-256 of int64 token ids, row-major, with the shape mixed in."""
+    ids = ids.detach().to(torch.int64).contiguous().cpu()
+    digest = hashlib.sha256(f"int64{tuple(ids.shape)}".encode())
+    digest.update(ids.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _prepends_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def build_prompts(
+    corpus: Corpus,
+    tokenizer,
+    seq_len: int,
+    n_train: int,
+    n_heldout: int,
+    seed: int = 0,
+    pool_factor: int = 8,
+) -> PromptSplit:
+    """Cut non-overlapping windows of `seq_len` tokens from the corpus and split them by prompt.
+
+    Windows are drawn from a pool of up to `pool_factor` times the number needed, shuffled with
+    `seed`, so that prompts come from across the corpus; held-out prompts never share tokens
+    with training prompts. A tokenizer that prepends BOS gets BOS at the start of every window.
+    """
+    if seq_len < 2 or n_train < 1 or n_heldout < 1:
+        raise BlockCertError("data.seq_len must be >= 2 and both prompt counts >= 1.")
+    bos = [tokenizer.bos_token_id] if _prepends_bos(tokenizer) else []
+    body = seq_len - len(bos)
+    needed = n_train + n_heldout
+    windows: list[list[int]] = []
+    for text in corpus.documents():
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        windows.extend(bos + ids[i : i + body] for i in range(0, len(ids) - body + 1, body))
+        if len(windows) >= pool_factor * needed:
+            break
+    if len(windows) < needed:
+        raise BlockCertError(
+            f"the corpus gives {len(windows)} prompts of {seq_len} tokens but {needed} are needed "
+            "(train + held-out); use a larger corpus or fewer / shorter prompts."
+        )
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
+    chosen = torch.tensor([windows[i] for i in order[:needed].tolist()], dtype=torch.int64)
+    return PromptSplit(
+        train=chosen[n_heldout:], heldout=chosen[:n_heldout], source=corpus.describe()
+    )

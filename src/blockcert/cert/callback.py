@@ -1,0 +1,161 @@
+"""CertificateCallback: at the end of fit, certify the trained surrogate on held-out prompts.
+
+Writes, each atomically, into the run directory: the surrogate IR (surrogate.json +
+surrogate.safetensors), the held-out token ids, and certificate.json; then logs the
+certificate to W&B (artifact + summary) when a W&B logger is attached.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+from blockcert.atomic import write_atomic
+from blockcert.capture.prompts import token_ids_sha256
+from blockcert.cert.certificate import (
+    CERTIFICATE_FILE,
+    TOKENS_FILE,
+    code_version,
+    seal,
+    write_certificate,
+)
+from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.metrics import measure_errors
+from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class CertificateCallback(L.Callback):
+    def __init__(
+        self,
+        run_dir: str,
+        taus_abs: list[float],
+        taus_rel: list[float],
+        delta: float = 0.05,
+        radius: float | None = None,
+        lipschitz_prompts: int = 4,
+        resolved_config: dict | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.taus_abs, self.taus_rel, self.delta = list(taus_abs), list(taus_rel), delta
+        self.radius, self.lipschitz_prompts = radius, lipschitz_prompts
+        self.config = resolved_config or {}
+        self.certificate: dict | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.certificate = certify_block(
+            surrogate=pl_module.surrogate(),
+            datamodule=trainer.datamodule,
+            run_dir=self.run_dir,
+            taus_abs=self.taus_abs,
+            taus_rel=self.taus_rel,
+            delta=self.delta,
+            radius=self.radius,
+            lipschitz_prompts=self.lipschitz_prompts,
+            config=self.config,
+        )
+        log_to_wandb(trainer, self.certificate, self.run_dir)
+
+
+def _lipschitz_inputs(datamodule, n_prompts: int) -> torch.Tensor:
+    batches, count = [], 0
+    for x_in, _ in datamodule.heldout_pairs():
+        batches.append(x_in)
+        count += len(x_in)
+        if count >= n_prompts:
+            break
+    return torch.cat(batches)[:n_prompts]
+
+
+def certify_block(
+    surrogate,
+    datamodule,
+    run_dir: Path,
+    taus_abs: list[float],
+    taus_rel: list[float],
+    delta: float,
+    radius: float | None,
+    lipschitz_prompts: int,
+    config: dict,
+) -> dict:
+    """Measure, hash and write the certificate of `surrogate` for `datamodule.block`."""
+    teacher = datamodule.adapter.teacher
+    heldout = datamodule.prompts.heldout
+    files = save_surrogate(surrogate, run_dir)
+    write_atomic(
+        run_dir / TOKENS_FILE, lambda tmp: save_file({"input_ids": heldout.contiguous()}, str(tmp))
+    )
+    report = measure_errors(surrogate, datamodule.heldout_pairs(), taus_abs, taus_rel, delta)
+    # The tube radius defaults to this block's own eps_max: the deviation one upstream block of
+    # similar quality would feed in. certify.py recomputes L at the composed radius.
+    tube = radius if radius is not None else max(report.eps_max, 1e-6)
+    sound = sound_lipschitz(surrogate, (x for x, _ in datamodule.heldout_pairs()), tube)
+    empirical = empirical_lipschitz(
+        surrogate, _lipschitz_inputs(datamodule, lipschitz_prompts), tube
+    )
+    capacity = dict(surrogate.graph.capacity)
+    body = {
+        "model": teacher.describe(),
+        "block": datamodule.block,
+        "surrogate": {
+            "family": surrogate.graph.family,
+            "capacity": capacity,
+            "params": surrogate.num_params,
+            "teacher_params": capacity.get("teacher_params"),
+            "files": {GRAPH_FILE: files[GRAPH_FILE], WEIGHTS_FILE: files[WEIGHTS_FILE]},
+        },
+        "data": {
+            **datamodule.prompts.source,
+            "split": "heldout",
+            "n_prompts": report.n_prompts,
+            "n_tokens": report.n_tokens,
+            "seq_len": datamodule.prompts.seq_len,
+            "tokens_file": TOKENS_FILE,
+            "tokens_file_sha256": sha256_file(run_dir / TOKENS_FILE),
+            "sha256": token_ids_sha256(heldout),
+            "train_sha256": token_ids_sha256(datamodule.prompts.train),
+            "n_train_prompts": len(datamodule.prompts.train),
+            "pairs_source": datamodule.pairs_source,
+        },
+        "metrics": report.to_dict(),
+        "lipschitz": {"sound": sound.to_dict(), "empirical": empirical.to_dict()},
+        "code": code_version(),
+        "config": config,
+    }
+    certificate = seal(body)
+    write_certificate(run_dir, certificate)
+    log.info("certificate written to %s", run_dir / CERTIFICATE_FILE)
+    return certificate
+
+
+def log_to_wandb(trainer: L.Trainer, certificate: dict, run_dir: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        run = logger.experiment
+        metrics = certificate["metrics"]
+        summary = {f"cert/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for cov in metrics["coverage"]:
+            summary[f"cert/coverage_{cov['kind']}@{cov['tau']:g}"] = cov["fraction"]
+        for kind, lip in certificate["lipschitz"].items():
+            if lip["value"] is not None:
+                summary[f"cert/lipschitz_{kind}"] = lip["value"]
+        summary["cert/params"] = certificate["surrogate"]["params"]
+        run.summary.update(summary)
+        artifact = wandb.Artifact(
+            f"certificate-block{certificate['block']}",
+            type="certificate",
+            metadata={"certificate_sha256": certificate["certificate_sha256"]},
+        )
+        for name in (CERTIFICATE_FILE, GRAPH_FILE, WEIGHTS_FILE, TOKENS_FILE):
+            artifact.add_file(str(run_dir / name))
+        run.log_artifact(artifact)

@@ -1,0 +1,112 @@
+"""certify_report.json / .md and plots, written atomically into the output directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from blockcert.atomic import write_atomic, write_text_atomic  # noqa: E402
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "unbounded"
+    return f"{float(value):.4g}"
+
+
+def render_markdown(report: dict) -> str:
+    s, out = report["stitched"], report["bound"]
+    lines = [
+        f"# BlockCert report: {report['model']['name']}",
+        "",
+        f"Certified blocks: {report['certified_blocks']} of {report['num_blocks']}; "
+        f"held-out prompts: {report['data']['n_prompts']} ({report['data']['n_tokens']} tokens).",
+        "",
+        f"**Global bound** B_L = {_fmt(out['claimed'])} ({out['kind']}); observed max "
+        f"deviation {s['observed_final_max']:.4g}; bound/observed = {_fmt(out['tightness'])}.",
+        f"Sound bound: {_fmt(out['sound'])}; empirical bound: {_fmt(out['empirical'])}.",
+        f"**Lean**: {report['lean']['status']} — {report['lean']['message']}",
+        "",
+        f"Perplexity baseline {s['ppl_baseline']:.6f}, stitched {s['ppl_stitched']:.6f}, "
+        f"delta {s['ppl_delta']:.3g}; mean KL {s['kl_mean']:.3g} nats; top-1 agreement "
+        f"{s['top1_agreement']:.4%}.",
+    ]
+    if report["findings"]:
+        lines += ["", "## Findings", ""] + [f"- {f}" for f in report["findings"]]
+    lines += [
+        "",
+        "| block | certified | eps_k | L_k sound | L_k empirical | B_k sound | B_k empirical "
+        "| observed e_k |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in report["blocks"]:
+        lines.append(
+            f"| {b['block']} | {'yes' if b['certified'] else 'teacher'} | {_fmt(b['eps'])} "
+            f"| {_fmt(b['lipschitz_sound'])} | {_fmt(b['lipschitz_empirical'])} "
+            f"| {_fmt(b['bound_sound'])} | {_fmt(b['bound_empirical'])} | {b['observed']:.4g} |"
+        )
+    lines += ["", f"Recomputation tolerance: {report['verification']['tolerance']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig, path: Path) -> None:
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def write_plots(report: dict, final_deviation, out: Path) -> list[Path]:
+    blocks = report["blocks"]
+    ks = [b["block"] for b in blocks]
+    paths = []
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    ax1.bar(ks, [float(b["eps"]) for b in blocks], color="tab:blue")
+    ax1.set_ylabel("eps_k (max L2 error)")
+    ax1.set_yscale("symlog", linthresh=1e-6)
+    covered = [b.get("coverage_first_abs") for b in blocks]
+    ax2.bar(ks, [c if c is not None else 0 for c in covered], color="tab:green")
+    ax2.set_ylabel(f"coverage @ tau={report.get('coverage_tau', 'n/a')}")
+    ax2.set_xlabel("block")
+    paths.append(out / "per_block_eps_coverage.png")
+    _save_figure(fig, paths[-1])
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for key, label in (("bound_sound", "B_k sound"), ("bound_empirical", "B_k empirical")):
+        values = [float(b[key]) if b[key] is not None else None for b in blocks]
+        pts = [(k, v) for k, v in zip(ks, values, strict=True) if v is not None and v > 0]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    observed = [(k, b["observed"]) for k, b in zip(ks, blocks, strict=True) if b["observed"] > 0]
+    if observed:
+        ax.plot(*zip(*observed, strict=True), marker="x", label="observed e_k")
+    ax.set_yscale("log")
+    ax.set_xlabel("block")
+    ax.set_ylabel("deviation (L2)")
+    ax.legend()
+    paths.append(out / "bound_growth.png")
+    _save_figure(fig, paths[-1])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(final_deviation.numpy(), bins=60, color="tab:purple")
+    ax.set_xlabel("||h~_L - h_L|| per token")
+    ax.set_ylabel("tokens")
+    paths.append(out / "token_error_histogram.png")
+    _save_figure(fig, paths[-1])
+    return paths
+
+
+def write_report(report: dict, final_deviation, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"schema_version": REPORT_SCHEMA_VERSION, **report}
+    files = [
+        write_text_atomic(out / "certify_report.json", json.dumps(report, indent=2) + "\n"),
+        write_text_atomic(out / "certify_report.md", render_markdown(report)),
+    ]
+    return files + write_plots(report, final_deviation, out)

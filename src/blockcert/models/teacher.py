@@ -1,0 +1,59 @@
+"""The teacher: a Hugging Face causal LM plus what a certificate needs to name it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher model.
+
+    name: config name (e.g. `smollm2`); source: where the weights came from (file path or hub id);
+    family: block adapter family (`llama` or `gpt2`).
+    """
+
+    name: str
+    source: str
+    family: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    _weights_sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 over every named tensor as loaded (name, dtype, shape, bytes), in name order.
+
+        Hashing the loaded tensors rather than the files makes the hash independent of the file
+        format (GGUF, safetensors, random init) and recomputable from the model alone.
+        """
+        if self._weights_sha256 is None:
+            self._weights_sha256 = state_dict_sha256(self.model.state_dict())
+        return self._weights_sha256
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "family": self.family,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "sha256": self.weights_sha256,
+        }
+
+
+def state_dict_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(name.encode())
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random teachers of each family and the embedded SmolLM2 teacher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from blockcert.models.adapters import adapter_for
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def model_config(name: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"model={name}"]).model
+
+
+def load_teacher(name: str):
+    return instantiate(model_config(name))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return adapter_for(load_teacher("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    return adapter_for(load_teacher("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session", params=["tiny_llama", "tiny_gpt2"])
+def tiny_adapter(request):
+    return adapter_for(load_teacher(request.param))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return adapter_for(load_teacher("smollm2"))
+
+
+@pytest.fixture
+def token_ids():
+    return torch.randint(0, 256, (3, 19), generator=torch.Generator().manual_seed(0))
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 900):
+    """Run a top-level entry script as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

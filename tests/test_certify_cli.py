@@ -1,0 +1,137 @@
+"""certify.py end to end on tiny models: exactness, bound >= observed, tamper rejection."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from blockcert.cert.certificate import seal, write_certificate
+from tests.conftest import run_script
+
+TINY = [
+    "data.n_train_prompts=16",
+    "data.n_heldout_prompts=8",
+    "data.seq_len=32",
+    "trainer.max_epochs=3",
+    "logger=csv",
+    "callbacks.certificate.lipschitz_prompts=2",
+]
+CERTIFY = ["lipschitz.random_trials=2", "lipschitz.ascent_steps=3", "lean.build=false"]
+
+
+def _train(tmp, model, blocks, *extra):
+    proc = run_script(
+        "train.py", "-m", f"model={model}", f"block={blocks}", f"runs_root={tmp}",
+        f"cache.root={tmp}/cache", *TINY, *extra,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / model
+
+
+def _certify(tmp, model, runs, *extra):
+    out = tmp / "report"
+    proc = run_script(
+        "certify.py", f"model={model}", f"runs={runs}", f"out={out}",
+        f"lean.root={tmp}/lean", *CERTIFY, *extra,
+    )
+    report = None
+    if (out / "certify_report.json").is_file():
+        report = json.loads((out / "certify_report.json").read_text())
+    return proc, report
+
+
+@pytest.fixture(scope="module")
+def full_capacity_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    return tmp, _train(tmp, "tiny_llama", "0,1,2,3", "surrogate.full_capacity=true")
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
+def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_runs):
+    if model == "tiny_llama":
+        tmp, runs = full_capacity_runs
+    else:
+        tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", "surrogate.full_capacity=true")
+    proc, report = _certify(tmp, model, runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stitched, bound = report["stitched"], report["bound"]
+    assert report["certified_blocks"] == [0, 1, 2, 3]
+    assert stitched["observed_final_max"] <= 1e-4
+    assert bound["claimed"] >= stitched["observed_final_max"]
+    assert abs(stitched["ppl_delta"]) <= 1e-4 and stitched["top1_agreement"] == 1.0
+    for row in report["blocks"]:
+        assert row["bound_empirical"] >= row["observed"]
+    assert (tmp / "report" / "certify_report.md").is_file()
+    assert len(list((tmp / "report").glob("*.png"))) == 3
+    assert list((tmp / "lean" / "BlockCert" / "Certificates").glob("C_*.lean"))
+    assert "skipped" in report["lean"]["status"] or report["lean"]["status"] == "checked"
+
+
+def test_reduced_capacity_bound_covers_every_token(tmp_path):
+    runs = _train(tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75",
+                  "surrogate.mlp_fraction=0.75")
+    proc, report = _certify(tmp_path, "tiny_llama", runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report["certified_blocks"] == [2, 3]
+    claimed = report["bound"]["claimed"]
+    assert claimed >= report["stitched"]["observed_final_max"] > 0
+    for row in report["blocks"]:
+        assert row["bound_empirical"] >= row["observed"]
+        if row["bound_sound"] is not None:
+            assert row["bound_sound"] >= row["observed"]
+
+
+@pytest.fixture
+def tamper_copy(tmp_path, full_capacity_runs):
+    _, runs = full_capacity_runs
+    copy = tmp_path / "tiny_llama"
+    shutil.copytree(runs, copy)
+    (cert_path,) = [p for p in copy.rglob("certificate.json") if "block1-" in str(p)]
+    return tmp_path, copy, cert_path
+
+
+def _assert_rejected(proc, *words):
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for word in words:
+        assert word in lines[0]
+
+
+def test_flipped_weight_byte_is_rejected(tamper_copy):
+    tmp, runs, cert_path = tamper_copy
+    weights = cert_path.parent / "surrogate.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    proc, report = _certify(tmp, "tiny_llama", runs)
+    _assert_rejected(proc, "surrogate.safetensors", "surrogate.files")
+    assert report is None
+
+
+def test_edited_eps_max_is_rejected(tamper_copy):
+    tmp, runs, cert_path = tamper_copy
+    cert = json.loads(cert_path.read_text())
+    cert["metrics"]["eps_max"] = 0.0
+    cert_path.write_text(json.dumps(cert))
+    proc, _ = _certify(tmp, "tiny_llama", runs)
+    _assert_rejected(proc, "certificate_sha256", str(cert_path))
+
+
+def test_forged_eps_max_with_valid_hash_is_rejected(tamper_copy):
+    tmp, runs, cert_path = tamper_copy
+    cert = json.loads(cert_path.read_text())
+    cert["metrics"]["eps_max"] = cert["metrics"]["eps_max"] + 0.5
+    write_certificate(cert_path.parent, seal({k: v for k, v in cert.items()}))
+    proc, _ = _certify(tmp, "tiny_llama", runs)
+    _assert_rejected(proc, "metrics.eps_max", "recomputed")
+
+
+def test_swapped_data_is_rejected(tamper_copy):
+    tmp, runs, cert_path = tamper_copy
+    tokens = cert_path.parent / "heldout_tokens.safetensors"
+    ids = load_file(str(tokens))["input_ids"]
+    save_file({"input_ids": ids.flip(0).contiguous()}, str(tokens))
+    proc, _ = _certify(tmp, "tiny_llama", runs)
+    _assert_rejected(proc, "heldout_tokens.safetensors", "data.tokens_file_sha256")

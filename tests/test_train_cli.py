@@ -1,0 +1,128 @@
+"""train.py end to end as a user runs it, and its one-line errors."""
+
+import json
+
+from blockcert.cert.certificate import load_certificate
+from tests.conftest import run_script
+
+TINY = [
+    "data.n_train_prompts=16",
+    "data.n_heldout_prompts=8",
+    "data.seq_len=32",
+    "trainer.max_epochs=2",
+    "logger=csv",
+    "callbacks.certificate.lipschitz_prompts=2",
+]
+
+
+def _one_line_error(proc, code, *words):
+    assert proc.returncode == code, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_tiny_llama_run_writes_a_valid_certificate(tmp_path):
+    proc = run_script(
+        "train.py",
+        "model=tiny_llama",
+        "block=1",
+        f"runs_root={tmp_path}",
+        f"cache.root={tmp_path}/cache",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = list(tmp_path.glob("tiny_llama/block1/*/certificate.json"))
+    cert = load_certificate(path)
+    assert cert["block"] == 1 and cert["model"]["family"] == "llama"
+    assert cert["data"]["n_tokens"] == 8 * 32 and cert["metrics"]["n_tokens"] == 8 * 32
+    assert cert["lipschitz"]["sound"]["kind"] == "sound"
+    assert cert["lipschitz"]["empirical"]["kind"] == "empirical"
+    assert cert["surrogate"]["params"] < cert["surrogate"]["teacher_params"]
+    for name in ("surrogate.json", "surrogate.safetensors", "heldout_tokens.safetensors"):
+        assert (path.parent / name).is_file()
+    assert "eps_max" in proc.stdout and "coverage" in proc.stdout
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_full_capacity_gpt2_is_exact(tmp_path):
+    proc = run_script(
+        "train.py",
+        "model=tiny_gpt2",
+        "block=2",
+        "surrogate.full_capacity=true",
+        f"runs_root={tmp_path}",
+        f"cache.root={tmp_path}/cache",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = list(tmp_path.glob("tiny_gpt2/block2/*/certificate.json"))
+    cert = json.loads(path.read_text())
+    assert cert["metrics"]["eps_max"] <= 1e-5
+    assert cert["surrogate"]["params"] == cert["surrogate"]["teacher_params"]
+
+
+def test_block_out_of_range_is_one_line(tmp_path):
+    proc = run_script("train.py", "model=tiny_llama", "block=99", f"runs_root={tmp_path}", *TINY)
+    _one_line_error(proc, 2, "block=99", "out of range")
+    assert not list(tmp_path.rglob("certificate.json"))
+
+
+def test_unknown_model_is_one_line(tmp_path):
+    proc = run_script("train.py", "model=nosuchmodel", f"runs_root={tmp_path}")
+    _one_line_error(proc, 2, "nosuchmodel", "smollm2")
+
+
+def test_hub_model_offline_is_one_line(tmp_path):
+    proc = run_script(
+        "train.py",
+        "model=tinyllama",
+        "block=12",
+        f"runs_root={tmp_path}",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    _one_line_error(
+        proc, 2, "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "not in local cache", "model.path="
+    )
+
+
+def test_empty_corpus_is_one_line_and_writes_nothing(tmp_path):
+    corpus = tmp_path / "empty"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("")
+    proc = run_script(
+        "train.py",
+        "model=tiny_llama",
+        "block=0",
+        "data=text",
+        f"data.corpus.path={corpus}",
+        f"runs_root={tmp_path}/runs",
+        *TINY,
+    )
+    _one_line_error(proc, 2, "0 prompts")
+    assert not list(tmp_path.rglob("certificate.json"))
+
+
+def test_smollm2_smoke_run(tmp_path):
+    """The real embedded model, end to end, with a tiny token budget (CI smoke run)."""
+    proc = run_script(
+        "train.py",
+        "block=12",
+        f"runs_root={tmp_path}",
+        f"cache.root={tmp_path}/cache",
+        "data.n_train_prompts=8",
+        "data.n_heldout_prompts=4",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "callbacks.certificate.lipschitz_prompts=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = list(tmp_path.glob("smollm2/block12/*/certificate.json"))
+    cert = load_certificate(path)
+    assert cert["model"]["name"] == "smollm2" and cert["model"]["dtype"] == "float32"
+    assert cert["metrics"]["n_tokens"] == 4 * 32
+    assert list(path.parent.glob("wandb/offline-run-*"))
