@@ -22,8 +22,14 @@ CERTIFY = ["lipschitz.random_trials=2", "lipschitz.ascent_steps=3", "lean.build=
 
 def _train(tmp, model, blocks, *extra):
     proc = run_script(
-        "train.py", "-m", f"model={model}", f"block={blocks}", f"runs_root={tmp}",
-        f"cache.root={tmp}/cache", *TINY, *extra,
+        "train.py",
+        "-m",
+        f"model={model}",
+        f"block={blocks}",
+        f"runs_root={tmp}",
+        f"cache.root={tmp}/cache",
+        *TINY,
+        *extra,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / model
@@ -32,8 +38,13 @@ def _train(tmp, model, blocks, *extra):
 def _certify(tmp, model, runs, *extra):
     out = tmp / "report"
     proc = run_script(
-        "certify.py", f"model={model}", f"runs={runs}", f"out={out}",
-        f"lean.root={tmp}/lean", *CERTIFY, *extra,
+        "certify.py",
+        f"model={model}",
+        f"runs={runs}",
+        f"out={out}",
+        f"lean.root={tmp}/lean",
+        *CERTIFY,
+        *extra,
     )
     report = None
     if (out / "certify_report.json").is_file():
@@ -69,8 +80,9 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
 
 
 def test_reduced_capacity_bound_covers_every_token(tmp_path):
-    runs = _train(tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75",
-                  "surrogate.mlp_fraction=0.75")
+    runs = _train(
+        tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75"
+    )
     proc, report = _certify(tmp_path, "tiny_llama", runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["certified_blocks"] == [2, 3]

@@ -91,8 +91,10 @@ def certify(cfg: DictConfig) -> dict:
         k: reproduce_claims(path, cert, surrogate, _pairs(states, k, cfg.batch_size), tolerance)
         for k, (path, cert, surrogate) in verified.items()
     }
-    print(f"verified {len(verified)} certificate(s): hashes match, claims reproduced "
-          f"({tolerance.describe()})")
+    print(
+        f"verified {len(verified)} certificate(s): hashes match, claims reproduced "
+        f"({tolerance.describe()})"
+    )
     # 3. Lipschitz on the composed tube and the bound (blocks without a certificate: g_k = f_k)
     blocks = []
     for k in range(adapter.num_blocks):
@@ -168,7 +170,9 @@ def certify(cfg: DictConfig) -> dict:
             "empirical": float(chain.final_empirical),
             "tightness": float(claimed) / final_observed if final_observed > 0 else None,
         },
-        "blocks": _block_rows(chain, observed, {k: c["metrics"] for k, (_, c, _) in verified.items()}),
+        "blocks": _block_rows(
+            chain, observed, {k: c["metrics"] for k, (_, c, _) in verified.items()}
+        ),
         "coverage_tau": next(
             (c["tau"] for c in verified[first][1]["metrics"]["coverage"] if c["kind"] == "abs"),
             None,
@@ -226,7 +230,10 @@ def log_report_to_wandb(cfg: DictConfig, report: dict) -> None:
 
     out = Path(report["files"][0]).parent
     run = wandb.init(
-        project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out), job_type="certify",
+        project=cfg.wandb.project,
+        mode=cfg.wandb.mode,
+        dir=str(out),
+        job_type="certify",
         name=f"certify-{report['model']['name']}",
     )
     run.summary.update(

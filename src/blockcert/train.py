@@ -75,7 +75,10 @@ def train(cfg: DictConfig) -> dict:
     )
     capacity = capacity_from(cfg.surrogate)
     full = extract_block(adapter, cfg.block)
-    surrogate = reduce(full, capacity, datamodule.sample_inputs(capacity.importance_batches))
+    if capacity.full_capacity:
+        surrogate = full
+    else:
+        surrogate = reduce(full, capacity, datamodule.sample_inputs(capacity.importance_batches))
     cert_cfg = cfg.callbacks.certificate
     module = SurrogateModule(surrogate, taus=tuple(cert_cfg.taus_abs), **cfg.optim)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -83,10 +86,12 @@ def train(cfg: DictConfig) -> dict:
         cert_cfg, run_dir=cfg.run_dir, resolved_config=resolved, _recursive_=False, _convert_="all"
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    # A full-capacity surrogate is the teacher block itself: certify it without training.
-    epochs = 0 if capacity.full_capacity else cfg.trainer.max_epochs
-    trainer = instantiate(cfg.trainer, callbacks=[certificate_cb], logger=logger, max_epochs=epochs)
-    trainer.fit(module, datamodule=datamodule)
+    trainer = instantiate(cfg.trainer, callbacks=[certificate_cb], logger=logger)
+    if capacity.full_capacity:
+        # the teacher block itself: certify it without training (no training pairs captured)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    else:
+        trainer.fit(module, datamodule=datamodule)
     certificate = certificate_cb.certificate
     if certificate is None:
         raise BlockCertError("training stopped before the certificate was written.")

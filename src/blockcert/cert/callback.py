@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import torch
 from safetensors.torch import save_file
 
@@ -48,6 +49,14 @@ class CertificateCallback(L.Callback):
         self.certificate: dict | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._certify(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # trainer.validate() certifies an untrained (e.g. full-capacity) surrogate
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._certify(trainer, pl_module)
+
+    def _certify(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.certificate = certify_block(
             surrogate=pl_module.surrogate(),
             datamodule=trainer.datamodule,

@@ -206,8 +206,21 @@ def empirical_lipschitz(
     seed: int = 0,
 ) -> Lipschitz:
     """Largest observed d(g(X+D), g(X)) / d(D) over random and adversarial D with d(D) = r."""
-    graph, weights = surrogate.graph, {k: v.float() for k, v in surrogate.weights.items()}
-    x = inputs.float()
+    # Callers may run under inference mode (Lightning validation); the ascent needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        weights = {k: v.float().clone() for k, v in surrogate.weights.items()}
+        return _empirical(
+            surrogate.graph,
+            weights,
+            inputs.float().clone(),
+            radius,
+            random_trials,
+            ascent_steps,
+            seed,
+        )
+
+
+def _empirical(graph, weights, x, radius, random_trials, ascent_steps, seed) -> Lipschitz:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         base = run_graph(graph, weights, x)

@@ -38,7 +38,9 @@ def _mismatch(path: Path, field: str, detail: str) -> VerificationError:
     return VerificationError(f"{path}: field {field} does not match: {detail}")
 
 
-def verify_artifacts(path: Path, certificate: dict, model_sha256: str) -> tuple[Surrogate, torch.Tensor]:
+def verify_artifacts(
+    path: Path, certificate: dict, model_sha256: str
+) -> tuple[Surrogate, torch.Tensor]:
     """Check every hash a certificate names; return its surrogate and held-out token ids."""
     run_dir = path.parent
     if certificate["model"]["sha256"] != model_sha256:
@@ -72,15 +74,18 @@ def reproduce_claims(
     eps_slack = tolerance.eps_rel * abs(claimed["eps_max"]) + tolerance.eps_abs
     if not abs(report.eps_max - claimed["eps_max"]) <= eps_slack:
         raise _mismatch(
-            path, "metrics.eps_max", f"claimed {claimed['eps_max']:.9g}, recomputed "
-            f"{report.eps_max:.9g} ({tolerance.describe()})"
+            path,
+            "metrics.eps_max",
+            f"claimed {claimed['eps_max']:.9g}, recomputed "
+            f"{report.eps_max:.9g} ({tolerance.describe()})",
         )
     if report.n_tokens != claimed["n_tokens"]:
         raise _mismatch(path, "metrics.n_tokens", f"recomputed {report.n_tokens}")
     for mine, theirs in zip(report.coverage, claimed["coverage"], strict=True):
         if abs(mine.covered - theirs["covered"]) > tolerance.coverage_fraction * mine.n:
             raise _mismatch(
-                path, f"metrics.coverage[{theirs['kind']}<={theirs['tau']:g}]",
+                path,
+                f"metrics.coverage[{theirs['kind']}<={theirs['tau']:g}]",
                 f"claimed {theirs['covered']}, recomputed {mine.covered} ({tolerance.describe()})",
             )
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -54,10 +55,14 @@ class ResidualPairDataModule(L.LightningDataModule):
             self.pairs_source[split] = f"teacher -> cache:{directory}"
         return CachedPairs(Path(directory), self.batch_size, shuffle=shuffle, seed=self.seed)
 
-    def setup(self, stage: str | None = None) -> None:
-        if not hasattr(self, "train_set"):
-            self.train_set = self._pairs("train", shuffle=True)
-            self.heldout_set = self._pairs("heldout", shuffle=False)
+    @cached_property
+    def train_set(self) -> IterableDataset:
+        # Built on first use: a full-capacity run never trains and never captures train pairs.
+        return self._pairs("train", shuffle=True)
+
+    @cached_property
+    def heldout_set(self) -> IterableDataset:
+        return self._pairs("heldout", shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=None)
@@ -67,12 +72,10 @@ class ResidualPairDataModule(L.LightningDataModule):
 
     def heldout_pairs(self):
         """Iterate the held-out (x_in, x_out) batches again (for certificates)."""
-        self.setup()
         return iter(self.heldout_set)
 
     def sample_inputs(self, n_batches: int) -> list[torch.Tensor]:
-        """The first `n_batches` training inputs x_in (for importance scores)."""
-        self.setup()
+        """The first `n_batches` training inputs x_in (for importance scores and refits)."""
         batches = []
         for x_in, _ in self.train_set:
             batches.append(x_in)

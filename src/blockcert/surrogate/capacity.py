@@ -15,6 +15,7 @@ import torch
 from blockcert.errors import BlockCertError
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Node, Surrogate
+from blockcert.surrogate.refit import refit_projections
 
 LOW_RANK_NODES = ("q", "k", "v", "attn_out", "gate", "up", "fc", "mlp_out")
 
@@ -23,7 +24,8 @@ LOW_RANK_NODES = ("q", "k", "v", "attn_out", "gate", "up", "fc", "mlp_out")
 class Capacity:
     """Fractions of the teacher's query heads, MLP width and (optionally) rank of d_model.
 
-    importance_batches: training batches on which head / neuron importance is measured.
+    importance_batches: training batches on which head / neuron importance is measured and
+    the output projections are refitted by least squares after pruning.
     """
 
     full_capacity: bool = False
@@ -141,6 +143,7 @@ def reduce(full: Surrogate, capacity: Capacity, inputs: list[torch.Tensor]) -> S
             keep_heads(surrogate, sorted(head_score.topk(kept_heads).indices.tolist()))
         if kept_width < width:
             keep_neurons(surrogate, sorted(neuron_score.topk(kept_width).indices.tolist()))
+        refit_projections(surrogate, full, inputs)
     if rank is not None:
         factor_low_rank(surrogate, rank)
     kv_heads = len(set(surrogate.graph.node("attn").attrs["kv_head_of_q"]))

@@ -14,6 +14,18 @@ from blockcert.models.adapters import BlockAdapter
 from blockcert.surrogate.ir import Graph, Node, Surrogate
 
 
+def _full_capacity(heads: int, kv_heads: int, mlp_width: int, weights: dict) -> dict:
+    return {
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "mlp_width": mlp_width,
+        "rank": None,
+        "teacher_heads": heads,
+        "teacher_mlp_width": mlp_width,
+        "teacher_params": sum(w.numel() for w in weights.values()),
+    }
+
+
 def _linear(name: str, source: str, layer_weight, layer_bias, weights: dict) -> Node:
     weights[f"{name}.weight"] = layer_weight.detach().float().clone()
     roles = {"weight": f"{name}.weight"}
@@ -64,7 +76,7 @@ def extract_llama(adapter: BlockAdapter, k: int) -> Surrogate:
     nodes.append(Node("mul", ["act", "up"], "hidden"))
     nodes.append(_linear("mlp_out", "hidden", mlp.down_proj.weight, mlp.down_proj.bias, weights))
     nodes.append(Node("add", ["resid_attn", "mlp_out"], "out"))
-    capacity = {"heads": n_heads, "kv_heads": n_kv, "mlp_width": config.intermediate_size}
+    capacity = _full_capacity(n_heads, n_kv, config.intermediate_size, weights)
     return Surrogate(Graph("llama", config.hidden_size, nodes, capacity), weights)
 
 
@@ -104,7 +116,7 @@ def extract_gpt2(adapter: BlockAdapter, k: int) -> Surrogate:
     nodes.append(_linear("mlp_out", "hidden", mlp.c_proj.weight.T, mlp.c_proj.bias, weights))
     nodes.append(Node("add", ["resid_attn", "mlp_out"], "out"))
     mlp_width = weights["fc.weight"].shape[0]
-    capacity = {"heads": attn.num_heads, "kv_heads": attn.num_heads, "mlp_width": mlp_width}
+    capacity = _full_capacity(attn.num_heads, attn.num_heads, mlp_width, weights)
     return Surrogate(Graph("gpt2", d, nodes, capacity), weights)
 
 
