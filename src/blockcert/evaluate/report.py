@@ -89,7 +89,11 @@ def write_plots(report: dict, final_deviation, out: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("block")
     ax.set_ylabel("deviation (L2)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:  # every deviation and bound is exactly zero: nothing to draw on a log axis
+        ax.set_yscale("linear")
+        ax.set_title("all bounds and deviations are 0")
     paths.append(out / "bound_growth.png")
     _save_figure(fig, paths[-1])
 

@@ -1,0 +1,21 @@
+"""Triton kernels of blockcert, each beside its plain-torch reference."""
+
+from kernels.cert_reduce import (
+    ErrorStats,
+    fused_projection_error,
+    fused_projection_error_reference,
+    pair_error,
+    pair_error_reference,
+    per_token_error,
+    use_triton,
+)
+
+__all__ = [
+    "ErrorStats",
+    "fused_projection_error",
+    "fused_projection_error_reference",
+    "pair_error",
+    "pair_error_reference",
+    "per_token_error",
+    "use_triton",
+]
