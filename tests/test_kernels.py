@@ -1,4 +1,4 @@
-"""The fused certificate kernel equals its plain-torch reference (interpreter on CPU, GPU if any)."""
+"""The fused certificate kernel equals its torch reference (CPU interpreter; GPU if present)."""
 
 import math
 import os

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerFn
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import save_file
 
 from blockcert.atomic import write_atomic
