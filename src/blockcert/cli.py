@@ -30,14 +30,28 @@ def check_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise SystemExit(2)
 
 
+def _project_error(err: BaseException) -> BlockCertError | None:
+    """The BlockCertError behind `err`, also when a library (Hydra's instantiate) wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, BlockCertError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Print a BlockCertError as one line and exit with its code (2 bad input, 3, 4)."""
     try:
         yield
-    except BlockCertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
+    except Exception as err:
+        cause = _project_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(cause.exit_code) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
