@@ -125,7 +125,7 @@ def test_flipped_weight_byte_is_rejected(tamper_copy):
 def test_edited_eps_max_is_rejected(tamper_copy):
     tmp, runs, cert_path = tamper_copy
     cert = json.loads(cert_path.read_text())
-    cert["metrics"]["eps_max"] = 0.0
+    cert["metrics"]["eps_max"] = cert["metrics"]["eps_max"] + 1.0
     cert_path.write_text(json.dumps(cert))
     proc, _ = _certify(tmp, "tiny_llama", runs)
     _assert_rejected(proc, "certificate_sha256", str(cert_path))

@@ -1,0 +1,3 @@
+import BlockCert.Bound
+import BlockCert.Composition
+import BlockCert.Check
