@@ -109,3 +109,10 @@ def test_lean_project_is_pinned_and_core_only():
             if line.startswith("import "):
                 assert line.split()[1].startswith("BlockCert"), (file, line)
     assert "require" not in (LEAN / "lakefile.toml").read_text()
+
+
+def test_round_up_of_an_exact_fraction_is_short_and_not_below():
+    exact = Fraction(30886397574753838205339, 1220703125000000000)
+    up = round_up(exact)
+    assert up >= exact and up - exact <= exact / 10**11
+    assert len(str(up.numerator).rstrip("0")) <= 12

@@ -21,6 +21,7 @@ from blockcert.compose.chain import Chain, compose_chain
 from blockcert.compose.collect import latest_per_block
 from blockcert.compose.lake import run_lake_build
 from blockcert.compose.lean_instance import write_lean_instance
+from blockcert.compose.rational import round_up
 from blockcert.compose.verify import Tolerance, reproduce_claims, verify_artifacts
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.report import write_report
@@ -126,7 +127,8 @@ def certify(cfg: DictConfig) -> dict:
     stitched = stitched_evaluation(adapter, surrogates, heldout, states, cfg.batch_size)
     observed = stitched.block_deviation
     kind = "sound" if chain.sound else "empirical"
-    claimed = chain.final_sound if chain.sound else chain.final_empirical
+    # claim a short decimal at or above the exact B_L; Lean re-computes B_L and checks it
+    claimed = round_up(chain.final_sound if chain.sound else chain.final_empirical)
     final_observed = float(stitched.final_token_deviation.max())
     findings, violations = [], []
     for link in chain.links:
@@ -143,7 +145,7 @@ def certify(cfg: DictConfig) -> dict:
         )
         findings += [f"empirical constant underestimated the true one: {v}" for v in violations]
     # 5. Lean instance and kernel check
-    eps_q, lips_q, bound_q = chain.lists(kind)
+    eps_q, lips_q, _ = chain.lists(kind)
     # the instance is named after every certificate it composes
     digest = hashlib.sha256(
         "".join(c["certificate_sha256"] for _, c, _ in verified.values()).encode()
@@ -153,7 +155,7 @@ def certify(cfg: DictConfig) -> dict:
     }
     provenance["kind"] = kind
     lean_root = Path(cfg.lean.root)
-    lean_file = write_lean_instance(lean_root, digest, eps_q, lips_q, bound_q, provenance)
+    lean_file = write_lean_instance(lean_root, digest, eps_q, lips_q, claimed, provenance)
     lean = run_lake_build(lean_root) if cfg.lean.build else None
     lean_status = (
         {"status": lean.status, "toolchain": lean.toolchain, "message": lean.message}

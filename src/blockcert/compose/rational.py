@@ -24,8 +24,8 @@ def _decimal_exponent(q: Fraction) -> int:
     return e
 
 
-def _round(x: float, sig_digits: int, up: bool) -> Fraction:
-    if not math.isfinite(x):
+def _round(x: float | Fraction, sig_digits: int, up: bool) -> Fraction:
+    if not isinstance(x, Fraction) and not math.isfinite(x):
         raise BlockCertError(f"cannot bound a non-finite value ({x}) by a rational.")
     if sig_digits < 1:
         raise BlockCertError("sig_digits must be >= 1.")
@@ -37,11 +37,11 @@ def _round(x: float, sig_digits: int, up: bool) -> Fraction:
     return Fraction(math.ceil(scaled) if up else math.floor(scaled)) / scale
 
 
-def round_up(x: float, sig_digits: int = 12) -> Fraction:
+def round_up(x: float | Fraction, sig_digits: int = 12) -> Fraction:
     """Smallest `sig_digits`-digit decimal rational >= x (exactly x when it fits)."""
     return _round(x, sig_digits, up=True)
 
 
-def round_down(x: float, sig_digits: int = 12) -> Fraction:
+def round_down(x: float | Fraction, sig_digits: int = 12) -> Fraction:
     """Largest `sig_digits`-digit decimal rational <= x."""
     return _round(x, sig_digits, up=False)
