@@ -145,7 +145,7 @@ def certify(cfg: DictConfig) -> dict:
         )
         findings += [f"empirical constant underestimated the true one: {v}" for v in violations]
     # 5. Lean instance and kernel check
-    eps_q, lips_q, _ = chain.lists(kind)
+    eps_q, lips_q = chain.lists(kind)
     # the instance is named after every certificate it composes
     digest = hashlib.sha256(
         "".join(c["certificate_sha256"] for _, c, _ in verified.values()).encode()

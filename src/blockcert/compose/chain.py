@@ -46,12 +46,12 @@ class Chain:
     def final_empirical(self) -> Fraction:
         return self.links[-1].bound_empirical if self.links else Fraction(0)
 
-    def lists(self, kind: str) -> tuple[list[Fraction], list[Fraction], Fraction]:
-        """(eps list, L list, B_L) of the `sound` or `empirical` chain, for Lean."""
+    def lists(self, kind: str) -> tuple[list[Fraction], list[Fraction]]:
+        """(eps list, L list) of the `sound` or `empirical` chain, for Lean."""
         eps = [link.eps for link in self.links]
         if kind == "sound":
-            return eps, [link.lipschitz_sound for link in self.links], self.final_sound
-        return eps, [link.lipschitz_empirical for link in self.links], self.final_empirical
+            return eps, [link.lipschitz_sound for link in self.links]
+        return eps, [link.lipschitz_empirical for link in self.links]
 
 
 def _batches(states: torch.Tensor, batch_size: int):
