@@ -4,19 +4,23 @@ For hidden activations h [N, k], weight W [d, k] (bias b [d]), residual x [N, d]
 output y [N, d], the kernel computes pred = x + h W^T (+ b) tile by tile and, without writing
 pred to memory, the per-token error e_t = ||pred_t - y_t||_2 and its reductions: max, sum,
 sum of squares, and for thresholds tau [T] the number of tokens with e_t <= tau_j. Inputs may
-be fp16, bf16 or fp32; products and sums accumulate in fp32 (IEEE, no TF32). Extra memory is
-O(N): the per-token squared error and per-program partials.
+be fp16, bf16 or fp32; products and sums accumulate in fp32 (IEEE, no TF32) and e_t is the
+correctly rounded sqrt, like the reference. Overflow follows fp32 as in the reference: a token
+whose squared error exceeds fp32 range (e.g. a 1e30 entry) has e_t = inf, is counted only for
+tau = inf, and makes max and sums inf. A NaN anywhere in a token's row makes e_t NaN: max is
+NaN, sums are NaN, and the token is never counted. Extra memory is O(N): the per-token squared
+error and per-program partials; the prediction is never written.
 
 `pair_error` is the projection-free variant for an already materialised prediction.
 Each has a plain-torch `*_reference` with the same signature. The dispatcher runs Triton on
-CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before this module was
-imported (tests); otherwise the reference.
+CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before Triton was imported
+(Triton decides interpreter or compiler when it defines kernels, so tests use a child process);
+otherwise the reference.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,8 +31,6 @@ try:
     import triton.language as tl
 except ImportError:  # pragma: no cover - triton is a Linux dependency
     triton = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,10 @@ class ErrorStats:
 
 
 def _thresholds(thresholds, device) -> torch.Tensor:
-    return torch.as_tensor(
-        list(thresholds) if not torch.is_tensor(thresholds) else thresholds,
-        dtype=torch.float32,
-        device=device,
-    ).flatten()
+    """tau as fp32 [T] (e_t is fp32, so both sides of e_t <= tau are compared in fp32)."""
+    if not torch.is_tensor(thresholds) and not isinstance(thresholds, int | float):
+        thresholds = list(thresholds)
+    return torch.as_tensor(thresholds, dtype=torch.float32, device=device).flatten()
 
 
 def _stats_from_sq(sq: torch.Tensor, tau: torch.Tensor, return_per_token: bool) -> ErrorStats:
@@ -81,9 +82,15 @@ def _stats_from_sq(sq: torch.Tensor, tau: torch.Tensor, return_per_token: bool) 
 
 
 def _flatten(t: torch.Tensor, d: int, name: str) -> torch.Tensor:
-    if t.shape[-1] != d:
-        raise ValueError(f"{name} has last dimension {t.shape[-1]}, expected {d}")
+    if t.dim() == 0 or t.shape[-1] != d:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}: last dimension must be {d}")
     return t.reshape(-1, d)
+
+
+def _same_device(**tensors: torch.Tensor | None) -> None:
+    present = {name: str(t.device) for name, t in tensors.items() if t is not None}
+    if len(set(present.values())) > 1:
+        raise ValueError(f"inputs are on different devices {present}: move them to one device")
 
 
 def _check_projection(h, weight, residual, target, bias):
@@ -101,7 +108,17 @@ def _check_projection(h, weight, residual, target, bias):
         )
     if bias is not None and tuple(bias.shape) != (d,):
         raise ValueError(f"bias must be [{d}], got shape {tuple(bias.shape)}")
+    _same_device(h=h, weight=weight, residual=residual, target=target, bias=bias)
     return h2, x2, y2
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = pred.shape[-1] if pred.dim() else 0
+    p2, y2 = _flatten(pred, d, "pred"), _flatten(target, d, "target")
+    if p2.shape[0] != y2.shape[0]:
+        raise ValueError(f"token counts differ: pred {p2.shape[0]}, target {y2.shape[0]}")
+    _same_device(pred=pred, target=target)
+    return p2, y2
 
 
 def fused_projection_error_reference(
@@ -128,16 +145,14 @@ def pair_error_reference(
     thresholds: Sequence[float] | torch.Tensor,
     return_per_token: bool = False,
 ) -> ErrorStats:
-    d = pred.shape[-1]
-    p2, y2 = _flatten(pred, d, "pred"), _flatten(target, d, "target")
-    if p2.shape[0] != y2.shape[0]:
-        raise ValueError(f"token counts differ: pred {p2.shape[0]}, target {y2.shape[0]}")
+    """Plain torch: e_t^2 = sum_d (pred - target)^2 in fp32."""
+    p2, y2 = _check_pair(pred, target)
     sq = (p2.float() - y2.float()).pow(2).sum(-1)
     return _stats_from_sq(sq, _thresholds(thresholds, sq.device), return_per_token)
 
 
 class _PerTokenError(torch.autograd.Function):
-    """e_t = ||pred_t - target_t||; gradient diff / e_t, taken as 0 where e_t = 0."""
+    """e_t = ||pred_t - target_t||; d e_t / d pred_t = diff_t / e_t, taken as 0 where e_t = 0."""
 
     @staticmethod
     def forward(ctx, pred, target):
@@ -150,11 +165,15 @@ class _PerTokenError(torch.autograd.Function):
         return err.reshape(-1)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         diff, err = ctx.saved_tensors
-        scale = torch.where(err > 0, grad.reshape(err.shape) / err.clamp_min(1e-30), 0.0)
+        positive = err > 0
+        scale = torch.where(positive, grad.reshape(err.shape) / torch.where(positive, err, 1), 0)
         g = diff * scale[..., None]
-        return g.to(ctx.dtypes[0]), (-g).to(ctx.dtypes[1])
+        grad_pred = g.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_target = (-g).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_pred, grad_target
 
 
 def per_token_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -168,6 +187,7 @@ def per_token_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def use_triton(t: torch.Tensor) -> bool:
+    """Whether the dispatchers run the Triton kernel for inputs on t's device."""
     return triton is not None and (t.is_cuda or INTERPRET)
 
 
@@ -210,8 +230,7 @@ if triton is not None:
             cols = d0 + tl.arange(0, BLOCK_D)
             col_ok = cols < D
             mask = row_ok[:, None] & col_ok[None, :]
-            pred = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-            pred = pred.to(tl.float32)
+            pred = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
             if HAS_PROJ:
                 acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
                 for k0 in range(0, K, BLOCK_K):
@@ -228,7 +247,11 @@ if triton is not None:
                         other=0.0,
                     )
                     acc = tl.dot(h, w, acc, input_precision="ieee", out_dtype=tl.float32)
-                pred += acc
+                pred = acc
+            # x is loaded after the K loop so that it is not held in registers during it;
+            # (h W^T) + x equals the reference's x + h W^T since fp32 addition commutes
+            x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+            pred += x.to(tl.float32)
             if HAS_BIAS:
                 bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
                 pred += bias[None, :]
@@ -236,7 +259,8 @@ if triton is not None:
             diff = tl.where(mask, pred - y.to(tl.float32), 0.0)
             sq += tl.sum(diff * diff, axis=1)
         tl.store(sq_ptr + rows, sq, mask=row_ok)
-        err = tl.sqrt(sq)
+        # sqrt_rn, not tl.sqrt (approximate on GPU): e_t == tau ties must match the reference
+        err = tl.sqrt_rn(sq)
         is_nan = err != err
         valid = row_ok & (~is_nan)
         tl.store(part_max_ptr + pid, tl.max(tl.where(valid, err, 0.0), axis=0))
@@ -248,43 +272,52 @@ if triton is not None:
         hit = (err[:, None] <= tau[None, :]) & valid[:, None] & (taus < T)[None, :]
         tl.store(part_count_ptr + pid * BLOCK_T + taus, tl.sum(hit.to(tl.int32), axis=0))
 
+    # (BLOCK_N, BLOCK_D, BLOCK_K, num_warps); tl.dot needs every block >= 16
+    _GPU_BLOCKS = [
+        (64, 64, 32, 4),
+        (64, 128, 32, 4),
+        (128, 64, 32, 8),
+        (128, 128, 32, 8),
+        (32, 128, 64, 4),
+        (64, 256, 32, 8),
+    ]
     _AUTOTUNED = triton.autotune(
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w)
-            for bn, bd, bk, w in [
-                (64, 64, 32, 4),
-                (64, 128, 32, 4),
-                (128, 64, 32, 8),
-                (128, 128, 32, 8),
-                (32, 128, 64, 4),
-                (64, 256, 32, 8),
-            ]
+            for bn, bd, bk, w in _GPU_BLOCKS
         ],
-        key=["D", "K", "HAS_PROJ"],
+        key=["D", "K", "HAS_PROJ"],  # the autotuner adds the tensors' dtypes to the key
     )(_projection_error_kernel)
+    # one small fixed config under the interpreter, where autotuning would only cost time
+    _INTERPRETER_META = {"BLOCK_N": 16, "BLOCK_D": 16, "BLOCK_K": 16}
+    _MIN_BLOCK_N = min([bn for bn, *_ in _GPU_BLOCKS] + [_INTERPRETER_META["BLOCK_N"]])
+
+    from triton.runtime.interpreter import InterpretedFunction
+
+# Triton chose interpreter or compiler when it defined the kernel (TRITON_INTERPRET at import)
+INTERPRET = triton is not None and isinstance(_projection_error_kernel, InterpretedFunction)
 
 
 def _launch(h, w, x, y, bias, tau, has_proj: bool, return_per_token: bool) -> ErrorStats:
     n, d = x.shape
     k = w.shape[1] if has_proj else 1
+    n_tau = tau.numel()
     device = x.device
     sq = torch.empty(n, dtype=torch.float32, device=device)
-    block_t = max(1, triton.next_power_of_2(max(1, tau.numel())))
+    block_t = triton.next_power_of_2(max(1, n_tau))
     if INTERPRET and not x.is_cuda:
-        meta = {"BLOCK_N": 16, "BLOCK_D": 16, "BLOCK_K": 16}
-        kernel = _projection_error_kernel
+        meta, kernel = dict(_INTERPRETER_META), _projection_error_kernel
     else:
         meta, kernel = {}, _AUTOTUNED
-    max_programs = triton.cdiv(n, 16)
-    parts = {
-        "max": torch.zeros(max_programs, dtype=torch.float32, device=device),
-        "nan": torch.zeros(max_programs, dtype=torch.int32, device=device),
-        "sum": torch.zeros(max_programs, dtype=torch.float32, device=device),
-        "sumsq": torch.zeros(max_programs, dtype=torch.float32, device=device),
-        "count": torch.zeros(max_programs * block_t, dtype=torch.int32, device=device),
-    }
+    # per-program partials, sized for the smallest BLOCK_N the autotuner may pick
+    max_programs = triton.cdiv(n, _MIN_BLOCK_N)
+    part_max = torch.zeros(max_programs, dtype=torch.float32, device=device)
+    part_nan = torch.zeros(max_programs, dtype=torch.int32, device=device)
+    part_sum = torch.zeros(max_programs, dtype=torch.float32, device=device)
+    part_sumsq = torch.zeros(max_programs, dtype=torch.float32, device=device)
+    part_count = torch.zeros(max_programs * block_t, dtype=torch.int32, device=device)
     grid = lambda m: (triton.cdiv(n, m["BLOCK_N"]),)  # noqa: E731
-    h_arg = h if has_proj else x
+    h_arg = h if has_proj else x  # placeholders: never read when HAS_PROJ / HAS_BIAS is off
     w_arg = w if has_proj else x
     kernel[grid](
         h_arg,
@@ -294,15 +327,15 @@ def _launch(h, w, x, y, bias, tau, has_proj: bool, return_per_token: bool) -> Er
         bias if bias is not None else x,
         tau,
         sq,
-        parts["max"],
-        parts["nan"],
-        parts["sum"],
-        parts["sumsq"],
-        parts["count"],
+        part_max,
+        part_nan,
+        part_sum,
+        part_sumsq,
+        part_count,
         n,
         d,
         k,
-        tau.numel(),
+        n_tau,
         h_arg.stride(0),
         w_arg.stride(0),
         x.stride(0),
@@ -312,23 +345,31 @@ def _launch(h, w, x, y, bias, tau, has_proj: bool, return_per_token: bool) -> Er
         BLOCK_T=block_t,
         **meta,
     )
-    programs = triton.cdiv(n, _block_n(kernel, meta))
-    nan = int(parts["nan"][:programs].sum())
-    counts = parts["count"][: programs * block_t].view(programs, block_t).sum(0)[: tau.numel()]
+    # the last launch used the best config; entries past its program count are stale
+    programs = triton.cdiv(n, meta["BLOCK_N"] if meta else kernel.best_config.kwargs["BLOCK_N"])
+    counts = part_count[: programs * block_t].view(programs, block_t).sum(0)[:n_tau]
+    totals = torch.cat(
+        [
+            torch.stack(
+                [
+                    part_nan[:programs].sum().double(),
+                    part_max[:programs].max().double(),
+                    part_sum[:programs].double().sum(),
+                    part_sumsq[:programs].double().sum(),
+                ]
+            ),
+            counts.double(),  # exact: counts < 2**53
+        ]
+    ).cpu()  # one device sync for all reductions
+    n_nan, peak, sum_error, sum_sq_error = totals[:4].tolist()
     return ErrorStats(
         n=n,
-        max_error=math.nan if nan else float(parts["max"][:programs].max()) if n else 0.0,
-        sum_error=float(parts["sum"][:programs].double().sum()),
-        sum_sq_error=float(parts["sumsq"][:programs].double().sum()),
-        counts=counts.to(torch.int64).cpu(),
+        max_error=math.nan if n_nan else peak,
+        sum_error=sum_error,
+        sum_sq_error=sum_sq_error,
+        counts=totals[4:].to(torch.int64),
         per_token_sq=sq.cpu() if return_per_token else None,
     )
-
-
-def _block_n(kernel, meta) -> int:
-    if "BLOCK_N" in meta:
-        return meta["BLOCK_N"]
-    return kernel.best_config.kwargs["BLOCK_N"]
 
 
 def fused_projection_error(
@@ -346,6 +387,10 @@ def fused_projection_error(
             h, weight, residual, target, thresholds, bias, return_per_token
         )
     h2, x2, y2 = _check_projection(h, weight, residual, target, bias)
+    if h2.shape[0] == 0:
+        return fused_projection_error_reference(
+            h2, weight, x2, y2, thresholds, bias, return_per_token
+        )
     if h2.dtype != weight.dtype or (INTERPRET and h2.dtype == torch.bfloat16 and not h2.is_cuda):
         # tl.dot needs one operand dtype; the interpreter's bf16 dot is wrong, and bf16 -> fp32
         # is exact, so upcasting there gives the same fp32-accumulated products
@@ -372,9 +417,8 @@ def pair_error(
     """Error reductions of an already materialised prediction (same kernel, no projection)."""
     if not use_triton(pred):
         return pair_error_reference(pred, target, thresholds, return_per_token)
-    d = pred.shape[-1]
-    p2, y2 = _flatten(pred, d, "pred"), _flatten(target, d, "target")
-    if p2.shape[0] != y2.shape[0]:
-        raise ValueError(f"token counts differ: pred {p2.shape[0]}, target {y2.shape[0]}")
+    p2, y2 = _check_pair(pred, target)
+    if p2.shape[0] == 0:
+        return pair_error_reference(p2, y2, thresholds, return_per_token)
     tau = _thresholds(thresholds, p2.device)
     return _launch(None, None, p2.contiguous(), y2.contiguous(), None, tau, False, return_per_token)
