@@ -40,14 +40,15 @@ theorem sumTo_succ_eq_mul (eps L : Nat → Rat) (n : Nat) :
   | 0, _ => by simp [sumTo]
   | m + 1, h => by
     have hm : m < n := h
-    rw [sumTo, sumTo, sumTo_succ_eq_mul eps L n m (Nat.le_of_lt hm),
-      prodAfter_succ_of_lt L hm, Rat.mul_add, ← Rat.mul_assoc (eps m),
-      Rat.mul_comm (eps m * prodAfter L m n) (L n)]
+    show sumTo eps L (n + 1) m + eps m * prodAfter L m (n + 1) =
+      L n * (sumTo eps L n m + eps m * prodAfter L m n)
+    rw [sumTo_succ_eq_mul eps L n m (Nat.le_of_lt hm), prodAfter_succ_of_lt L hm, Rat.mul_add,
+      ← Rat.mul_assoc (eps m), Rat.mul_comm (eps m * prodAfter L m n) (L n)]
 
 theorem closedBound_succ (eps L : Nat → Rat) (n : Nat) :
     closedBound eps L (n + 1) = L n * closedBound eps L n + eps n := by
-  unfold closedBound
-  rw [sumTo, sumTo_succ_eq_mul eps L n n (Nat.le_refl n), prodAfter_self, Rat.mul_one]
+  show sumTo eps L (n + 1) n + eps n * prodAfter L n (n + 1) = L n * sumTo eps L n n + eps n
+  rw [sumTo_succ_eq_mul eps L n n (Nat.le_refl n), prodAfter_self, Rat.mul_one]
 
 theorem bound_eq_closedBound (eps L : Nat → Rat) (n : Nat) :
     bound eps L n = closedBound eps L n := by
