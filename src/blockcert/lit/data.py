@@ -36,7 +36,6 @@ class ResidualPairDataModule(L.LightningDataModule):
             cache_root,
             seed,
         )
-        self.teacher_batches = 0  # teacher forward passes run by this module
         self.pairs_source: dict[str, str] = {}
 
     def _pairs(self, split: str, shuffle: bool) -> IterableDataset:
@@ -44,14 +43,14 @@ class ResidualPairDataModule(L.LightningDataModule):
         stream = ResidualPairStream(self.adapter, self.block, ids, self.batch_size)
         if not self.cache:
             self.pairs_source[split] = "teacher (streamed, not cached)"
-            return _Counting(stream, self)
+            return stream
         model_sha = self.adapter.teacher.weights_sha256
         directory = cache_dir(self.cache_root, model_sha, token_ids_sha256(ids), self.block)
         if is_complete(directory):
             self.pairs_source[split] = f"cache:{directory}"
         else:
             meta = {"model_sha256": model_sha, "block": self.block, "split": split}
-            fill_cache(directory, _Counting(stream, self), meta)
+            fill_cache(directory, stream, meta)
             self.pairs_source[split] = f"teacher -> cache:{directory}"
         return CachedPairs(Path(directory), self.batch_size, shuffle=shuffle, seed=self.seed)
 
@@ -82,18 +81,3 @@ class ResidualPairDataModule(L.LightningDataModule):
             if len(batches) >= n_batches:
                 break
         return batches
-
-
-class _Counting(IterableDataset):
-    """Wraps a teacher stream and counts the batches it runs on the owning data module."""
-
-    def __init__(self, stream: ResidualPairStream, owner: ResidualPairDataModule):
-        self.stream, self.owner = stream, owner
-
-    def __len__(self) -> int:
-        return len(self.stream)
-
-    def __iter__(self):
-        for pair in self.stream:
-            self.owner.teacher_batches += 1
-            yield pair
