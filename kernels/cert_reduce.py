@@ -29,6 +29,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # pragma: no cover - triton is a Linux dependency
     triton = None
 
@@ -291,8 +292,6 @@ if triton is not None:
     # one small fixed config under the interpreter, where autotuning would only cost time
     _INTERPRETER_META = {"BLOCK_N": 16, "BLOCK_D": 16, "BLOCK_K": 16}
     _MIN_BLOCK_N = min([bn for bn, *_ in _GPU_BLOCKS] + [_INTERPRETER_META["BLOCK_N"]])
-
-    from triton.runtime.interpreter import InterpretedFunction
 
 # Triton chose interpreter or compiler when it defined the kernel (TRITON_INTERPRET at import)
 INTERPRET = triton is not None and isinstance(_projection_error_kernel, InterpretedFunction)
