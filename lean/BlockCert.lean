@@ -1,3 +1,4 @@
+import BlockCert.RatOrder
 import BlockCert.Bound
 import BlockCert.Composition
 import BlockCert.Check

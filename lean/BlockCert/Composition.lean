@@ -4,60 +4,77 @@ import BlockCert.Bound
 # Lipschitz composition of blockwise errors
 
 Teacher blocks `f k` and surrogate blocks `g k` act on a type `α` with a distance valued in ℚ.
-From the same start, the teacher trajectory is h (k+1) = f k (h k) and the stitched one
+From the same start `x0`, the teacher stream is h (k+1) = f k (h k) and the stitched stream is
 s (k+1) = g k (s k). If each surrogate is within `eps k` of its teacher block on the teacher
 input, and is `L k`-Lipschitz on the tube of radius `bound eps L k` around that input, then
 dist (s n) (h n) ≤ bound eps L n (`stitched_dist_le_bound`).
+
+The proof is one triangle inequality per block (`bound_step_le`):
+dist (g s) (f h) ≤ dist (g s) (g h) + dist (g h) (f h) ≤ L * dist s h + eps ≤ L * B + eps.
+`stitched_dist_le_bound_of_le` needs the per-block facts only for the blocks before n.
 -/
 
 namespace BlockCert
 
-/-- A distance valued in ℚ; the axioms are fields, so nothing is assumed globally. -/
+/-- A distance valued in ℚ. Its laws are fields of the structure, so they are hypotheses of
+every theorem that uses a distance and nothing is postulated globally. -/
 structure Dist (α : Type) where
   dist : α → α → Rat
   nonneg : ∀ x y, 0 ≤ dist x y
   symm : ∀ x y, dist x y = dist y x
   triangle : ∀ x y z, dist x z ≤ dist x y + dist y z
-  self : ∀ x, dist x x = 0
+  dist_self : ∀ x, dist x x = 0
 
-/-- x 0 = x0, x (k+1) = f k (x k). -/
+/-- x 0 = x0, x (k+1) = f k (x k): the stream after k blocks. -/
 def trajectory {α : Type} (f : Nat → α → α) (x0 : α) : Nat → α
   | 0 => x0
   | k + 1 => f k (trajectory f x0 k)
 
-theorem add_le_add_of_le {a b c d : Rat} (h₁ : a ≤ b) (h₂ : c ≤ d) : a + c ≤ b + d :=
-  Rat.le_trans (Rat.add_le_add_right.mpr h₁) (Rat.add_le_add_left.mpr h₂)
+/-- The teacher stream: h 0 = x0, h (k+1) = f k (h k). -/
+abbrev teacher {α : Type} (f : Nat → α → α) (x0 : α) : Nat → α := trajectory f x0
 
-theorem mul_le_mul_of_nonneg_left' {a b c : Rat} (h : a ≤ b) (hc : 0 ≤ c) :
-    c * a ≤ c * b := by
-  have hd : 0 ≤ c * (b - a) := Rat.mul_nonneg hc ((Rat.le_iff_sub_nonneg a b).mp h)
-  rw [Rat.sub_eq_add_neg, Rat.mul_add, Rat.mul_neg] at hd
-  rw [Rat.le_iff_sub_nonneg, Rat.sub_eq_add_neg]
-  exact hd
+/-- The stitched stream, every block replaced by its surrogate: s 0 = x0, s (k+1) = g k (s k). -/
+abbrev stitched {α : Type} (g : Nat → α → α) (x0 : α) : Nat → α := trajectory g x0
 
-/-- One block: dist (g s) (f t) ≤ L * B + eps, by the triangle inequality through g t. -/
-theorem dist_step_le {α : Type} (D : Dist α) {gk fk : α → α} {s t : α} {Lk ek B : Rat}
+/-- Before any block both streams are x0, so their distance is 0 = bound eps L 0. -/
+theorem stitched_zero_dist_le {α : Type} (D : Dist α) (f g : Nat → α → α) (x0 : α)
+    (eps L : Nat → Rat) : D.dist (stitched g x0 0) (teacher f x0 0) ≤ bound eps L 0 :=
+  rat_le_of_eq (D.dist_self x0)
+
+/-- One block: if the inputs s and t are within B, the surrogate gk is Lk-Lipschitz between
+them and within ek of the teacher block fk at t, then the outputs are within Lk * B + ek. -/
+theorem bound_step_le {α : Type} (D : Dist α) {gk fk : α → α} {s t : α} {Lk ek B : Rat}
     (hlip : D.dist (gk s) (gk t) ≤ Lk * D.dist s t) (herr : D.dist (gk t) (fk t) ≤ ek)
     (hprev : D.dist s t ≤ B) (hL : 0 ≤ Lk) :
     D.dist (gk s) (fk t) ≤ Lk * B + ek :=
   Rat.le_trans (D.triangle (gk s) (gk t) (fk t))
-    (add_le_add_of_le (Rat.le_trans hlip (mul_le_mul_of_nonneg_left' hprev hL)) herr)
+    (rat_add_le_add (Rat.le_trans hlip (rat_mul_le_mul_of_nonneg_left hprev hL)) herr)
 
+/-- The composition theorem with per-block hypotheses for the blocks before n only. -/
+theorem stitched_dist_le_bound_of_le {α : Type} (D : Dist α) (f g : Nat → α → α) (x0 : α)
+    (eps L : Nat → Rat) (n : Nat) (hL : ∀ k, k < n → 0 ≤ L k)
+    (herr : ∀ k, k < n → D.dist (g k (teacher f x0 k)) (f k (teacher f x0 k)) ≤ eps k)
+    (hlip : ∀ k y, k < n → D.dist y (teacher f x0 k) ≤ bound eps L k →
+      D.dist (g k y) (g k (teacher f x0 k)) ≤ L k * D.dist y (teacher f x0 k)) :
+    ∀ m, m ≤ n → D.dist (stitched g x0 m) (teacher f x0 m) ≤ bound eps L m
+  | 0, _ => stitched_zero_dist_le D f g x0 eps L
+  | m + 1, hm =>
+    have hlt : m < n := hm
+    have hprev : D.dist (stitched g x0 m) (teacher f x0 m) ≤ bound eps L m :=
+      stitched_dist_le_bound_of_le D f g x0 eps L n hL herr hlip m
+        (Nat.le_trans (Nat.le_succ m) hm)
+    bound_step_le D (gk := g m) (fk := f m) (s := stitched g x0 m) (t := teacher f x0 m)
+      (hlip m (stitched g x0 m) hlt hprev) (herr m hlt) hprev (hL m hlt)
+
+/-- The composition theorem: the stitched stream stays within `bound eps L n` of the teacher. -/
 theorem stitched_dist_le_bound {α : Type} (D : Dist α) (f g : Nat → α → α) (x0 : α)
     (eps L : Nat → Rat) (hL : ∀ k, 0 ≤ L k)
-    (herr : ∀ k, D.dist (g k (trajectory f x0 k)) (f k (trajectory f x0 k)) ≤ eps k)
-    (hlip : ∀ k y, D.dist y (trajectory f x0 k) ≤ bound eps L k →
-      D.dist (g k y) (g k (trajectory f x0 k)) ≤ L k * D.dist y (trajectory f x0 k))
+    (herr : ∀ k, D.dist (g k (teacher f x0 k)) (f k (teacher f x0 k)) ≤ eps k)
+    (hlip : ∀ k y, D.dist y (teacher f x0 k) ≤ bound eps L k →
+      D.dist (g k y) (g k (teacher f x0 k)) ≤ L k * D.dist y (teacher f x0 k))
     (n : Nat) :
-    D.dist (trajectory g x0 n) (trajectory f x0 n) ≤ bound eps L n := by
-  induction n with
-  | zero =>
-    show D.dist x0 x0 ≤ 0
-    calc D.dist x0 x0 = 0 := D.self x0
-      _ ≤ 0 := by decide
-  | succ n ih =>
-    show D.dist (g n (trajectory g x0 n)) (f n (trajectory f x0 n)) ≤
-      L n * bound eps L n + eps n
-    exact dist_step_le D (hlip n _ ih) (herr n) ih (hL n)
+    D.dist (stitched g x0 n) (teacher f x0 n) ≤ bound eps L n :=
+  stitched_dist_le_bound_of_le D f g x0 eps L n (fun k _ => hL k) (fun k _ => herr k)
+    (fun k y _ => hlip k y) n (Nat.le_refl n)
 
 end BlockCert

@@ -1,37 +1,117 @@
 """Lean instance of one certify run: its ε_k, L_k and claimed bound as exact rationals.
 
-The file proves `checkCertificate eps lips claimed = true` by kernel evaluation and
-instantiates `BlockCert.certified_deviation`, whose remaining hypotheses are the per-block
-claims measured on the Python side (local error, tube Lipschitz constants).
+The module proves `checkCertificate eps Ls claimed = true` by kernel evaluation (Lean recomputes
+B_L from the numbers; the JSON is not trusted) and instantiates `BlockCert.certified_deviation`,
+whose remaining hypotheses are the per-block claims measured on the Python side (local error on
+the teacher input, Lipschitz constant on the tube).
 """
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
 from blockcert.atomic import write_text_atomic
+from blockcert.compose.bound import bound_trajectory
+from blockcert.compose.rational import lean_rat_literal
 from blockcert.errors import BlockCertError
 
 CERTIFICATES_DIR = Path("BlockCert") / "Certificates"
-
-
-def lean_rat_literal(q: Fraction) -> str:
-    """A Lean term for q: `(n : Rat)` or `((n : Rat) / d)`, negatives parenthesised."""
-    sign = "-" if q < 0 else ""
-    num, den = abs(q.numerator), q.denominator
-    body = f"({num} : Rat)" if den == 1 else f"(({num} : Rat) / {den})"
-    return f"(-{body})" if sign else body
+_HEX = re.compile(r"[0-9a-f]{16,}")
 
 
 def module_name(cert_hash: str) -> str:
-    if len(cert_hash) < 16 or any(c not in "0123456789abcdef" for c in cert_hash[:16]):
-        raise BlockCertError(f"certificate hash {cert_hash!r} is not hex.")
-    return f"C_{cert_hash[:16]}"
+    """`C_<first 16 hex digits of the hash>`, the module's last name component."""
+    if not _HEX.fullmatch(cert_hash.lower()):
+        raise BlockCertError(
+            f"certificate hash {cert_hash!r} is not a hex digest of at least 16 digits; pass the "
+            "SHA-256 hex digest of the composed certificates."
+        )
+    return f"C_{cert_hash[:16].lower()}"
 
 
-def _list(values: list[Fraction]) -> str:
+def _lean_list(values: list[Fraction]) -> str:
     return "[" + ",\n    ".join(lean_rat_literal(v) for v in values) + "]"
+
+
+def _comment_line(text: str) -> str:
+    # a line comment cannot be closed early, unlike a block comment; only newlines need care
+    return " ".join(str(text).split())
+
+
+def _validate(eps: list[Fraction], lips: list[Fraction], claimed: Fraction) -> None:
+    """Refuse numbers the Lean checker would reject, so no failing instance is ever written."""
+    if len(eps) != len(lips):
+        raise BlockCertError(f"{len(eps)} eps values but {len(lips)} Lipschitz constants.")
+    for name, values in (("eps", eps), ("Lipschitz constant", lips)):
+        negative = [k for k, v in enumerate(values) if Fraction(v) < 0]
+        if negative:
+            raise BlockCertError(f"{name} of block position(s) {negative} is negative.")
+    computed = bound_trajectory(eps, lips)[-1]
+    if Fraction(claimed) < computed:
+        raise BlockCertError(
+            f"claimed bound {Fraction(claimed)} is below the exact B_L = {computed}; "
+            "claim round_up(B_L) instead."
+        )
+
+
+def render_lean_module(
+    namespace: str,
+    header: str,
+    eps: list[Fraction],
+    lips: list[Fraction],
+    claimed: Fraction,
+    provenance: dict[str, str],
+) -> str:
+    """The Lean text for `namespace` (e.g. BlockCert.Certificates.C_0123456789abcdef)."""
+    _validate(eps, lips, claimed)
+    provenance_lines = "\n".join(
+        f"--   {_comment_line(key)}: {_comment_line(value)}" for key, value in provenance.items()
+    )
+    return f"""import BlockCert.Check
+
+/-!
+{header}
+
+The per-block local errors ε_k and Lipschitz constants L_k of one certify run and its claimed
+global bound B_L, each float rounded outward (up) to an exact rational. `check_ok` recomputes
+B_L = L_k * B_(k-1) + ε_k from these numbers in the kernel and compares it with `claimed`;
+`deviation_le` is the composition theorem for this run. Its hypotheses `herr` and `hlip` are the
+per-block claims measured on the Python side; Lean does not re-derive them from the network.
+-/
+
+-- Provenance (certificate JSON files and their SHA-256):
+{provenance_lines}
+
+namespace {namespace}
+
+open BlockCert
+
+/-- ε_k: max per-token L2 error of each composed block on the evaluated prompts (rounded up). -/
+def eps : List Rat := {_lean_list(eps)}
+
+/-- L_k: Lipschitz constant of each composed block on its tube (rounded up). -/
+def Ls : List Rat := {_lean_list(lips)}
+
+/-- The claimed global bound B_L. -/
+def claimed : Rat := {lean_rat_literal(claimed)}
+
+theorem num_blocks : eps.length = {len(eps)} := rfl
+
+theorem check_ok : checkCertificate eps Ls claimed = true := by decide +kernel
+
+/-- Given the measured per-block claims, the stitched model ends within `claimed`. -/
+theorem deviation_le {{α : Type}} (D : Dist α) (f g : Nat → α → α) (x0 : α)
+    (herr : ∀ k, k < eps.length →
+      D.dist (g k (teacher f x0 k)) (f k (teacher f x0 k)) ≤ nth eps k)
+    (hlip : ∀ k y, k < eps.length → D.dist y (teacher f x0 k) ≤ bound (nth eps) (nth Ls) k →
+      D.dist (g k y) (g k (teacher f x0 k)) ≤ nth Ls k * D.dist y (teacher f x0 k)) :
+    D.dist (stitched g x0 eps.length) (teacher f x0 eps.length) ≤ claimed :=
+  certified_deviation D f g x0 eps Ls claimed check_ok herr hlip
+
+end {namespace}
+"""
 
 
 def render_lean_instance(
@@ -41,44 +121,15 @@ def render_lean_instance(
     claimed: Fraction,
     provenance: dict[str, str],
 ) -> str:
-    if len(eps) != len(lips):
-        raise BlockCertError(f"{len(eps)} eps values but {len(lips)} Lipschitz constants.")
+    """Module `BlockCert.Certificates.C_<first 16 hex of cert_hash>` for one run."""
     name = module_name(cert_hash)
-    comment = "\n".join(f"  {key}: {value}" for key, value in provenance.items())
-    return f"""import BlockCert.Check
-
-/-!
-Generated by certify.py; do not edit. Numbers are the run's per-block ε_k and L_k and the
-claimed global bound, each float rounded outward (up) to a rational.
-Provenance:
-{comment}
--/
-
-namespace BlockCert.Certificates.{name}
-
-open BlockCert
-
-/-- ε_k, max per-token L2 error of each composed block on the evaluated prompts (rounded up). -/
-def eps : List Rat := {_list(eps)}
-
-/-- L_k, Lipschitz constant of each composed block on its tube (rounded up). -/
-def lips : List Rat := {_list(lips)}
-
-/-- The claimed global bound B_L. -/
-def claimed : Rat := {lean_rat_literal(claimed)}
-
-theorem check_ok : checkCertificate eps lips claimed = true := by decide +kernel
-
-/-- Given the measured per-block claims, the stitched model stays within `claimed`. -/
-theorem deviation_le {{α : Type}} (D : Dist α) (f g : Nat → α → α) (x0 : α)
-    (herr : ∀ k, D.dist (g k (trajectory f x0 k)) (f k (trajectory f x0 k)) ≤ nth eps k)
-    (hlip : ∀ k y, D.dist y (trajectory f x0 k) ≤ bound (nth eps) (nth lips) k →
-      D.dist (g k y) (g k (trajectory f x0 k)) ≤ nth lips k * D.dist y (trajectory f x0 k)) :
-    D.dist (trajectory g x0 eps.length) (trajectory f x0 eps.length) ≤ claimed :=
-  certified_deviation D f g x0 eps lips claimed check_ok herr hlip
-
-end BlockCert.Certificates.{name}
-"""
+    header = (
+        f"# Certificate instance {name}\n\n"
+        f"Generated by certify.py from composed-certificate hash {cert_hash}; do not edit."
+    )
+    return render_lean_module(
+        f"BlockCert.Certificates.{name}", header, eps, lips, claimed, provenance
+    )
 
 
 def write_lean_instance(

@@ -1,8 +1,9 @@
-"""Floats to short exact rationals, rounded outward (up for upper bounds).
+"""Floats to short exact rationals, rounded outward, and their Lean spelling.
 
-A float is already an exact binary rational, but one with a huge power-of-two denominator;
+A float is already an exact binary rational, but one with a huge power-of-two denominator.
 Lean instances and reports use `sig_digits` significant decimal digits instead, rounded so that
-the rational never understates an upper bound (`round_up`) or overstates a lower one.
+the rational never understates an upper bound (`round_up`) or overstates a lower one
+(`round_down`). Every step is exact `Fraction` arithmetic: no float rounding after `Fraction(x)`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,19 @@ from fractions import Fraction
 from blockcert.errors import BlockCertError
 
 
+def _exact(x: float | int | Fraction) -> Fraction:
+    if isinstance(x, (int, Fraction)):
+        return Fraction(x)
+    if not math.isfinite(x):
+        raise BlockCertError(
+            f"cannot bound {x!r} by a rational: the measured value is not finite; "
+            "check the metric or Lipschitz estimate that produced it."
+        )
+    return Fraction(x)  # exact, subnormals included
+
+
 def _decimal_exponent(q: Fraction) -> int:
-    """e with 10**e <= |q| < 10**(e+1), exactly."""
+    """e with 10**e <= |q| < 10**(e+1), exactly (the float log only gives the first guess)."""
     q = abs(q)
     e = math.floor(math.log10(q.numerator) - math.log10(q.denominator))
     while Fraction(10) ** e > q:
@@ -24,24 +36,40 @@ def _decimal_exponent(q: Fraction) -> int:
     return e
 
 
-def _round(x: float | Fraction, sig_digits: int, up: bool) -> Fraction:
-    if not isinstance(x, Fraction) and not math.isfinite(x):
-        raise BlockCertError(f"cannot bound a non-finite value ({x}) by a rational.")
+def _round(x: float | int | Fraction, sig_digits: int, up: bool) -> Fraction:
     if sig_digits < 1:
-        raise BlockCertError("sig_digits must be >= 1.")
-    q = Fraction(x)  # exact
+        raise BlockCertError(f"sig_digits must be >= 1, got {sig_digits}.")
+    q = _exact(x)
     if q == 0:
         return q
+    # scale so that |q| * scale lies in [10**(sig_digits-1), 10**sig_digits)
     scale = Fraction(10) ** (sig_digits - 1 - _decimal_exponent(q))
     scaled = q * scale
     return Fraction(math.ceil(scaled) if up else math.floor(scaled)) / scale
 
 
-def round_up(x: float | Fraction, sig_digits: int = 12) -> Fraction:
-    """Smallest `sig_digits`-digit decimal rational >= x (exactly x when it fits)."""
+def round_up(x: float | int | Fraction, sig_digits: int = 12) -> Fraction:
+    """Smallest rational with `sig_digits` significant decimal digits that is >= Fraction(x).
+
+    Exact when x already fits (0, 0.5, 1024.0, ...); otherwise above x by less than
+    |x| * 10**-(sig_digits-1). NaN and infinities raise BlockCertError.
+    """
     return _round(x, sig_digits, up=True)
 
 
-def round_down(x: float | Fraction, sig_digits: int = 12) -> Fraction:
-    """Largest `sig_digits`-digit decimal rational <= x."""
+def round_down(x: float | int | Fraction, sig_digits: int = 12) -> Fraction:
+    """Largest rational with `sig_digits` significant decimal digits that is <= Fraction(x)."""
     return _round(x, sig_digits, up=False)
+
+
+def lean_rat_literal(q: Fraction) -> str:
+    """A core-Lean term for q: `(n : Rat)` or `((n : Rat) / d)`, negatives as `(-(...))`.
+
+    The numerals elaborate through `OfNat Rat n` and `/` through `Div Rat`, both computable, so
+    the kernel can evaluate them under `decide +kernel`.
+    """
+    q = Fraction(q)
+    body = f"({abs(q.numerator)} : Rat)"
+    if q.denominator != 1:
+        body = f"({body} / {q.denominator})"
+    return f"(-{body})" if q < 0 else body
