@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from blockcert.compose.bound import bound_trajectory, closed_form_bound
-from blockcert.compose.lake import run_lake_build
+from blockcert.prove.lake import run_lake_build
 from blockcert.compose.rational import round_down, round_up
 from blockcert.errors import BlockCertError
 

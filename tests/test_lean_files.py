@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blockcert.compose.bound import bound_trajectory
-from blockcert.compose.lean_instance import (
+from blockcert.prove.lean_instance import (
     module_name,
     render_lean_instance,
     write_lean_instance,

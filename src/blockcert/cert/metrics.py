@@ -15,7 +15,7 @@ import torch
 from blockcert.cert.coverage import Coverage
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
-from kernels import ErrorStats, fused_projection_error, pair_error
+from blockcert.kernels import ErrorStats, fused_projection_error, pair_error
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from blockcert.lit.metrics import TokenErrorMetrics
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
-from kernels import per_token_error
+from blockcert.lit.loss import per_token_error
 
 FROZEN = ("rope.inv_freq",)  # fixed by the architecture, not learned
 

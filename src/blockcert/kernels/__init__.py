@@ -1,12 +1,11 @@
 """Triton kernels of blockcert, each beside its plain-torch reference."""
 
-from kernels.cert_reduce import (
+from blockcert.kernels.cert_reduce import (
     ErrorStats,
     fused_projection_error,
     fused_projection_error_reference,
     pair_error,
     pair_error_reference,
-    per_token_error,
     use_triton,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "fused_projection_error_reference",
     "pair_error",
     "pair_error_reference",
-    "per_token_error",
     "use_triton",
 ]

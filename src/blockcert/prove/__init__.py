@@ -1,0 +1,1 @@
+"""Lean hand-off: per-run instances and the lake runner."""

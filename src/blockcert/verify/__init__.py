@@ -1,0 +1,1 @@
+"""Verification of untrusted certificates: collect them, check hashes, re-derive claims."""
