@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from blockcert.compose.bound import bound_trajectory, closed_form_bound
-from blockcert.prove.lake import run_lake_build
 from blockcert.compose.rational import round_down, round_up
 from blockcert.errors import BlockCertError
+from blockcert.prove.lake import run_lake_build
 
 LEAN = Path(__file__).resolve().parents[1] / "lean"
 AWKWARD = [

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from blockcert.compose.bound import bound_trajectory
+from blockcert.compose.rational import lean_rat_literal, round_up
+from blockcert.errors import BlockCertError
 from blockcert.prove.lean_instance import (
     module_name,
     render_lean_instance,
     write_lean_instance,
 )
-from blockcert.compose.rational import lean_rat_literal, round_up
-from blockcert.errors import BlockCertError
 
 LEAN = Path(__file__).resolve().parents[1] / "lean"
 HASH = "0123456789abcdef" + "f" * 48

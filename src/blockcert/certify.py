@@ -18,16 +18,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockcert.compose.chain import Chain, compose_chain
-from blockcert.verify.collect import latest_per_block
-from blockcert.prove.lake import run_lake_build
-from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.compose.rational import round_up
-from blockcert.verify.claims import Tolerance, reproduce_claims, verify_artifacts
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import stitched_evaluation, teacher_trajectory
 from blockcert.models.adapters import adapter_for
+from blockcert.prove.lake import run_lake_build
+from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
+from blockcert.verify.claims import Tolerance, reproduce_claims, verify_artifacts
+from blockcert.verify.collect import latest_per_block
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from blockcert.cert.coverage import Coverage
+from blockcert.kernels import ErrorStats, fused_projection_error, pair_error
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
-from blockcert.kernels import ErrorStats, fused_projection_error, pair_error
 
 
 @dataclass

@@ -13,10 +13,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from blockcert.lit.loss import per_token_error
 from blockcert.lit.metrics import TokenErrorMetrics
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
-from blockcert.lit.loss import per_token_error
 
 FROZEN = ("rope.inv_freq",)  # fixed by the architecture, not learned
 
