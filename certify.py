@@ -14,12 +14,12 @@ from blockcert.cli import check_choices, one_line_errors, quiet_libraries
 
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from blockcert.certify import certify, log_report_to_wandb, summary_table
+    from blockcert.certify import certify, log_report_to_wandb
 
     with one_line_errors():
-        report = certify(cfg)
-    print(summary_table(report))
-    log_report_to_wandb(cfg, report)
+        result = certify(cfg)
+    print("\n".join(result.lines))
+    log_report_to_wandb(cfg, result.report)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_clopper_pearson_matches_scipy_exact_interval(misses, n):
 
 
 def test_zero_misses_rule_of_three():
-    assert Coverage("abs", 1.0, 1000, 1000, 0.05).miss_rate_upper == pytest.approx(
+    assert Coverage("abs", "prompt", 1.0, 1000, 1000, 0.05).miss_rate_upper == pytest.approx(
         1 - 0.05 ** (1 / 1000), rel=1e-9
     )
 

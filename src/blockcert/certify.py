@@ -1,35 +1,112 @@
 """certify(cfg): verify certificates, compose the global bound, check it on the stitched model.
 
-Order matters: every hash and every claim is verified before anything is composed (exit 3 on a
-mismatch, nothing written); a sound bound below the observed deviation is a bug (exit 4, after
-the report is written so that it can be inspected).
+Stages, each a function over small dataclasses:
+  load_teacher -> verify_certificates (hashes, IR, split; exit 3) -> teacher_trajectory ->
+  rederive (every claim recomputed; exit 3) -> compose (B_k per block) -> stitched evaluation ->
+  build_report -> write files -> Lean instance (+ lake build).
+A sound bound below the observed deviation is a bug: exit 4, after the report is written so
+that it can be inspected. Library code returns lines; the entry script prints them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import fields
-from fractions import Fraction
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from blockcert.cert.metrics import ErrorReport
 from blockcert.compose.chain import Chain, compose_chain
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.report import write_report
-from blockcert.evaluate.trajectory import stitched_evaluation, teacher_trajectory
-from blockcert.models.adapters import adapter_for
+from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
+from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.prove.lake import run_lake_build
 from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
-from blockcert.verify.claims import Tolerance, reproduce_claims, verify_artifacts
-from blockcert.verify.collect import latest_per_block
+from blockcert.verify.claims import (
+    Tolerance,
+    VerifiedBlock,
+    check_split,
+    rederive_claims,
+    verify_artifacts,
+)
+from blockcert.verify.collect import certificates_per_block
+from blockcert.verify.split import rebuild_split
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: object  # blockcert.models.load.Teacher
+    adapter: BlockAdapter
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Certificates that passed hashes, IR validation and the split check."""
+
+    blocks: dict[int, VerifiedBlock]
+    heldout: torch.Tensor  # [n_prompts, seq] shared by every certificate
+
+    @property
+    def first(self) -> int:
+        return min(self.blocks)
+
+    def digest(self) -> str:
+        """SHA-256 over the composed certificates' own hashes, in block order."""
+        return hashlib.sha256("".join(b.sha256 for b in self.blocks.values()).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Composition:
+    chain: Chain
+    kind: str  # "sound" | "empirical"
+    claimed: object  # Fraction: a short decimal >= the exact B_L
+    float_slack: dict[int, float]
+
+    @property
+    def final(self):
+        return self.chain.final_sound if self.kind == "sound" else self.chain.final_empirical
+
+
+@dataclass
+class CertifyResult:
+    report: dict
+    lines: list[str]
+
+
+def load_teacher(cfg: DictConfig) -> Teacher:
+    model = instantiate(cfg.model)
+    return Teacher(model, adapter_for(model))
+
+
+def verify_certificates(cfg: DictConfig, teacher: Teacher, runs: Path) -> Verified:
+    """Stage 1: hashes, IR and split of every chosen certificate; VerificationError if not."""
+    adapter = teacher.adapter
+    chosen = certificates_per_block(runs, teacher.model.name)
+    params = [extract_block(adapter, k).num_params for k in range(adapter.num_blocks)]
+    blocks, heldout = {}, None
+    for k, (path, certificate) in chosen.items():
+        block = verify_artifacts(
+            path, certificate, teacher.model.weights_sha256, adapter.num_blocks, params
+        )
+        if heldout is not None and not torch.equal(block.heldout, heldout):
+            raise BlockCertError(
+                f"{path}: its held-out prompts differ from the other certificates'; compose only "
+                "certificates measured on the same data (same data config and seed)."
+            )
+        rebuilt = rebuild_split(certificate["data"].get("recipe"), teacher.model.tokenizer, path)
+        check_split(block, rebuilt)
+        heldout = block.heldout
+        blocks[k] = block
+    return Verified(blocks, heldout)
 
 
 def _pairs(states: list[torch.Tensor], k: int, batch_size: int):
@@ -38,81 +115,37 @@ def _pairs(states: list[torch.Tensor], k: int, batch_size: int):
         yield states[k][rows], states[k + 1][rows]
 
 
-def _as_float(q: Fraction | None) -> float | None:
-    return None if q is None else float(q)
-
-
-def _block_rows(
-    chain: Chain, observed: list[float], claims: dict, slack: dict[int, float]
-) -> list[dict]:
-    rows = []
-    for link in chain.links:
-        claim = claims.get(link.block)
-        first_abs = None
-        if claim is not None:
-            abs_cov = [c for c in claim["coverage"] if c["kind"] == "abs"]
-            first_abs = abs_cov[0]["fraction"] if abs_cov else None
-        rows.append(
-            {
-                "block": link.block,
-                "certified": link.certified,
-                "eps": float(link.eps),  # measured eps_k + fp32 allowance, rounded up
-                "float_slack": slack[link.block],
-                "lipschitz_sound": _as_float(link.lipschitz_sound),
-                "lipschitz_empirical": float(link.lipschitz_empirical),
-                "bound_sound": _as_float(link.bound_sound),
-                "bound_empirical": float(link.bound_empirical),
-                "eps_rational": str(link.eps),
-                "observed": observed[link.block],
-                "coverage_first_abs": first_abs,
-            }
-        )
-    return rows
-
-
-def certify(cfg: DictConfig) -> dict:
-    """Run the whole check; returns the report dict (also written under cfg.out)."""
-    teacher = instantiate(cfg.model)
-    adapter = adapter_for(teacher)
-    runs = Path(cfg.runs) if cfg.runs else Path(cfg.runs_root) / teacher.name
-    chosen = latest_per_block(runs, teacher.name)
-    # 1. verify every hash before doing anything else
-    verified, heldout = {}, None
-    for k, (path, certificate) in chosen.items():
-        if k >= adapter.num_blocks:
-            raise BlockCertError(f"{path}: block {k} does not exist in {teacher.name}.")
-        surrogate, ids = verify_artifacts(path, certificate, teacher.weights_sha256)
-        if heldout is not None and not torch.equal(ids, heldout):
-            raise BlockCertError(
-                f"{path}: its held-out prompts differ from the other certificates'; compose only "
-                "certificates measured on the same data (same data config and seed)."
-            )
-        heldout = ids
-        verified[k] = (path, certificate, surrogate)
-    tolerance = Tolerance(**{f.name: cfg.tolerance[f.name] for f in fields(Tolerance)})
-    # 2. teacher trajectory on the held-out prompts, then reproduce every claim
-    states = teacher_trajectory(adapter, heldout, cfg.batch_size)
-    reports = {
-        k: reproduce_claims(path, cert, surrogate, _pairs(states, k, cfg.batch_size), tolerance)
-        for k, (path, cert, surrogate) in verified.items()
+def rederive(
+    verified: Verified, states: list[torch.Tensor], cfg: DictConfig, tolerance: Tolerance
+) -> dict[int, ErrorReport]:
+    """Stage 2: every claim of every certificate recomputed on teacher pairs (exit 3 if not)."""
+    return {
+        k: rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
+        for k, block in verified.blocks.items()
     }
-    print(
-        f"verified {len(verified)} certificate(s): hashes match, claims reproduced "
-        f"({tolerance.describe()})"
-    )
-    # 3. Lipschitz on the composed tube and the bound (blocks without a certificate: g_k = f_k)
-    # The theorem is about exact arithmetic; the stitched model runs in fp32. Each composed
-    # eps_k gets an allowance for fp32 evaluation error: float_slack * max_t ||h_{k+1, t}||.
-    blocks, slack = [], {}
+
+
+def compose(
+    cfg: DictConfig,
+    teacher: Teacher,
+    verified: Verified,
+    reports: dict[int, ErrorReport],
+    states: list[torch.Tensor],
+) -> Composition:
+    """Stage 3: Lipschitz constants on the composed tube and the bound B_k, block by block.
+
+    Blocks without a certificate are the teacher's own (g_k = f_k, eps_k = 0). The theorem is
+    about exact arithmetic; the stitched model runs in fp32, so each composed eps_k gets an
+    allowance for fp32 evaluation error: float_slack * max_t ||h_{k+1, t}||.
+    """
+    adapter, blocks, slack = teacher.adapter, [], {}
     for k in range(adapter.num_blocks):
         slack[k] = cfg.float_slack * float(states[k + 1].norm(dim=-1).max())
-        if k in verified:
-            eps = max(reports[k].eps_max, verified[k][1]["metrics"]["eps_max"])
-            blocks.append((k, verified[k][2], True, eps + slack[k]))
+        if k in verified.blocks:
+            blocks.append((k, verified.blocks[k].surrogate, True, reports[k].eps_max + slack[k]))
         else:
             blocks.append((k, extract_block(adapter, k), False, slack[k]))
-    first = min(verified)
-    lip = cfg.lipschitz
+    first, lip = verified.first, cfg.lipschitz
     chain = compose_chain(
         blocks[first:],
         states[first:-1],
@@ -122,74 +155,127 @@ def certify(cfg: DictConfig) -> dict:
         lip.ascent_steps,
         min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
     )
-    # 4. stitched model vs teacher
-    surrogates = {k: v[2] for k, v in verified.items()}
-    stitched = stitched_evaluation(adapter, surrogates, heldout, states, cfg.batch_size)
-    observed = stitched.block_deviation
     kind = "sound" if chain.sound else "empirical"
+    final = chain.final_sound if chain.sound else chain.final_empirical
     # claim a short decimal at or above the exact B_L; Lean re-computes B_L and checks it
-    claimed = round_up(chain.final_sound if chain.sound else chain.final_empirical)
-    final_observed = float(stitched.final_token_deviation.max())
-    findings, violations = [], []
-    for link in chain.links:
-        bound = link.bound_sound if chain.sound else link.bound_empirical
+    return Composition(chain, kind, round_up(final), slack)
+
+
+def bound_checks(composition: Composition, observed: list[float]) -> tuple[list[str], list[str]]:
+    """(findings, violations): blocks whose observed deviation exceeds B_k of the chain used."""
+    violations = []
+    for link in composition.chain.links:
+        bound = link.bound_sound if composition.kind == "sound" else link.bound_empirical
         if observed[link.block] > float(bound):
             violations.append(
                 f"block {link.block}: observed deviation {observed[link.block]:.6g} exceeds "
-                f"B_k = {float(bound):.6g} ({kind})"
+                f"B_k = {float(bound):.6g} ({composition.kind})"
             )
-    if kind == "empirical":
+    findings = []
+    if composition.kind == "empirical":
         findings.append(
             "the sound chain is unbounded on this tube, so the global bound uses EMPIRICAL "
             "Lipschitz constants (lower estimates): it is not certified."
         )
         findings += [f"empirical constant underestimated the true one: {v}" for v in violations]
-    # 5. Lean instance and kernel check
-    eps_q, lips_q = chain.lists(kind)
-    # the instance is named after every certificate it composes
-    digest = hashlib.sha256(
-        "".join(c["certificate_sha256"] for _, c, _ in verified.values()).encode()
-    ).hexdigest()
-    provenance = {
-        f"block {k}": f"{p} sha256={c['certificate_sha256']}" for k, (p, c, _) in verified.items()
-    }
-    provenance["kind"] = kind
+    return findings, violations
+
+
+def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict:
+    """Stage 5: the Lean instance of this run, kernel-checked when `lake` is available."""
+    eps_q, lips_q = composition.chain.lists(composition.kind)
+    provenance = {f"block {k}": f"{b.path} sha256={b.sha256}" for k, b in verified.blocks.items()}
+    provenance["kind"] = composition.kind
     lean_root = Path(cfg.lean.root)
-    lean_file = write_lean_instance(lean_root, digest, eps_q, lips_q, claimed, provenance)
-    lean = run_lake_build(lean_root) if cfg.lean.build else None
-    lean_status = (
-        {"status": lean.status, "toolchain": lean.toolchain, "message": lean.message}
-        if lean is not None
-        else {"status": "skipped", "toolchain": None, "message": "lean.build=false"}
+    lean_file = write_lean_instance(
+        lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance
     )
-    lean_status["file"] = str(lean_file)
+    result = run_lake_build(lean_root) if cfg.lean.build else None
+    if result is None:
+        status = {"status": "skipped", "toolchain": None, "message": "lean.build=false"}
+    else:
+        status = {"status": result.status, "toolchain": result.toolchain, "message": result.message}
+    if composition.kind == "empirical" and status["status"] == "checked":
+        # the kernel checked the arithmetic of a chain built from lower estimates: no guarantee
+        status["status"] = "arithmetic checked; constants empirical"
+    status["file"] = str(lean_file)
+    return status
+
+
+def _coverage_rows(report: ErrorReport) -> list[dict]:
+    return [c.to_dict() for c in report.coverage]
+
+
+def _block_rows(
+    composition: Composition, observed: list[float], reports: dict[int, ErrorReport]
+) -> list[dict]:
+    rows = []
+    for link in composition.chain.links:
+        metrics = reports.get(link.block)
+        rows.append(
+            {
+                "block": link.block,
+                "certified": link.certified,
+                "eps": float(link.eps),  # recomputed eps_k + fp32 allowance, rounded up
+                "eps_rational": str(link.eps),
+                "float_slack": composition.float_slack[link.block],
+                "lipschitz_sound": None
+                if link.lipschitz_sound is None
+                else float(link.lipschitz_sound),
+                "lipschitz_empirical": float(link.lipschitz_empirical),
+                "bound_sound": None if link.bound_sound is None else float(link.bound_sound),
+                "bound_empirical": float(link.bound_empirical),
+                "observed": observed[link.block],
+                "recomputed": None if metrics is None else metrics.to_dict(),
+            }
+        )
+    return rows
+
+
+def build_report(
+    teacher: Teacher,
+    verified: Verified,
+    reports: dict[int, ErrorReport],
+    composition: Composition,
+    stitched: StitchedResult,
+    tolerance: Tolerance,
+    cfg: DictConfig,
+) -> tuple[dict, list[str]]:
+    """Stage 4: the report (every figure recomputed here) and the violations of the bound."""
+    observed = stitched.block_deviation
+    final_observed = float(stitched.final_token_deviation.max())
+    findings, violations = bound_checks(composition, observed)
+    chain = composition.chain
+    first = reports[verified.first]
     report = {
-        "model": teacher.describe(),
-        "num_blocks": adapter.num_blocks,
-        "certified_blocks": sorted(verified),
-        "certificates": {str(k): str(p) for k, (p, _, _) in verified.items()},
+        "model": teacher.model.describe(),
+        "num_blocks": teacher.adapter.num_blocks,
+        "certified_blocks": sorted(verified.blocks),
+        "certificates": {str(k): str(b.path) for k, b in verified.blocks.items()},
+        "selection": "per block, the last certificate.json under runs in sorted path order",
         "data": {
-            "n_prompts": len(heldout),
-            "n_tokens": heldout.numel(),
-            "sha256": verified[first][1]["data"]["sha256"],
+            "n_prompts": len(verified.heldout),
+            "n_tokens": verified.heldout.numel(),
+            "sha256": verified.blocks[verified.first].certificate["data"]["sha256"],
+            "split": "rebuilt from each certificate's recipe; equal to its token file; "
+            "disjoint from the training prompts",
         },
         "verification": {"status": "passed", "tolerance": tolerance.describe()},
         "bound": {
-            "kind": kind,
-            "claimed": float(claimed),
-            "claimed_rational": str(claimed),
-            "sound": _as_float(chain.final_sound),
+            "kind": composition.kind,
+            "arithmetic": "exact rationals; sound in exact arithmetic of the IR",
+            "claimed": float(composition.claimed),
+            "claimed_rational": str(composition.claimed),
+            "sound": None if chain.final_sound is None else float(chain.final_sound),
             "empirical": float(chain.final_empirical),
-            "tightness": float(claimed) / final_observed if final_observed > 0 else None,
+            "tightness": float(composition.claimed) / final_observed
+            if final_observed > 0
+            else None,
         },
         "float_slack": cfg.float_slack,
-        "blocks": _block_rows(
-            chain, observed, {k: c["metrics"] for k, (_, c, _) in verified.items()}, slack
-        ),
-        "coverage_tau": next(
-            (c["tau"] for c in verified[first][1]["metrics"]["coverage"] if c["kind"] == "abs"),
-            None,
-        ),
+        "blocks": _block_rows(composition, observed, reports),
+        "coverage": _coverage_rows(first),
+        "coverage_tau": next((c.tau for c in first.coverage if c.kind == "abs"), None),
         "stitched": {
             "observed_final_max": final_observed,
             "observed_final_mean": float(stitched.final_token_deviation.mean()),
@@ -200,22 +286,45 @@ def certify(cfg: DictConfig) -> dict:
             "top1_agreement": stitched.top1_agreement,
             "n_tokens": stitched.n_tokens,
         },
-        "lean": lean_status,
         "findings": findings,
-        "violations": violations if kind == "sound" else [],
+        "violations": violations if composition.kind == "sound" else [],
     }
+    return report, violations
+
+
+def certify(cfg: DictConfig) -> CertifyResult:
+    """Run every stage; returns the report (also written under cfg.out) and summary lines."""
+    teacher = load_teacher(cfg)
+    runs = Path(cfg.runs) if cfg.runs else Path(cfg.runs_root) / teacher.model.name
+    tolerance = Tolerance(**{f.name: cfg.tolerance[f.name] for f in fields(Tolerance)})
+    verified = verify_certificates(cfg, teacher, runs)
+    log.info("stage verify: %d certificate(s), hashes, IR and split pass", len(verified.blocks))
+    states = teacher_trajectory(teacher.adapter, verified.heldout, cfg.batch_size)
+    reports = rederive(verified, states, cfg, tolerance)
+    log.info("stage rederive: every claim reproduced (%s)", tolerance.describe())
+    composition = compose(cfg, teacher, verified, reports, states)
+    log.info("stage compose: %s bound %.6g", composition.kind, float(composition.claimed))
+    surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
+    stitched = stitched_evaluation(
+        teacher.adapter, surrogates, verified.heldout, states, cfg.batch_size
+    )
+    log.info("stage stitched: ppl delta %.3g", stitched.ppl_delta)
+    report, violations = build_report(
+        teacher, verified, reports, composition, stitched, tolerance, cfg
+    )
+    report["lean"] = prove(cfg, verified, composition)
     out = Path(cfg.out) if cfg.out else runs / "certify"
     files = write_report(report, stitched.final_token_deviation, out)
     report["files"] = [str(f) for f in files]
-    if kind == "sound" and violations:
+    if composition.kind == "sound" and violations:
         raise BoundViolationError(
             "BUG: observed deviation exceeds the SOUND bound, contradicting the composition "
             f"theorem: {violations[0]} (report in {out})."
         )
-    return report
+    return CertifyResult(report, summary_lines(report))
 
 
-def summary_table(report: dict) -> str:
+def summary_lines(report: dict) -> list[str]:
     s, b = report["stitched"], report["bound"]
     rows = [
         ("certified blocks", f"{len(report['certified_blocks'])} of {report['num_blocks']}"),
@@ -235,7 +344,7 @@ def summary_table(report: dict) -> str:
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines += [f"FINDING: {f}" for f in report["findings"]]
     lines.append(f"report: {report['files'][0]}")
-    return "\n".join(lines)
+    return lines
 
 
 def log_report_to_wandb(cfg: DictConfig, report: dict) -> None:

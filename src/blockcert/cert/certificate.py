@@ -16,7 +16,7 @@ from pathlib import Path
 from blockcert.atomic import write_text_atomic
 from blockcert.errors import BlockCertError, VerificationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: coverage per token and per prompt; data.recipe
 CERTIFICATE_FILE = "certificate.json"
 TOKENS_FILE = "heldout_tokens.safetensors"
 

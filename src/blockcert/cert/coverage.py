@@ -1,4 +1,11 @@
-"""Coverage at a threshold with a one-sided Clopper-Pearson upper bound on the miss rate."""
+"""Coverage at a threshold with a one-sided Clopper-Pearson upper bound on the miss rate.
+
+Two sampling units, labelled in every entry. `prompt`: a prompt is covered when every one of its
+tokens is within tau; prompts are the i.i.d. draws, so the Clopper-Pearson bound is a statement
+about fresh prompts from the same distribution. `token`: the fraction of tokens within tau; the
+tokens of one prompt are correlated, so its Clopper-Pearson figure treats correlated trials as
+independent and is descriptive only (overconfident as a bound).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +25,13 @@ def clopper_pearson_upper(misses: int, n: int, delta: float) -> float:
 
 @dataclass(frozen=True)
 class Coverage:
-    """Fraction of evaluated tokens with error <= tau; kind is `abs` or `rel` (error / ||f(h)||)."""
+    """Fraction of evaluated units (tokens or prompts) within tau.
+
+    kind: `abs` (error <= tau) or `rel` (error / ||f(h)|| <= tau); unit: `token` or `prompt`.
+    """
 
     kind: str
+    unit: str
     tau: float
     covered: int
     n: int
@@ -34,9 +45,15 @@ class Coverage:
     def miss_rate_upper(self) -> float:
         return clopper_pearson_upper(self.n - self.covered, self.n, self.delta)
 
+    @property
+    def key(self) -> tuple[str, str, float]:
+        """What identifies an entry: claims are matched by this, never by list position."""
+        return (self.kind, self.unit, float(self.tau))
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
+            "unit": self.unit,
             "tau": self.tau,
             "covered": self.covered,
             "n": self.n,

@@ -2,20 +2,24 @@
 
 e_t = ||g(h)_t - f(h)_t||_2 for every token t of every evaluated prompt (first position
 included). The surrogate's last projection, residual add and error reductions run in the fused
-kernel (kernels.cert_reduce) when the last op is a linear map, else on the materialised output.
+kernel (blockcert.kernels) when it is a full linear map, else on the materialised output.
+Sums are accumulated in float64 over fp32 per-token errors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from blockcert.cert.coverage import Coverage
+from blockcert.errors import BlockCertError
 from blockcert.kernels import ErrorStats, fused_projection_error, pair_error
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
+from blockcert.surrogate.view import BlockView, block_view
 
 
 @dataclass
@@ -43,33 +47,69 @@ class ErrorReport:
 def block_error_stats(
     surrogate: Surrogate, x_in: torch.Tensor, x_out: torch.Tensor, taus: list[float]
 ) -> ErrorStats:
-    """Fused error reductions of the surrogate on one batch `[b, s, d]` (per-token kept)."""
-    graph, weights = surrogate.graph, surrogate.weights
-    last = graph.node(graph.output)
-    projection = graph.node("mlp_out") if last.op == "add" else None
-    if projection is not None and projection.op == "linear" and last.inputs[1] == "mlp_out":
-        _, values = run_graph(graph, weights, x_in, keep=(projection.inputs[0], last.inputs[0]))
-        hidden, residual = values[projection.inputs[0]], values[last.inputs[0]]
-        bias = weights.get(projection.weights.get("bias", ""), None)
+    """Fused error reductions of the surrogate on one batch `[b, s, d]` (per-token kept).
+
+    out = y + P_down(hidden): the last projection, the residual add and the reductions run in
+    the fused kernel when P_down is a full linear map; otherwise the output is materialised.
+    """
+    view = block_view(surrogate)
+    down = view.mlp.down
+    if not down.low_rank:
+        _, values = run_graph(
+            surrogate.graph, surrogate.weights, x_in, keep=(BlockView.HIDDEN, BlockView.MID)
+        )
+        hidden, residual = values[BlockView.HIDDEN], values[BlockView.MID]
         return fused_projection_error(
             hidden.reshape(-1, hidden.shape[-1]),
-            weights[projection.weights["weight"]],
+            down.weight,
             residual.reshape(-1, residual.shape[-1]),
             x_out.reshape(-1, x_out.shape[-1]),
             taus,
-            bias=bias,
+            bias=down.bias,
             return_per_token=True,
         )
-    pred = run_graph(graph, weights, x_in)
+    pred = run_graph(surrogate.graph, surrogate.weights, x_in)
     return pair_error(
         pred.reshape(-1, pred.shape[-1]), x_out.reshape(-1, x_out.shape[-1]), taus, True
     )
 
 
-def _quantile(values: torch.Tensor, q: float) -> float:
-    # torch.quantile refuses very large inputs; kthvalue is exact and has no size limit.
-    k = max(1, min(len(values), int(torch.ceil(torch.tensor(q * len(values))).item())))
+def quantile(values: torch.Tensor, q: float) -> float:
+    """The empirical q-quantile: the ceil(q n)-th smallest value (1-based), n = len(values).
+
+    The one quantile rule of the project (certificates, validation metrics, verification).
+    kthvalue is exact and, unlike torch.quantile, has no input-size limit.
+    """
+    n = len(values)
+    k = max(1, min(n, math.ceil(q * n)))
     return float(values.kthvalue(k).values)
+
+
+def coverage_entries(
+    errors: torch.Tensor,
+    rel_errors: torch.Tensor,
+    taus_abs,
+    taus_rel,
+    delta: float,
+    token_counts_abs: torch.Tensor | None = None,
+) -> list[Coverage]:
+    """Coverage at every tau, per token and per prompt; errors: `[n_prompts, seq]` fp32.
+
+    A prompt is covered when its worst token is within tau. token_counts_abs: the fused
+    kernel's per-tau token counts, used for the token-level abs entries when given.
+    """
+    entries = []
+    for kind, values, taus in (("abs", errors, taus_abs), ("rel", rel_errors, taus_rel)):
+        worst = values.amax(dim=1)
+        for j, tau in enumerate(taus):
+            tau = float(tau)
+            fused = kind == "abs" and token_counts_abs is not None
+            covered = int(token_counts_abs[j]) if fused else int((values <= tau).sum())
+            entries.append(Coverage(kind, "token", tau, covered, values.numel(), delta))
+            entries.append(
+                Coverage(kind, "prompt", tau, int((worst <= tau).sum()), len(worst), delta)
+            )
+    return entries
 
 
 @torch.no_grad()
@@ -80,35 +120,35 @@ def measure_errors(
     taus_rel: list[float],
     delta: float,
 ) -> ErrorReport:
-    """Error metrics of `surrogate` over `pairs` of (block input, teacher block output)."""
-    errors, norms, n_prompts, stats = [], [], 0, None
+    """Error metrics of `surrogate` over `pairs` of (block input, teacher block output).
+
+    Every token of every prompt counts (first position included); errors stay `[prompt, seq]`
+    so that coverage can be stated per prompt, the i.i.d. unit.
+    """
+    errors, norms, stats = [], [], None
     for x_in, x_out in pairs:
         batch = block_error_stats(surrogate, x_in.float(), x_out.float(), list(taus_abs))
+        if math.isnan(batch.max_error):
+            raise BlockCertError("the surrogate produced NaN on evaluated tokens.")
         stats = batch if stats is None else stats.merge(batch)
-        errors.append(batch.per_token_sq.sqrt())
-        norms.append(x_out.float().reshape(-1, x_out.shape[-1]).norm(dim=-1))
-        n_prompts += x_in.shape[0]
-    if stats is None:
-        raise ValueError("no evaluated pairs")
+        errors.append(batch.per_token_sq.sqrt().reshape(x_in.shape[0], x_in.shape[1]))
+        norms.append(x_out.float().norm(dim=-1))
+    if not errors:
+        raise BlockCertError("no evaluated pairs: the held-out split is empty.")
     err, target_norm = torch.cat(errors), torch.cat(norms)
     rel_err = err / target_norm.clamp_min(1e-30)
-    n = stats.n
-    coverage = [
-        Coverage("abs", float(t), int(c), n, delta)
-        for t, c in zip(taus_abs, stats.counts, strict=True)
-    ]
-    coverage += [Coverage("rel", float(t), int((rel_err <= t).sum()), n, delta) for t in taus_rel]
+    flat = err.flatten()
     return ErrorReport(
-        n_prompts=n_prompts,
-        n_tokens=n,
+        n_prompts=err.shape[0],
+        n_tokens=flat.numel(),
         eps_max=stats.max_error,
-        mean=stats.sum_error / n,
-        rms=(stats.sum_sq_error / n) ** 0.5,
-        p50=_quantile(err, 0.5),
-        p99=_quantile(err, 0.99),
+        mean=float(flat.double().mean()),
+        rms=float(flat.double().pow(2).mean().sqrt()),
+        p50=quantile(flat, 0.5),
+        p99=quantile(flat, 0.99),
         rel_max=float(rel_err.max()),
-        rel_mean=float(rel_err.mean()),
-        rel_p99=_quantile(rel_err, 0.99),
-        target_norm_mean=float(target_norm.mean()),
-        coverage=coverage,
+        rel_mean=float(rel_err.double().mean()),
+        rel_p99=quantile(rel_err.flatten(), 0.99),
+        target_norm_mean=float(target_norm.double().mean()),
+        coverage=coverage_entries(err, rel_err, taus_abs, taus_rel, delta, stats.counts),
     )

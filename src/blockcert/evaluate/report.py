@@ -61,6 +61,14 @@ def _save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _first_abs_coverage(row: dict) -> float | None:
+    """Prompt-level coverage at the first absolute tau, recomputed by the verifier."""
+    metrics = row.get("recomputed")
+    entries = [] if metrics is None else metrics["coverage"]
+    hits = [c["fraction"] for c in entries if c["kind"] == "abs" and c["unit"] == "prompt"]
+    return hits[0] if hits else None
+
+
 def write_plots(report: dict, final_deviation, out: Path) -> list[Path]:
     blocks = report["blocks"]
     ks = [b["block"] for b in blocks]
@@ -70,9 +78,9 @@ def write_plots(report: dict, final_deviation, out: Path) -> list[Path]:
     ax1.bar(ks, [float(b["eps"]) for b in blocks], color="tab:blue")
     ax1.set_ylabel("eps_k (max L2 error)")
     ax1.set_yscale("symlog", linthresh=1e-6)
-    covered = [b.get("coverage_first_abs") for b in blocks]
+    covered = [_first_abs_coverage(b) for b in blocks]
     ax2.bar(ks, [c if c is not None else 0 for c in covered], color="tab:green")
-    ax2.set_ylabel(f"coverage @ tau={report.get('coverage_tau', 'n/a')}")
+    ax2.set_ylabel(f"prompt coverage @ tau={report.get('coverage_tau', 'n/a')}")
     ax2.set_xlabel("block")
     paths.append(out / "per_block_eps_coverage.png")
     _save_figure(fig, paths[-1])

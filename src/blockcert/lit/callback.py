@@ -27,6 +27,7 @@ from blockcert.cert.certificate import (
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.cert.metrics import measure_errors
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate, sha256_file
+from blockcert.surrogate.view import block_view
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ def _lipschitz_inputs(datamodule, n_prompts: int) -> torch.Tensor:
     return torch.cat(batches)[:n_prompts]
 
 
+def split_recipe(config: dict, n_train: int, n_heldout: int) -> dict:
+    """How the verifier rebuilds the train / held-out split: corpus, sizes, seed."""
+    data = config.get("data", {})
+    return {
+        "corpus": data.get("corpus"),
+        "seq_len": data.get("seq_len"),
+        "n_train_prompts": n_train,
+        "n_heldout_prompts": n_heldout,
+        "seed": data.get("seed"),
+    }
+
+
 def certify_block(
     surrogate,
     datamodule,
@@ -95,6 +108,7 @@ def certify_block(
     """Measure, hash and write the certificate of `surrogate` for `datamodule.block`."""
     teacher = datamodule.adapter.teacher
     heldout = datamodule.prompts.heldout
+    block_view(surrogate)  # never certify a graph the verifier would reject
     files = save_surrogate(surrogate, run_dir)
     write_atomic(
         run_dir / TOKENS_FILE, lambda tmp: save_file({"input_ids": heldout.contiguous()}, str(tmp))
@@ -130,6 +144,7 @@ def certify_block(
             "train_sha256": token_ids_sha256(datamodule.prompts.train),
             "n_train_prompts": len(datamodule.prompts.train),
             "pairs_source": datamodule.pairs_source,
+            "recipe": split_recipe(config, len(datamodule.prompts.train), report.n_prompts),
         },
         "metrics": report.to_dict(),
         "lipschitz": {"sound": sound.to_dict(), "empirical": empirical.to_dict()},

@@ -6,6 +6,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from blockcert.cert.metrics import quantile
+
 
 class TokenErrorMetrics(Metric):
     """eps_max, mean, p99 and coverage@tau of per-token errors seen so far."""
@@ -25,7 +27,7 @@ class TokenErrorMetrics(Metric):
         out = {
             "eps_max": errors.max(),
             "mean": errors.mean(),
-            "p99": errors.kthvalue(max(1, int(0.99 * len(errors)))).values,
+            "p99": torch.tensor(quantile(errors, 0.99)),
         }
         for tau in self.taus:
             out[f"coverage@{tau:g}"] = (errors <= tau).float().mean()

@@ -16,6 +16,7 @@ from blockcert.errors import BlockCertError
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Node, Surrogate
 from blockcert.surrogate.refit import refit_projections
+from blockcert.surrogate.view import BlockView, block_view
 
 LOW_RANK_NODES = ("q", "k", "v", "attn_out", "gate", "up", "fc", "mlp_out")
 
@@ -54,19 +55,18 @@ def importance(
     surrogate: Surrogate, inputs: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(head importance [heads], neuron importance [mlp_width]) averaged over tokens of `inputs`."""
-    graph, weights = surrogate.graph, surrogate.weights
-    head_dim = graph.node("attn").attrs["head_dim"]
-    w_o = weights[graph.node("attn_out").weights["weight"]]
-    w_down = weights[graph.node("mlp_out").weights["weight"]]
-    heads = torch.zeros(w_o.shape[1] // head_dim, dtype=torch.float64)
+    graph, weights, view = surrogate.graph, surrogate.weights, block_view(surrogate)
+    head_dim = view.attention.head_dim
+    w_o, w_down = view.attention.o.matrix(torch.float32), view.mlp.down.matrix(torch.float32)
+    heads = torch.zeros(view.attention.n_heads, dtype=torch.float64)
     neurons = torch.zeros(w_down.shape[1], dtype=torch.float64)
     tokens = 0
     for x in inputs:
-        _, values = run_graph(graph, weights, x.float(), keep=("attn", "hidden"))
+        _, values = run_graph(graph, weights, x.float(), keep=("attn", BlockView.HIDDEN))
         attn = values["attn"].reshape(-1, len(heads), head_dim)
         per_head = torch.einsum("dhk,nhk->nhd", w_o.view(-1, len(heads), head_dim), attn)
         heads += per_head.pow(2).sum(-1).sum(0).double()
-        hidden = values["hidden"].reshape(-1, w_down.shape[1])
+        hidden = values[BlockView.HIDDEN].reshape(-1, w_down.shape[1])
         neurons += (hidden.pow(2).sum(0) * w_down.pow(2).sum(0)).double()
         tokens += hidden.shape[0]
     return heads / tokens, neurons / tokens
@@ -137,23 +137,44 @@ def reduce(full: Surrogate, capacity: Capacity, inputs: list[torch.Tensor]) -> S
     heads, width = full.graph.capacity["heads"], full.graph.capacity["mlp_width"]
     kept_heads, kept_width, rank = capacity.counts(heads, width, full.graph.d_model)
     surrogate = Surrogate(copy.deepcopy(full.graph), dict(full.weights))
+
+    def declare(rank: int | None) -> None:
+        kv_heads = len(set(surrogate.graph.node("attn").attrs["kv_head_of_q"]))
+        surrogate.graph.capacity = capacity_record(
+            kept_heads, kv_heads, kept_width, rank, heads, width, full.num_params
+        )
+
     if kept_heads < heads or kept_width < width:
         head_score, neuron_score = importance(full, inputs)
         if kept_heads < heads:
             keep_heads(surrogate, sorted(head_score.topk(kept_heads).indices.tolist()))
         if kept_width < width:
             keep_neurons(surrogate, sorted(neuron_score.topk(kept_width).indices.tolist()))
+        declare(None)
         refit_projections(surrogate, full, inputs)
     if rank is not None:
         factor_low_rank(surrogate, rank)
-    kv_heads = len(set(surrogate.graph.node("attn").attrs["kv_head_of_q"]))
-    surrogate.graph.capacity = {
-        "heads": kept_heads,
-        "kv_heads": kv_heads,
-        "mlp_width": kept_width,
-        "rank": rank,
-        "teacher_heads": heads,
-        "teacher_mlp_width": width,
-        "teacher_params": full.num_params,
-    }
+    declare(rank)
+    block_view(surrogate)  # the cut must still fit the family template
     return surrogate
+
+
+def capacity_record(
+    heads: int,
+    kv_heads: int,
+    mlp_width: int,
+    rank: int | None,
+    teacher_heads: int,
+    teacher_mlp_width: int,
+    teacher_params: int,
+) -> dict:
+    """The capacity a graph declares (validated against its weights by `block_view`)."""
+    return {
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "mlp_width": mlp_width,
+        "rank": rank,
+        "teacher_heads": teacher_heads,
+        "teacher_mlp_width": teacher_mlp_width,
+        "teacher_params": teacher_params,
+    }

@@ -11,19 +11,13 @@ from __future__ import annotations
 import torch
 
 from blockcert.models.adapters import BlockAdapter
+from blockcert.surrogate.capacity import capacity_record
 from blockcert.surrogate.ir import Graph, Node, Surrogate
 
 
 def _full_capacity(heads: int, kv_heads: int, mlp_width: int, weights: dict) -> dict:
-    return {
-        "heads": heads,
-        "kv_heads": kv_heads,
-        "mlp_width": mlp_width,
-        "rank": None,
-        "teacher_heads": heads,
-        "teacher_mlp_width": mlp_width,
-        "teacher_params": sum(w.numel() for w in weights.values()),
-    }
+    params = sum(w.numel() for w in weights.values())
+    return capacity_record(heads, kv_heads, mlp_width, None, heads, mlp_width, params)
 
 
 def _linear(name: str, source: str, layer_weight, layer_bias, weights: dict) -> Node:

@@ -12,6 +12,7 @@ import torch
 
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
+from blockcert.surrogate.view import block_view
 
 RIDGE = 1e-3  # times the mean diagonal of the Gram matrix
 
@@ -32,8 +33,8 @@ def _refit(
     target: str,
 ) -> None:
     """Refit linear node `node` (reading `feature`) so that `target` matches the full block."""
-    projection = surrogate.graph.node(node)
-    if projection.op != "linear" or "bias" in projection.weights:
+    projection = block_view(surrogate).projections()[node]
+    if projection.low_rank or projection.bias is not None:
         return  # low-rank or biased projections keep their pruned weights
     gram, cross = None, None
     for x in inputs:
@@ -47,7 +48,7 @@ def _refit(
         y = y.reshape(-1, y.shape[-1]).double()
         gram = a.T @ a if gram is None else gram + a.T @ a
         cross = a.T @ y if cross is None else cross + a.T @ y
-    surrogate.weights[projection.weights["weight"]] = _solve(gram, cross)
+    surrogate.weights[surrogate.graph.node(node).weights["weight"]] = _solve(gram, cross)
 
 
 def refit_projections(surrogate: Surrogate, full: Surrogate, inputs: list[torch.Tensor]) -> None:

@@ -1,4 +1,9 @@
-"""Find certificates under a run directory or a sweep directory."""
+"""Find the certificates to compose under a run directory or a sweep directory.
+
+Which certificate stands for a block is decided by path order, never by a field inside the
+(untrusted) certificate: run directories are named by start time, so the last path in sorted
+order is the newest run. Every choice is returned so that the report can list it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from blockcert.cert.certificate import CERTIFICATE_FILE, load_certificate
 from blockcert.errors import BlockCertError
 
 
-def latest_per_block(runs: str | Path, model: str) -> dict[int, tuple[Path, dict]]:
-    """{block: (certificate path, certificate)} keeping the newest certificate of each block.
+def certificates_per_block(runs: str | Path, model: str) -> dict[int, tuple[Path, dict]]:
+    """{block: (certificate path, certificate)}, the last path in sorted order for each block.
 
     Every certificate found is hash-checked (VerificationError on a mismatch).
     """
@@ -19,11 +24,12 @@ def latest_per_block(runs: str | Path, model: str) -> dict[int, tuple[Path, dict
     chosen: dict[int, tuple[Path, dict]] = {}
     for path in sorted(runs.rglob(CERTIFICATE_FILE)):
         certificate = load_certificate(path)
-        if certificate["model"]["name"] != model:
+        if certificate.get("model", {}).get("name") != model:
             continue
-        block = int(certificate["block"])
-        if block not in chosen or certificate["created_at"] > chosen[block][1]["created_at"]:
-            chosen[block] = (path, certificate)
+        block = certificate.get("block")
+        if not isinstance(block, int) or isinstance(block, bool):
+            raise BlockCertError(f"{path}: field block {block!r} is not an integer.")
+        chosen[block] = (path, certificate)  # later paths replace earlier ones
     if not chosen:
         raise BlockCertError(
             f"no certificate of model {model!r} under {runs}; run `python train.py model={model}` "
