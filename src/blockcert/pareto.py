@@ -8,7 +8,6 @@ logs them to W&B (offline unless WANDB_MODE says otherwise).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from blockcert.atomic import write_atomic, write_text_atomic
 from blockcert.cert.certificate import CERTIFICATE_FILE, load_certificate
 from blockcert.cli import one_line_errors
 from blockcert.errors import BlockCertError
+from blockcert.lit.wandb_log import coverage_key, log_files
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Point:
     teacher_params: int
     eps_max: float
     rel_mean: float
-    coverage: dict[str, float]  # "abs<=1" -> fraction
+    coverage: dict[str, float]  # "abs/prompt<=1" -> fraction
     capacity: dict
 
     @property
@@ -42,7 +42,7 @@ def collect_points(root: Path, block: int | None = None) -> list[Point]:
         if block is not None and cert["block"] != block:
             continue
         metrics = cert["metrics"]
-        coverage = {f"{c['kind']}<={c['tau']:g}": c["fraction"] for c in metrics["coverage"]}
+        coverage = {coverage_key(c): c["fraction"] for c in metrics["coverage"]}
         points.append(
             Point(
                 run=str(path.parent),
@@ -129,23 +129,9 @@ def plot(points: list[Point], path: Path) -> Path:
 
 
 def log_to_wandb(files: list[Path], points: list[Point]) -> None:
-    import wandb
-
-    run = wandb.init(
-        project="blockcert",
-        job_type="pareto",
-        dir=str(files[0].parent),
-        mode=os.environ.get("WANDB_MODE", "offline"),
-    )
-    table = wandb.Table(columns=["block", "params_fraction", "eps_max", "rel_mean"])
-    for p in points:
-        table.add_data(p.block, p.params_fraction, p.eps_max, p.rel_mean)
-    run.log({"pareto": table})
-    artifact = wandb.Artifact("pareto", type="pareto")
-    for file in files:
-        artifact.add_file(str(file))
-    run.log_artifact(artifact)
-    run.finish()
+    rows = [[p.block, p.params_fraction, p.eps_max, p.rel_mean] for p in points]
+    columns = ["block", "params_fraction", "eps_max", "rel_mean"]
+    log_files("pareto", "pareto", files, tables={"pareto": (columns, rows)})
 
 
 def main(argv: list[str] | None = None) -> int:

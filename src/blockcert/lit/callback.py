@@ -26,6 +26,7 @@ from blockcert.cert.certificate import (
 )
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.cert.metrics import measure_errors
+from blockcert.lit.wandb_log import coverage_key, log_files
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate, sha256_file
 from blockcert.surrogate.view import block_view
 
@@ -158,28 +159,24 @@ def certify_block(
 
 
 def log_to_wandb(trainer: L.Trainer, certificate: dict, run_dir: Path) -> None:
+    """Certificate summary + artifact on every attached W&B logger's run."""
     from lightning.pytorch.loggers import WandbLogger
 
+    metrics = certificate["metrics"]
+    summary = {f"cert/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    summary.update({f"cert/coverage_{coverage_key(c)}": c["fraction"] for c in metrics["coverage"]})
+    for kind, lip in certificate["lipschitz"].items():
+        if lip["value"] is not None:
+            summary[f"cert/lipschitz_{kind}"] = lip["value"]
+    summary["cert/params"] = certificate["surrogate"]["params"]
+    files = [run_dir / name for name in (CERTIFICATE_FILE, GRAPH_FILE, WEIGHTS_FILE, TOKENS_FILE)]
     for logger in trainer.loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        import wandb
-
-        run = logger.experiment
-        metrics = certificate["metrics"]
-        summary = {f"cert/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        for cov in metrics["coverage"]:
-            summary[f"cert/coverage_{cov['kind']}@{cov['tau']:g}"] = cov["fraction"]
-        for kind, lip in certificate["lipschitz"].items():
-            if lip["value"] is not None:
-                summary[f"cert/lipschitz_{kind}"] = lip["value"]
-        summary["cert/params"] = certificate["surrogate"]["params"]
-        run.summary.update(summary)
-        artifact = wandb.Artifact(
-            f"certificate-block{certificate['block']}",
-            type="certificate",
-            metadata={"certificate_sha256": certificate["certificate_sha256"]},
-        )
-        for name in (CERTIFICATE_FILE, GRAPH_FILE, WEIGHTS_FILE, TOKENS_FILE):
-            artifact.add_file(str(run_dir / name))
-        run.log_artifact(artifact)
+        if isinstance(logger, WandbLogger):
+            log_files(
+                f"certificate-block{certificate['block']}",
+                "certificate",
+                files,
+                summary,
+                run=logger.experiment,
+                metadata={"certificate_sha256": certificate["certificate_sha256"]},
+            )
