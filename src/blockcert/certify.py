@@ -23,6 +23,7 @@ from blockcert.cert.metrics import ErrorReport
 from blockcert.compose.chain import Chain, compose_chain
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
+from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
 from blockcert.models.adapters import BlockAdapter, adapter_for
@@ -312,16 +313,22 @@ def certify(cfg: DictConfig) -> CertifyResult:
     report, violations = build_report(
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
+    # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
+    prompt_lines, prompt_violations = run_prompt_stages(
+        cfg, teacher.adapter, teacher.model.tokenizer, verified, states,
+        composition.float_slack, report,
+    )  # fmt: skip
     report["lean"] = prove(cfg, verified, composition)
     out = Path(cfg.out) if cfg.out else runs / "certify"
     files = write_report(report, stitched.final_token_deviation, out)
     report["files"] = [str(f) for f in files]
-    if composition.kind == "sound" and violations:
+    violations = (violations if composition.kind == "sound" else []) + prompt_violations
+    if violations:
         raise BoundViolationError(
             "BUG: observed deviation exceeds the SOUND bound, contradicting the composition "
             f"theorem: {violations[0]} (report in {out})."
         )
-    return CertifyResult(report, summary_lines(report))
+    return CertifyResult(report, summary_lines(report) + prompt_lines)
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -369,6 +376,12 @@ def log_report_to_wandb(cfg: DictConfig, report: dict) -> None:
             "lean": report["lean"]["status"],
         }
     )
+    if "prompts" in report:
+        table = report["prompts"]["table"]
+        columns = [c.strip() for c in table[0].split(" | ")]
+        rows = [[c.strip() for c in line.split(" | ")] for line in table[1:]]
+        run.log({"prompts/comparison": wandb.Table(columns=columns, data=rows)})
+        run.summary.update({"prompts/ppl_delta": report["prompts"]["stitched"]["ppl_delta"]})
     artifact = wandb.Artifact(f"certify-report-{report['model']['name']}", type="certify-report")
     for file in report["files"]:
         artifact.add_file(file)

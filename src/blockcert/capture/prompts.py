@@ -1,4 +1,11 @@
-"""Prompts: fixed-length token windows cut from a corpus, split into train / held-out by prompt."""
+"""Prompts: fixed-length token windows cut from a corpus, split by prompt into train / held-out /
+check.
+
+The check split is drawn after train and held-out from the same shuffled pool, so adding it
+leaves the train and held-out ids (and every certificate and cache keyed by them) unchanged; it
+is never trained on nor certified on, and serves to validate statistical statements about fresh
+prompts.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +20,13 @@ from blockcert.errors import BlockCertError
 
 @dataclass(frozen=True)
 class PromptSplit:
-    """train: `[n_train, seq_len]`, heldout: `[n_heldout, seq_len]` int64 token ids."""
+    """train `[n_train, seq_len]`, heldout `[n_heldout, seq_len]`, check `[n_check, seq_len]`
+    int64 token ids (check may have 0 rows)."""
 
     train: torch.Tensor
     heldout: torch.Tensor
     source: dict[str, str]
+    check: torch.Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -37,6 +46,12 @@ def _prepends_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of one free-form prompt, with BOS first exactly when corpus windows get it."""
+    bos = [tokenizer.bos_token_id] if _prepends_bos(tokenizer) else []
+    return bos + tokenizer(text, add_special_tokens=False).input_ids
+
+
 def build_prompts(
     corpus: Corpus,
     tokenizer,
@@ -45,15 +60,20 @@ def build_prompts(
     n_heldout: int,
     seed: int = 0,
     pool_factor: int = 8,
+    n_check: int = 0,
 ) -> PromptSplit:
     """Cut non-overlapping windows of `seq_len` tokens from the corpus and split them by prompt.
 
     Windows are drawn from a pool of up to `pool_factor` times the number needed, shuffled with
     `seed`, so that prompts come from across the corpus; held-out prompts never share tokens
     with training prompts. A tokenizer that prepends BOS gets BOS at the start of every window.
+    `n_check` more windows follow train and held-out in the same shuffled order (the pool size
+    depends on train + held-out only, so those two splits do not change with n_check).
     """
-    if seq_len < 2 or n_train < 1 or n_heldout < 1:
-        raise BlockCertError("data.seq_len must be >= 2 and both prompt counts >= 1.")
+    if seq_len < 2 or n_train < 1 or n_heldout < 1 or n_check < 0:
+        raise BlockCertError(
+            "data.seq_len must be >= 2, both prompt counts >= 1 and n_check_prompts >= 0."
+        )
     bos = [tokenizer.bos_token_id] if _prepends_bos(tokenizer) else []
     body = seq_len - len(bos)
     needed = n_train + n_heldout
@@ -68,8 +88,17 @@ def build_prompts(
             f"the corpus gives {len(windows)} prompts of {seq_len} tokens but {needed} are needed "
             "(train + held-out); use a larger corpus or fewer / shorter prompts."
         )
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
-    chosen = torch.tensor([windows[i] for i in order[:needed].tolist()], dtype=torch.int64)
+    if len(windows) < needed + n_check:
+        raise BlockCertError(
+            f"the corpus pool holds {len(windows)} prompts of {seq_len} tokens but {needed} "
+            f"(train + held-out) + {n_check} check prompts are needed; use fewer check prompts."
+        )
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = torch.tensor([windows[i] for i in order[:needed]], dtype=torch.int64)
+    check = torch.tensor([windows[i] for i in order[needed : needed + n_check]], dtype=torch.int64)
     return PromptSplit(
-        train=chosen[n_heldout:], heldout=chosen[:n_heldout], source=corpus.describe()
+        train=chosen[n_heldout:],
+        heldout=chosen[:n_heldout],
+        source=corpus.describe(),
+        check=check.reshape(n_check, seq_len),
     )

@@ -1,0 +1,423 @@
+"""certify's stages on prompts other than the certificates' own.
+
+`verifier_prompts`: the verifier's prompt set (`prompts=`). Per certified block, eps_k on teacher
+inputs and its ratio to the certificate's eps_k, coverage at the certificate's tau; the stitched
+model's per-block and final deviation, ppl, KL, top-1; and the bound composed from the eps_k
+measured on these prompts (+ the fp32 allowance), B_k = L_k B_{k-1} + eps_k with L_k on the tube
+of radius B_{k-1} around these prompts' teacher inputs (sound; empirical when the sound chain is
+unbounded, labelled so). The bound >= observed check is the one on the certificates' prompts.
+
+`fresh_prompt_statistics`: the two statistical statements of evaluate.statistics on the
+certificates' held-out prompts, validated on the untouched check split of the same corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.compose.bound import bound_trajectory
+from blockcert.compose.rational import round_up
+from blockcert.evaluate.prompt_sets import PromptSet, check_split
+from blockcert.evaluate.statistics import (
+    LipschitzOptions,
+    compositional_bound,
+    direct_bounds,
+    event_misses,
+)
+from blockcert.evaluate.trajectory import (
+    PromptEvaluation,
+    RaggedTrajectory,
+    evaluate_prompts,
+    ragged_teacher_trajectory,
+)
+from blockcert.models.adapters import BlockAdapter
+from blockcert.surrogate.ir import Surrogate
+
+IID_NOTE = (
+    "statistical guarantees for fresh prompts drawn i.i.d. from the held-out prompts' "
+    "distribution (the prompt is the unit); not worst case, and not about other text such as "
+    "the stress set"
+)
+
+
+def certificate_tau(certificate: dict) -> float | None:
+    """The first absolute coverage threshold a certificate claims (None if it claims none)."""
+    return next((c["tau"] for c in certificate["metrics"]["coverage"] if c["kind"] == "abs"), None)
+
+
+def _coverage_fraction(certificate: dict, tau: float) -> float | None:
+    for c in certificate["metrics"]["coverage"]:
+        if c["kind"] == "abs" and c["tau"] == tau and c.get("unit", "token") == "token":
+            return c["fraction"]
+    return None
+
+
+def _ragged_chain(
+    chain: Sequence[tuple[int, Surrogate]],
+    eps: Sequence[float],
+    trajectory: RaggedTrajectory,
+    lipschitz: Mapping,
+    min_radius: float,
+) -> dict:
+    """Sound and empirical chains on ragged prompts: B_k = L_k B_{k-1} + eps_k (compose.bound).
+
+    sound L_k covers every prompt's tube at once (sound_lipschitz over all length batches);
+    empirical L_k is the largest ratio over the first `empirical_prompts` prompts' batches.
+    """
+    eps_q = [round_up(e) for e in eps]
+    sound, empirical = [], []
+    bound_sound, bound_empirical = [0.0], [0.0]
+    for j, (k, surrogate) in enumerate(chain):
+        inputs = trajectory.inputs(k)
+        if bound_sound[-1] is not None:
+            value = sound_lipschitz(surrogate, inputs, bound_sound[-1]).value
+            sound.append(None if value is None else round_up(value))
+        else:
+            sound.append(None)
+        radius = max(bound_empirical[-1], min_radius)
+        probes, budget = [], lipschitz["empirical_prompts"]
+        for x in inputs:
+            if budget <= 0:
+                break
+            probes.append(
+                empirical_lipschitz(
+                    surrogate,
+                    x[:budget],
+                    radius,
+                    lipschitz["random_trials"],
+                    lipschitz["ascent_steps"],
+                    seed=k,
+                ).value
+            )
+            budget -= len(x)
+        empirical.append(round_up(max(probes)))
+        if sound[-1] is None:
+            bound_sound.append(None)
+        else:
+            bound_sound.append(float(bound_trajectory(eps_q[: j + 1], sound)[-1]))
+        bound_empirical.append(float(bound_trajectory(eps_q[: j + 1], empirical)[-1]))
+    return {
+        "lipschitz_sound": [None if v is None else float(v) for v in sound],
+        "lipschitz_empirical": [float(v) for v in empirical],
+        "bound_sound": bound_sound[1:],
+        "bound_empirical": bound_empirical[1:],
+    }
+
+
+def _category_rows(prompt_set: PromptSet, evaluation: PromptEvaluation) -> dict:
+    rows = {}
+    for label, index in prompt_set.categories().items():
+        part = evaluation.select(index).aggregate()
+        rows[label] = {
+            key: part[key]
+            for key in ("n_prompts", "n_tokens", "observed_final_max", "ppl_delta", "kl_mean")
+        } | {"top1_agreement": part["top1_agreement"] if part["n_targets"] else None}
+    return rows
+
+
+def verifier_prompts(
+    adapter: BlockAdapter,
+    prompt_set: PromptSet,
+    surrogates: Mapping[int, Surrogate],
+    certificates: Mapping[int, dict],
+    chain: Sequence[tuple[int, Surrogate]],
+    batch_size: int,
+    float_slack: float,
+    lipschitz: Mapping,
+) -> tuple[dict, list[str]]:
+    """(report section, sound-bound violations) on the verifier's prompts.
+
+    chain: (k, g_k) from the first certified block to the last (teacher IR where uncertified).
+    """
+    trajectory = ragged_teacher_trajectory(adapter, prompt_set.ids, batch_size)
+    taus = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
+    evaluation = evaluate_prompts(adapter, surrogates, prompt_set.ids, trajectory, taus)
+    figures = evaluation.aggregate()
+    # fp32 allowance as on the certificates' prompts: float_slack * max_t ||h_{k+1, t}||
+    slack = {
+        k: float_slack * max(float(h.norm(dim=-1).max()) for h in trajectory.inputs(k + 1))
+        for k, _ in chain
+    }
+    eps = [figures["eps"].get(k, 0.0) + slack[k] for k, _ in chain]
+    first = chain[0][0]
+    median = torch.cat([h.norm(dim=-1).flatten() for h in trajectory.inputs(first)]).median()
+    composed = _ragged_chain(
+        chain, eps, trajectory, lipschitz, lipschitz["min_radius_fraction"] * float(median)
+    )
+    kind = "sound" if composed["bound_sound"][-1] is not None else "empirical"
+    bounds = composed[f"bound_{kind}"]
+    observed = figures["block_deviation"]
+    violations = [
+        f"block {k}: observed deviation {observed[k]:.6g} on prompts={prompt_set.name} exceeds "
+        f"B_k = {b:.6g} ({kind})"
+        for (k, _), b in zip(chain, bounds, strict=True)
+        if observed[k] > b
+    ]
+    blocks = []
+    for j, (k, _) in enumerate(chain):
+        row = {
+            "block": k,
+            "certified": k in certificates,
+            "eps": figures["eps"].get(k, 0.0),
+            "float_slack": slack[k],
+            "lipschitz_sound": composed["lipschitz_sound"][j],
+            "lipschitz_empirical": composed["lipschitz_empirical"][j],
+            "bound_sound": composed["bound_sound"][j],
+            "bound_empirical": composed["bound_empirical"][j],
+            "observed": observed[k],
+        }
+        if k in certificates:
+            cert_eps = certificates[k]["metrics"]["eps_max"]
+            row |= {
+                "eps_certificate": cert_eps,
+                "eps_ratio": row["eps"] / cert_eps if cert_eps > 0 else None,
+                "tau": taus[k],
+                "coverage": figures["coverage"][k]["fraction"],
+                "coverage_certificate": _coverage_fraction(certificates[k], taus[k]),
+            }
+        blocks.append(row)
+    final = figures["observed_final_max"]
+    section = {
+        "name": prompt_set.name,
+        "source": prompt_set.source,
+        "sha256": prompt_set.sha256,
+        "n_prompts": len(prompt_set),
+        "n_tokens": prompt_set.n_tokens,
+        "n_truncated": prompt_set.n_truncated,
+        "batching": "by length, no padding",
+        "bound": {
+            "kind": kind,
+            "final": bounds[-1],
+            "sound": composed["bound_sound"][-1],
+            "empirical": composed["bound_empirical"][-1],
+            "tightness": bounds[-1] / final if final > 0 else None,
+        },
+        "blocks": blocks,
+        "stitched": {k: v for k, v in figures.items() if k not in ("eps", "coverage")},
+        "categories": _category_rows(prompt_set, evaluation),
+        "per_prompt": {
+            "label": prompt_set.labels,
+            "n_tokens": evaluation.n_tokens.int().tolist(),
+            "final_deviation": evaluation.final_deviation.tolist(),
+            "ppl_delta": evaluation.ppl_delta.tolist(),
+            "kl_mean": evaluation.kl_mean.tolist(),
+        },
+        "violations": violations if kind == "sound" else [],
+        "findings": [
+            f"empirical constant underestimated the true one on prompts={prompt_set.name}: {v}"
+            for v in violations
+        ]
+        if kind == "empirical"
+        else [],
+    }
+    return section, section["violations"]
+
+
+def comparison_lines(report: dict, section: dict) -> list[str]:
+    """The table "certificate prompts vs your prompts" (terminal and markdown alike)."""
+    s, y = report["stitched"], section["stitched"]
+    rows = [("", "certificate prompts", f"your prompts ({section['name']})")]
+    rows.append(
+        (
+            "prompts / tokens",
+            f"{report['data']['n_prompts']} / {report['data']['n_tokens']}",
+            f"{section['n_prompts']} / {section['n_tokens']}",
+        )
+    )
+    for row in section["blocks"]:
+        if row["certified"]:
+            ratio = "n/a" if row["eps_ratio"] is None else f"{row['eps_ratio']:.3g}x"
+            rows.append(
+                (
+                    f"eps block {row['block']}",
+                    f"{row['eps_certificate']:.4g}",
+                    f"{row['eps']:.4g} ({ratio})",
+                )
+            )
+            cert_cov = row["coverage_certificate"]
+            rows.append(
+                (
+                    f"coverage@{row['tau']:g} block {row['block']}",
+                    "n/a" if cert_cov is None else f"{cert_cov:.4%}",
+                    f"{row['coverage']:.4%}",
+                )
+            )
+    rows += [
+        (
+            "global bound B_L",
+            f"{report['bound']['claimed']:.4g} ({report['bound']['kind']})",
+            f"{section['bound']['final']:.4g} ({section['bound']['kind']})",
+        ),
+        (
+            "observed max deviation",
+            f"{s['observed_final_max']:.4g}",
+            f"{y['observed_final_max']:.4g}",
+        ),
+        ("perplexity baseline", f"{s['ppl_baseline']:.6f}", f"{y['ppl_baseline']:.6f}"),
+        ("perplexity stitched", f"{s['ppl_stitched']:.6f}", f"{y['ppl_stitched']:.6f}"),
+        ("perplexity delta", f"{s['ppl_delta']:.3g}", f"{y['ppl_delta']:.3g}"),
+        ("mean KL (nats)", f"{s['kl_mean']:.3g}", f"{y['kl_mean']:.3g}"),
+        ("top-1 agreement", f"{s['top1_agreement']:.4%}", f"{y['top1_agreement']:.4%}"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _statistics_options(lipschitz: Mapping, min_radius: float, kind: str) -> LipschitzOptions:
+    return LipschitzOptions(
+        kind=kind,
+        random_trials=lipschitz["random_trials"],
+        ascent_steps=lipschitz["ascent_steps"],
+        min_radius=min_radius,
+    )
+
+
+def fresh_prompt_statistics(
+    adapter: BlockAdapter,
+    heldout: torch.Tensor,
+    states: list[torch.Tensor],
+    surrogates: Mapping[int, Surrogate],
+    certificates: Mapping[int, dict],
+    chain: Sequence[tuple[int, Surrogate]],
+    slack: Mapping[int, float],
+    cfg: Mapping,
+    lipschitz: Mapping,
+    tokenizer,
+    batch_size: int,
+) -> dict:
+    """(a) direct and (b) compositional statements on the held-out prompts, checked on the
+    check split when `n_check_prompts` > 0 (cfg: the `statistics:` config section)."""
+    delta = cfg["delta"]
+    trajectory = RaggedTrajectory.from_states(states, batch_size)
+    taus_cert = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
+    prompts = list(heldout)
+    evaluation = evaluate_prompts(adapter, surrogates, prompts, trajectory, taus_cert)
+    first = chain[0][0]
+    min_radius = lipschitz["min_radius_fraction"] * float(states[first].norm(dim=-1).median())
+    fixed_taus = taus_cert if cfg["tau"] == "certificate" else None
+    kinds = ["sound", "empirical"] if cfg["lipschitz"] == "sound" else ["empirical"]
+    for kind in kinds:  # the sound chain may be unbounded on these tubes: fall back, labelled
+        options = _statistics_options(lipschitz, min_radius, kind)
+        compositional = compositional_bound(
+            chain,
+            trajectory,
+            evaluation,
+            delta,
+            cfg["calibration_fraction"],
+            fixed_taus,
+            slack,
+            options,
+        )
+        if math.isfinite(compositional.final_bound):
+            break
+    direct = direct_bounds(evaluation, delta)
+    section = {
+        "note": IID_NOTE,
+        "delta": delta,
+        "n_prompts": len(prompts),
+        "direct": [d.__dict__ | {"statement": d.statement()} for d in direct],
+        "compositional": compositional.to_dict(),
+        "check": None,
+    }
+    n_check = cfg["n_check_prompts"]
+    if n_check is None:
+        config = certificates[first].get("config", {}) or {}
+        n_check = (config.get("data") or {}).get("n_check_prompts", 0) or 0
+    if n_check > 0:
+        recipe = certificates[first]["data"].get("recipe") or certificates[first]["config"]["data"]
+        check = list(check_split(recipe, tokenizer, heldout, n_check))
+        check_traj = ragged_teacher_trajectory(adapter, check, batch_size)
+        check_eval = evaluate_prompts(adapter, surrogates, check, check_traj, taus_cert)
+        values = {
+            "final deviation": check_eval.final_deviation,
+            "mean KL (nats)": check_eval.kl_mean,
+            "|ppl delta|": check_eval.ppl_delta.abs(),
+        }
+        misses = event_misses(
+            chain, check_traj, check_eval, range(len(check)), compositional, options
+        )
+        section["check"] = {
+            "n_prompts": len(check),
+            "direct": [d.check(values[d.name]) for d in direct],
+            "compositional": compositional.check(misses, check_eval.final_deviation),
+        }
+    return section
+
+
+def statistics_lines(section: dict) -> list[str]:
+    """Plain-words summary of the fresh-prompt statements and their check."""
+    lines = [f"fresh prompts ({section['note']}):"]
+    lines += [f"  (a) {d['statement']}" for d in section["direct"]]
+    lines.append(f"  (b) {section['compositional']['statement']}")
+    check = section["check"]
+    if check is not None:
+        for d in check["direct"]:
+            lines.append(
+                f"  check split: {d['beyond']}/{d['n']} beyond the {d['name']} threshold "
+                f"(stated <= {d['miss_upper']:.3g}): {'ok' if d['within'] else 'EXCEEDED'}"
+            )
+        c = check["compositional"]
+        lines.append(
+            f"  check split: {c['beyond_bound_fraction']:.3g} beyond B_L, "
+            f"{c['any_event_fraction']:.3g} with a missed event (stated <= {c['miss_upper']:.3g}): "
+            f"{'ok' if c['within'] else 'EXCEEDED'}"
+        )
+    return lines
+
+
+def run_prompt_stages(
+    cfg, adapter: BlockAdapter, tokenizer, verified, states: list[torch.Tensor], slack, report
+) -> tuple[list[str], list[str]]:
+    """certify's stage after the stitched evaluation: `prompts=` and `statistics:`.
+
+    verified: certify's Verified (blocks[k].surrogate / .certificate, heldout, first). Adds
+    report["prompts"] and report["statistics"]; returns (summary lines, sound violations).
+    """
+    from blockcert.evaluate.prompt_sets import context_length, load_prompt_set
+    from blockcert.surrogate.extract import extract_block
+
+    surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
+    certificates = {k: b.certificate for k, b in verified.blocks.items()}
+    chain = [
+        (k, surrogates[k] if k in surrogates else extract_block(adapter, k))
+        for k in range(verified.first, adapter.num_blocks)
+    ]
+    lines, violations = [], []
+    if cfg.get("prompts") is not None:
+        prompt_set = load_prompt_set(cfg.prompts, tokenizer, context_length(adapter.config))
+        section, violations = verifier_prompts(
+            adapter,
+            prompt_set,
+            surrogates,
+            certificates,
+            chain,
+            cfg.batch_size,
+            cfg.float_slack,
+            cfg.lipschitz,
+        )
+        section["table"] = comparison_lines(report, section)
+        report["prompts"] = section
+        report["findings"] += section["findings"]
+        lines += section["table"]
+    stats = cfg.get("statistics")
+    if stats is not None and stats.enabled:
+        section = fresh_prompt_statistics(
+            adapter,
+            verified.heldout,
+            states,
+            surrogates,
+            certificates,
+            chain,
+            slack,
+            stats,
+            cfg.lipschitz,
+            tokenizer,
+            cfg.batch_size,
+        )
+        report["statistics"] = section
+        lines += statistics_lines(section)
+    return lines, violations

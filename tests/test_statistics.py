@@ -1,0 +1,86 @@
+"""Statements about fresh prompts: order statistics = Clopper-Pearson, and the check split."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from blockcert.capture.corpus import ShakespeareCorpus
+from blockcert.capture.prompts import build_prompts
+from blockcert.evaluate.statistics import (
+    LipschitzOptions,
+    compositional_bound,
+    direct_bounds,
+    event_misses,
+    order_statistic_bound,
+)
+from blockcert.evaluate.trajectory import evaluate_prompts, ragged_teacher_trajectory
+from blockcert.surrogate.extract import extract_block
+
+
+def test_max_of_n_gives_the_closed_form_miss_rate():
+    values = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    bound = order_statistic_bound(values, delta=0.05)
+    assert bound.threshold == float(values.max()) and bound.n_exceed == 0
+    assert bound.miss_upper == pytest.approx(1 - 0.05 ** (1 / 50), rel=1e-9)
+
+
+@pytest.mark.parametrize("n_exceed", [0, 3])
+def test_order_statistic_statement_holds_at_its_confidence(n_exceed):
+    # uniform values: the true exceedance of a threshold q is exactly 1 - q
+    g = torch.Generator().manual_seed(1)
+    n, delta, trials, failures = 40, 0.1, 2000, 0
+    for _ in range(trials):
+        bound = order_statistic_bound(torch.rand(n, generator=g), delta, n_exceed)
+        failures += (1 - bound.threshold) > bound.miss_upper
+    assert failures / trials <= delta + 3 * (delta * (1 - delta) / trials) ** 0.5
+    assert failures / trials >= delta / 2  # exact, not merely conservative, for continuous laws
+
+
+def _perturbed(adapter, k, scale):
+    surrogate = extract_block(adapter, k)
+    g = torch.Generator().manual_seed(k)
+    weights = {
+        n: w + scale * w.std() * torch.randn(w.shape, generator=g)
+        for n, w in surrogate.weights.items()
+    }
+    return dataclasses.replace(surrogate, weights=weights)
+
+
+@pytest.mark.slow
+def test_statements_hold_on_the_untouched_check_split(tiny_llama):
+    split = build_prompts(
+        ShakespeareCorpus(), tiny_llama.teacher.tokenizer, 16, 8, 32, seed=2, n_check=32
+    )
+    surrogates = {2: _perturbed(tiny_llama, 2, 0.05)}
+    chain = [(k, surrogates.get(k) or extract_block(tiny_llama, k)) for k in (2, 3)]
+    taus = {2: 1.0}
+    held, check = list(split.heldout), list(split.check)
+    held_traj = ragged_teacher_trajectory(tiny_llama, held, 16)
+    held_eval = evaluate_prompts(tiny_llama, surrogates, held, held_traj, taus)
+    check_traj = ragged_teacher_trajectory(tiny_llama, check, 16)
+    check_eval = evaluate_prompts(tiny_llama, surrogates, check, check_traj, taus)
+    # (a) direct: the fraction of check prompts beyond each threshold is within its miss rate
+    values = {
+        "final deviation": check_eval.final_deviation,
+        "mean KL (nats)": check_eval.kl_mean,
+        "|ppl delta|": check_eval.ppl_delta.abs(),
+    }
+    for bound in direct_bounds(held_eval, delta=0.05):
+        assert bound.threshold > 0
+        assert bound.check(values[bound.name])["within"], bound.statement()
+    # (b) compositional (random tiny weights: the sound chain is unbounded, so empirical L)
+    options = LipschitzOptions("empirical", random_trials=1, ascent_steps=1, min_radius=1e-3)
+    comp = compositional_bound(chain, held_traj, held_eval, delta=0.05, options=options)
+    assert comp.n_calibration == 16 and [e.n for e in comp.events] == [16] * 3
+    assert comp.bounds[1] == pytest.approx(comp.taus[0], rel=1e-6)  # B_1 = tau_1 (B_0 = 0)
+    # B_k = L^_k B_{k-1} + tau_k, recomputed here independently of compose.bound
+    b = 0.0
+    for tau, lip, bk in zip(comp.taus, comp.lipschitz, comp.bounds[1:], strict=True):
+        b = lip * b + tau
+        assert bk == pytest.approx(b, rel=1e-6)
+    misses = event_misses(chain, check_traj, check_eval, range(len(check)), comp, options)
+    result = comp.check(misses, check_eval.final_deviation)
+    assert result["within"], (comp.statement(), result)
+    assert result["any_event_fraction"] <= comp.joint_upper
+    assert result["beyond_bound_fraction"] == 0.0
