@@ -136,6 +136,31 @@ def test_closed_form_equals_recursion_on_random_rationals():
         assert all(b >= 0 for b in trajectory)
 
 
+def test_saturated_recursion_by_hand():
+    eps = [Fraction(1, 10), Fraction(1, 5), Fraction(3, 10)]
+    lips = [Fraction(2), Fraction(3, 2), None]
+    sats = [Fraction(1), Fraction(1, 40), Fraction(1, 2)]
+    # B_1 = min(2 * 0, 0 + 1) + 1/10 = 1/10
+    # B_2 = min(3/2 * 1/10, 1/10 + 1/40) + 1/5 = 1/8 + 1/5 = 13/40
+    # B_3 = (no L) 13/40 + 1/2 + 3/10 = 9/8
+    assert bound_trajectory(eps, lips, sats) == [
+        0,
+        Fraction(1, 10),
+        Fraction(13, 40),
+        Fraction(9, 8),
+    ]
+    # saturation never increases the bound, and never leaves it unbounded
+    assert (
+        bound_trajectory(eps, [Fraction(2), Fraction(3, 2), Fraction(10**9)], sats)[-1]
+        <= (bound_trajectory(eps, [Fraction(2), Fraction(3, 2), Fraction(10**9)])[-1])
+    )
+
+
+def test_a_block_needs_some_constant():
+    with pytest.raises(BlockCertError, match="neither"):
+        bound_trajectory([Fraction(1)], [None], [None])
+
+
 def test_bound_of_no_blocks_is_zero():
     assert bound_trajectory([], []) == [0] and closed_form_bound([], []) == 0
 

@@ -42,6 +42,13 @@ def parse_rat(term: str) -> Fraction:
     return Fraction(int(match["num"]), int(match["den"]))
 
 
+def _rat_list(text: str, name: str) -> list[Fraction]:
+    body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M)
+    assert body, name
+    items = [item for item in re.split(r",\s*\n\s*", body.group(1).strip()) if item]
+    return [parse_rat(item) for item in items]
+
+
 def parse_instance(text: str) -> tuple[list[Fraction], list[Fraction], Fraction]:
     def rat_list(name: str) -> list[Fraction]:
         body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M)
@@ -80,8 +87,11 @@ def test_generated_instance_holds_the_exact_numbers():
     assert eps == EPS and lips == LIPS and parsed_claimed == claimed
     assert parsed_claimed >= bound_trajectory(eps, lips)[-1]
     assert "theorem num_blocks : eps.length = 3 := rfl" in text
-    assert "theorem check_ok : checkCertificate eps Ls claimed = true := by decide +kernel" in text
-    assert "certified_deviation D f g x0 eps Ls claimed check_ok herr hlip" in text
+    assert (
+        "theorem check_ok : checkCertificate eps Ls As claimed = true := by decide +kernel" in text
+    )
+    assert "certified_deviation D f g x0 eps Ls As claimed check_ok herr hlip hsat" in text
+    assert "theorem deviation_le " in text and "EMPIRICAL" not in text
     assert "--   block 0: runs/x/certificate.json sha256=ab12" in text
     assert "--   kind: sound" in text
     assert HASH in text
@@ -138,8 +148,12 @@ def test_committed_examples_pass_the_arithmetic_check_ok_redoes():
         text = path.read_text()
         eps, lips, claimed = parse_instance(text)
         assert len(eps) == len(lips) > 0, path
-        assert all(v >= 0 for v in eps + lips), path
-        assert bound_trajectory(eps, lips)[-1] <= claimed, path
+        assert all(v >= 0 for v in eps), path
+        sats = _rat_list(text, "As")
+        assert len(sats) == len(eps), path
+        lips_or_none = [None if v < 0 else v for v in lips]
+        sats_or_none = [None if v < 0 else v for v in sats]
+        assert bound_trajectory(eps, lips_or_none, sats_or_none)[-1] <= claimed, path
         assert f"theorem num_blocks : eps.length = {len(eps)} := rfl" in text
         namespace = f"BlockCert.Examples.{path.stem}"
         assert f"namespace {namespace}\n" in text and f"end {namespace}" in text
@@ -190,9 +204,10 @@ def test_root_module_imports_every_core_module():
             "Bound",
             [
                 "def bound ",
-                "def closedBound ",
-                "theorem bound_eq_closedBound ",
-                "theorem bound_nonneg ",
+                "def rmin ",
+                "def stepCore ",
+                "def stepBound ",
+                "theorem le_stepCore ",
             ],
         ),
         (
@@ -208,9 +223,9 @@ def test_root_module_imports_every_core_module():
         (
             "Check",
             [
-                "def boundOfLists ",
+                "def claimsOK ",
                 "def checkCertificate ",
-                "theorem boundOfLists_eq_bound ",
+                "theorem claimsOK_sound ",
                 "theorem checkCertificate_sound",
                 "theorem certified_deviation ",
             ],
@@ -221,3 +236,20 @@ def test_lean_modules_state_the_documented_theorems(module, names):
     text = (LEAN / "BlockCert" / f"{module}.lean").read_text()
     for name in names:
         assert name in text, (module, name)
+
+
+def test_saturation_and_unclaimed_constants_are_written_for_lean():
+    lips = [Fraction(2), None, Fraction(5, 4)]
+    sats = [Fraction(1), Fraction(1, 2), None]
+    claimed = bound_trajectory(EPS, lips, sats)[-1]
+    text = render_lean_instance(HASH, EPS, lips, claimed, {"kind": "sound"}, saturation=sats)
+    assert _rat_list(text, "Ls") == [Fraction(2), Fraction(-1), Fraction(5, 4)]
+    assert _rat_list(text, "As") == [Fraction(1), Fraction(1, 2), Fraction(-1)]
+    with pytest.raises(BlockCertError, match="below the exact B_L"):
+        render_lean_instance(HASH, EPS, lips, claimed - Fraction(1, 10**6), {}, saturation=sats)
+
+
+def test_empirical_instances_do_not_read_as_guarantees():
+    text = render_lean_instance(HASH, EPS, LIPS, Fraction(59, 80), {"kind": "empirical"})
+    assert "theorem deviation_le_empirical " in text and "EMPIRICAL" in text
+    assert "theorem deviation_le " not in text

@@ -1,91 +1,66 @@
 import BlockCert.RatOrder
 
 /-!
-# The global deviation bound
+# The global deviation bound, with saturation
 
-`bound eps L n` is the recursion B 0 = 0, B (k+1) = L k * B k + eps k over the rationals: block
-k (0-based here, block k+1 of the paper) has local error `eps k` and Lipschitz constant `L k`.
-`closedBound eps L n` is its closed form Σ_{k<n} eps k * Π_{k<j<n} L j, with the sum and product
-defined by structural recursion. They agree (`bound_eq_closedBound`), and the bound is
-nonnegative when every eps and L is (`bound_nonneg`).
+Block k (0-based here, block k+1 of the paper) has local error `eps k`, a Lipschitz constant
+`L k` on its tube and a saturation constant `a k` (its residual update moves by at most `a k`:
+dist (g y) (g x) ≤ dist y x + a k). The bound is the recursion
+
+  B 0 = 0,   B (k+1) = min (L k * B k) (B k + a k) + eps k.
+
+A negative `L k` or `a k` means that constant is not claimed for block k: the step then uses the
+other one only (`stepCore`). The checker (`BlockCert.Check`) requires, for every block, that at
+least one of the two is claimed. With saturation the bound has no product closed form; it never
+exceeds B k + a k + eps k, so it stays finite whatever the Lipschitz constants are.
 -/
 
 namespace BlockCert
 
-/-- B 0 = 0, B (k+1) = L k * B k + eps k. -/
-def bound (eps L : Nat → Rat) : Nat → Rat
+/-- The smaller of two rationals, by a decidable comparison (evaluable by the kernel). -/
+def rmin (a b : Rat) : Rat := if a ≤ b then a else b
+
+/-- A lower bound of both arguments is a lower bound of their minimum. -/
+theorem le_rmin {a b c : Rat} (ha : c ≤ a) (hb : c ≤ b) : c ≤ rmin a b := by
+  unfold rmin
+  by_cases h : a ≤ b
+  · rw [if_pos h]
+    exact ha
+  · rw [if_neg h]
+    exact hb
+
+/-- How far the surrogate's outputs can be apart when its inputs are within B:
+min (L * B) (B + a) when both are claimed (nonnegative), else the claimed one. -/
+def stepCore (L a B : Rat) : Rat :=
+  if 0 ≤ L then (if 0 ≤ a then rmin (L * B) (B + a) else L * B) else B + a
+
+/-- One block: B ↦ stepCore L a B + e. -/
+def stepBound (L a e B : Rat) : Rat := stepCore L a B + e
+
+/-- B 0 = 0, B (k+1) = stepBound (L k) (a k) (eps k) (B k). -/
+def bound (eps L a : Nat → Rat) : Nat → Rat
   | 0 => 0
-  | k + 1 => L k * bound eps L k + eps k
+  | k + 1 => stepBound (L k) (a k) (eps k) (bound eps L a k)
 
-/-- Π_{k<j<n} L j: the constants of the blocks after block k and before block n. -/
-def prodAfter (L : Nat → Rat) (k : Nat) : Nat → Rat
-  | 0 => 1
-  | n + 1 => if k < n then prodAfter L k n * L n else 1
+theorem bound_zero (eps L a : Nat → Rat) : bound eps L a 0 = 0 := rfl
 
-/-- Σ_{k<m} eps k * Π_{k<j<n} L j. -/
-def sumTo (eps L : Nat → Rat) (n : Nat) : Nat → Rat
-  | 0 => 0
-  | m + 1 => sumTo eps L n m + eps m * prodAfter L m n
+theorem bound_succ (eps L a : Nat → Rat) (k : Nat) :
+    bound eps L a (k + 1) = stepBound (L k) (a k) (eps k) (bound eps L a k) := rfl
 
-/-- Σ_{k<n} eps k * Π_{k<j<n} L j. -/
-def closedBound (eps L : Nat → Rat) (n : Nat) : Rat :=
-  sumTo eps L n n
-
-theorem bound_zero (eps L : Nat → Rat) : bound eps L 0 = 0 := rfl
-
-theorem bound_succ (eps L : Nat → Rat) (k : Nat) :
-    bound eps L (k + 1) = L k * bound eps L k + eps k := rfl
-
-theorem prodAfter_succ (L : Nat → Rat) (k n : Nat) :
-    prodAfter L k (n + 1) = if k < n then prodAfter L k n * L n else 1 := rfl
-
-theorem sumTo_zero (eps L : Nat → Rat) (n : Nat) : sumTo eps L n 0 = 0 := rfl
-
-theorem sumTo_succ (eps L : Nat → Rat) (n m : Nat) :
-    sumTo eps L n (m + 1) = sumTo eps L n m + eps m * prodAfter L m n := rfl
-
-/-- Extending the product past block n multiplies it by L n (when k < n). -/
-theorem prodAfter_succ_of_lt (L : Nat → Rat) {k n : Nat} (h : k < n) :
-    prodAfter L k (n + 1) = prodAfter L k n * L n := by
-  rw [prodAfter_succ, if_pos h]
-
-/-- No block lies strictly between n and n + 1. -/
-theorem prodAfter_self (L : Nat → Rat) (n : Nat) : prodAfter L n (n + 1) = 1 := by
-  rw [prodAfter_succ, if_neg (Nat.lt_irrefl n)]
-
-/-- Appending block n multiplies every earlier term of the sum by L n. -/
-theorem sumTo_succ_eq_mul (eps L : Nat → Rat) (n : Nat) :
-    ∀ m, m ≤ n → sumTo eps L (n + 1) m = L n * sumTo eps L n m
-  | 0, _ => by
-    first
-    | exact (Rat.mul_zero (L n)).symm
-    | exact Rat.mul_zero.symm
-  | m + 1, hm => by
-    have hlt : m < n := hm
-    rw [sumTo_succ, sumTo_succ,
-      sumTo_succ_eq_mul eps L n m (Nat.le_trans (Nat.le_succ m) hm),
-      prodAfter_succ_of_lt L hlt, Rat.mul_add, ← Rat.mul_assoc (eps m),
-      Rat.mul_comm (eps m * prodAfter L m n) (L n)]
-
-/-- The closed form satisfies the same recursion as `bound`. -/
-theorem closedBound_succ (eps L : Nat → Rat) (n : Nat) :
-    closedBound eps L (n + 1) = L n * closedBound eps L n + eps n := by
-  show sumTo eps L (n + 1) n + eps n * prodAfter L n (n + 1) = L n * sumTo eps L n n + eps n
-  rw [sumTo_succ_eq_mul eps L n n (Nat.le_refl n), prodAfter_self]
-  first
-  | exact congrArg (fun t => L n * sumTo eps L n n + t) (Rat.mul_one (eps n))
-  | exact congrArg (fun t => L n * sumTo eps L n n + t) (Rat.mul_one (a := eps n))
-
-/-- The recursion and the closed form agree. -/
-theorem bound_eq_closedBound (eps L : Nat → Rat) : ∀ n, bound eps L n = closedBound eps L n
-  | 0 => rfl
-  | n + 1 => by
-    rw [bound_succ, closedBound_succ, bound_eq_closedBound eps L n]
-
-/-- B n ≥ 0 when every eps k and L k is. -/
-theorem bound_nonneg {eps L : Nat → Rat} (he : ∀ k, 0 ≤ eps k) (hL : ∀ k, 0 ≤ L k) :
-    ∀ n, 0 ≤ bound eps L n
-  | 0 => rat_le_refl 0
-  | n + 1 => Rat.add_nonneg (Rat.mul_nonneg (hL n) (bound_nonneg he hL n)) (he n)
+/-- If the inputs are within d ≤ B, and the outputs' distance `D` is at most L * d (when L is
+claimed) and at most d + a (when a is claimed), with one of them claimed, then D ≤ stepCore. -/
+theorem le_stepCore {D d B L a : Rat} (hd : d ≤ B) (hlip : 0 ≤ L → D ≤ L * d)
+    (hsat : 0 ≤ a → D ≤ d + a) (hok : 0 ≤ L ∨ 0 ≤ a) : D ≤ stepCore L a B := by
+  unfold stepCore
+  by_cases hL : 0 ≤ L
+  · rw [if_pos hL]
+    have h1 : D ≤ L * B := Rat.le_trans (hlip hL) (rat_mul_le_mul_of_nonneg_left hd hL)
+    by_cases ha : 0 ≤ a
+    · rw [if_pos ha]
+      exact le_rmin h1 (Rat.le_trans (hsat ha) (rat_add_le_add hd (rat_le_refl a)))
+    · rw [if_neg ha]
+      exact h1
+  · rw [if_neg hL]
+    exact Rat.le_trans (hsat (hok.resolve_left hL)) (rat_add_le_add hd (rat_le_refl a))
 
 end BlockCert

@@ -43,3 +43,24 @@ def spectral_norm_estimate(weight: torch.Tensor, iterations: int = 50) -> float:
         v = w.T @ (w @ v)
         v = v / v.norm().clamp_min(1e-300)
     return float((w @ v).norm())
+
+
+def spectral_norm_upper_batched(mats: torch.Tensor, squarings: int = 4) -> torch.Tensor:
+    """Upper bounds on ||M_i||_2 for a batch mats [..., m, n], in float64.
+
+    With S = M^T M / ||M||_F^2 (eigenvalues in [0, 1], trace 1):
+    ||M||_2^2 = ||M||_F^2 lambda_max(S) <= ||M||_F^2 tr(S^(2^s))^(2^-s), and tr(S^(2^s)) is the
+    squared Frobenius norm of S^(2^(s-1)). Over-estimates by at most rank^(2^-(s+1)); capped by
+    the Frobenius norm. The normalisation keeps every power in [0, 1] (no overflow).
+    """
+    m = mats.detach().double()
+    if m.shape[-2] < m.shape[-1]:
+        m = m.transpose(-1, -2)
+    frob = torch.linalg.matrix_norm(m)  # [...]
+    safe = torch.where(frob > 0, frob, torch.ones_like(frob))
+    s = m.transpose(-1, -2) @ m / (safe * safe)[..., None, None]
+    for _ in range(squarings - 1):
+        s = s @ s
+    trace = (s * s).sum((-2, -1))  # tr(S^(2^squarings)), S symmetric
+    factor = trace.clamp_min(0.0) ** (1.0 / 2 ** (squarings + 1))
+    return torch.minimum(frob * factor, frob) * SAFETY

@@ -1,4 +1,15 @@
-"""The global deviation bound in exact rationals: the recursion the Lean checker recomputes."""
+"""The global deviation bound in exact rationals: the recursion the Lean checker recomputes.
+
+Block k has local error eps_k, optionally a Lipschitz constant L_k on its tube, and optionally a
+saturation constant a_k (its residual update moves by at most a_k: d(g(y), g(x)) <= d(y, x) + a_k).
+With B_0 = 0:
+
+    B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
+
+using only the constants that are claimed (None here; a negative number in Lean, see
+`lean_constant`). Every block must claim at least one of them. This is the one implementation;
+`lean/BlockCert/Bound.lean` (`stepBound`, `bound`) is the same recursion, term for term.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +18,62 @@ from fractions import Fraction
 
 from blockcert.errors import BlockCertError
 
+NOT_CLAIMED = Fraction(-1)  # how Lean spells "this constant is not claimed for this block"
 
-def _check_lengths(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> None:
-    if len(eps) != len(lips):
+
+def _check_lengths(eps: Sequence, lips: Sequence, sats: Sequence | None) -> None:
+    if len(eps) != len(lips) or (sats is not None and len(sats) != len(eps)):
+        counts = f"{len(eps)} local errors but {len(lips)} Lipschitz constants"
+        if sats is not None:
+            counts += f" and {len(sats)} saturation constants"
+        raise BlockCertError(f"{counts}: every composed block needs one of each.")
+
+
+def step_bound(
+    prev: Fraction, eps: Fraction, lip: Fraction | None, sat: Fraction | None
+) -> Fraction:
+    """stepBound of Bound.lean: min(L * B, B + a) + eps over the claimed constants."""
+    candidates = []
+    if lip is not None:
+        candidates.append(Fraction(lip) * prev)  # Lipschitz on the tube of radius B
+    if sat is not None:
+        candidates.append(prev + Fraction(sat))  # saturation: the update moves by <= a
+    if not candidates:
         raise BlockCertError(
-            f"{len(eps)} local errors but {len(lips)} Lipschitz constants: every composed "
-            "block needs both."
+            "a block claims neither a Lipschitz nor a saturation constant; the bound needs one."
         )
+    return min(candidates) + Fraction(eps)
 
 
-def bound_trajectory(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> list[Fraction]:
-    """[B_0, ..., B_L] with B_0 = 0; eps[k-1], lips[k-1] belong to the k-th composed block."""
-    _check_lengths(eps, lips)
+def bound_trajectory(
+    eps: Sequence[Fraction],
+    lips: Sequence[Fraction | None],
+    sats: Sequence[Fraction | None] | None = None,
+) -> list[Fraction]:
+    """[B_0, ..., B_L] with B_0 = 0; eps[k-1], lips[k-1], sats[k-1] belong to the k-th block.
+
+    sats=None: no saturation constants (the plain recursion B_k = L_k * B_{k-1} + eps_k).
+    """
+    _check_lengths(eps, lips, sats)
+    sats = [None] * len(eps) if sats is None else sats
     bounds = [Fraction(0)]
-    for eps_k, lip_k in zip(eps, lips, strict=True):
-        bounds.append(Fraction(lip_k) * bounds[-1] + Fraction(eps_k))  # B_k = L_k * B_{k-1} + eps_k
+    for eps_k, lip_k, sat_k in zip(eps, lips, sats, strict=True):
+        for name, value in (("Lipschitz", lip_k), ("saturation", sat_k)):
+            if value is not None and Fraction(value) < 0:
+                raise BlockCertError(f"a {name} constant is negative ({value}); use None instead.")
+        # B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
+        bounds.append(step_bound(bounds[-1], eps_k, lip_k, sat_k))
     return bounds
 
 
+def lean_constant(value: Fraction | None) -> Fraction:
+    """A claimed constant as itself, an unclaimed one as -1 (Lean's `stepCore` skips it)."""
+    return NOT_CLAIMED if value is None else Fraction(value)
+
+
 def closed_form_bound(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> Fraction:
-    """B_L = sum_k eps_k * prod_{j>k} L_j, for cross-checking `bound_trajectory(...)[-1]`."""
-    _check_lengths(eps, lips)
+    """Without saturation: B_L = sum_k eps_k * prod_{j>k} L_j, to cross-check the recursion."""
+    _check_lengths(eps, lips, None)
     total = Fraction(0)
     for k, eps_k in enumerate(eps):
         product = Fraction(1)

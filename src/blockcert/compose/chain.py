@@ -1,9 +1,14 @@
-"""Per-block Lipschitz constants on the composed tube, and the global bound.
+"""Per-block constants on the composed tube, and the global bound.
 
-B_0 = 0, B_k = L_k * B_{k-1} + eps_k, where L_k is a Lipschitz constant of g_k on the tube of
-radius B_{k-1} around the teacher inputs h_{k-1}. Two chains are built side by side: one from
-sound constants (None from the first block whose tube reaches a norm singularity) and one from
-empirical constants (always finite, labelled empirical). Exact rationals, every float rounded up.
+B_0 = 0, B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k (blockcert.compose.bound), where L_k is a
+Lipschitz constant of g_k on the tube of radius B_{k-1} around the teacher inputs h_{k-1} and a_k
+its saturation constant (d(g(y), g(x)) <= d(y, x) + a_k for every y, finite at any radius). Two
+chains are built side by side:
+- sound: L_k and a_k sound in exact arithmetic of the IR. Never unbounded: a block whose L_k does
+  not exist on its tube (a norm with eps = 0 reaching 0) claims only a_k (L_k = None).
+- empirical: L_k a gradient-ascent lower estimate (labelled empirical), with the same sound a_k.
+Exact rationals, every float rounded up. `fp32_error` is the measured fp32-vs-float64 error of
+g_k at the tube centre (blockcert.cert.fp_allowance); it is reported, not added here.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from fractions import Fraction
 
 import torch
 
+from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.compose.bound import step_bound
 from blockcert.compose.rational import round_up
 from blockcert.surrogate.ir import Surrogate
 
@@ -23,10 +30,12 @@ class BlockLink:
     block: int
     certified: bool
     eps: Fraction
-    lipschitz_sound: Fraction | None
+    lipschitz_sound: Fraction | None  # None: not claimed (saturation only)
     lipschitz_empirical: Fraction
-    bound_sound: Fraction | None  # B_k of the sound chain
+    saturation: Fraction  # a_k, sound
+    bound_sound: Fraction  # B_k of the sound chain (never None)
     bound_empirical: Fraction
+    fp32_error: float = 0.0  # measured max_t ||g_fp32(h)_t - g_float64(h)_t|| at the centre
     parts: dict = field(default_factory=dict)
 
 
@@ -36,22 +45,30 @@ class Chain:
 
     @property
     def sound(self) -> bool:
+        """Always True now: the sound chain is never unbounded (kept for callers)."""
         return all(link.bound_sound is not None for link in self.links)
 
     @property
-    def final_sound(self) -> Fraction | None:
+    def final_sound(self) -> Fraction:
         return self.links[-1].bound_sound if self.links else Fraction(0)
 
     @property
     def final_empirical(self) -> Fraction:
         return self.links[-1].bound_empirical if self.links else Fraction(0)
 
-    def lists(self, kind: str) -> tuple[list[Fraction], list[Fraction]]:
-        """(eps list, L list) of the `sound` or `empirical` chain, for Lean."""
+    def lists(self, kind: str) -> tuple[list[Fraction], list[Fraction | None]]:
+        """(eps list, L list) of the `sound` or `empirical` chain (see `lean_lists`)."""
+        eps, lips, _ = self.lean_lists(kind)
+        return eps, lips
+
+    def lean_lists(self, kind: str) -> tuple[list[Fraction], list[Fraction | None], list[Fraction]]:
+        """(eps, L, a) of the `sound` or `empirical` chain, for `write_lean_instance(...,
+        saturation=a)`; L entries may be None (not claimed)."""
         eps = [link.eps for link in self.links]
+        sats = [link.saturation for link in self.links]
         if kind == "sound":
-            return eps, [link.lipschitz_sound for link in self.links]
-        return eps, [link.lipschitz_empirical for link in self.links]
+            return eps, [link.lipschitz_sound for link in self.links], sats
+        return eps, [link.lipschitz_empirical for link in self.links], sats
 
 
 def _batches(states: torch.Tensor, batch_size: int):
@@ -67,26 +84,43 @@ def compose_chain(
     random_trials: int,
     ascent_steps: int,
     min_radius: float,
+    restarts: int = 8,
 ) -> Chain:
     """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i]."""
     links: list[BlockLink] = []
-    bound_sound: Fraction | None = Fraction(0)
+    bound_sound = Fraction(0)
     bound_empirical = Fraction(0)
     for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
         eps_q = round_up(eps)
-        lip_sound = None
-        if bound_sound is not None:
-            sound = sound_lipschitz(surrogate, _batches(x, batch_size), float(bound_sound))
-            lip_sound = None if sound.value is None else round_up(sound.value)
+        sound = sound_lipschitz(surrogate, _batches(x, batch_size), float(bound_sound))
+        lip_sound = None if sound.value is None else round_up(sound.value)
+        saturation = round_up(sound.parts["saturation"])
         radius = max(float(bound_empirical), min_radius)
         empirical = empirical_lipschitz(
-            surrogate, x[:empirical_prompts], radius, random_trials, ascent_steps, seed=k
+            surrogate,
+            x[:empirical_prompts],
+            radius,
+            random_trials,
+            ascent_steps,
+            seed=k,
+            restarts=restarts,
         )
         lip_empirical = round_up(empirical.value)
-        # B_k = L_k * B_{k-1} + eps_k
-        bound_sound = None if lip_sound is None else lip_sound * bound_sound + eps_q
-        bound_empirical = lip_empirical * bound_empirical + eps_q
+        # B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
+        bound_sound = step_bound(bound_sound, eps_q, lip_sound, saturation)
+        bound_empirical = step_bound(bound_empirical, eps_q, lip_empirical, saturation)
         links.append(
-            BlockLink(k, certified, eps_q, lip_sound, lip_empirical, bound_sound, bound_empirical)
+            BlockLink(
+                k,
+                certified,
+                eps_q,
+                lip_sound,
+                lip_empirical,
+                saturation,
+                bound_sound,
+                bound_empirical,
+                fp32_error=fp_error(surrogate, _batches(x, batch_size)),
+                parts={"sound": sound.parts, "empirical_method": empirical.method},
+            )
         )
     return Chain(links)

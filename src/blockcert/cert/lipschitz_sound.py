@@ -1,0 +1,442 @@
+"""Sound Lipschitz and saturation constants of a pre-norm block (exact arithmetic of the IR).
+
+Block (blockcert.surrogate.view): u = norm1(x); y = x + A(u); out = y + M(norm2(y)).
+Distance d(X, Y) = max_t ||X_t - Y_t||_2; tube T_r = {X' : d(X', X) <= r} around each evaluated
+teacher input X (convex). For X' in T_r the mean value theorem along the segment X -> X' gives
+d(g(X'), g(X)) <= sup_{Z in T_r} ||J_g(Z)||_{inf,2} d(X', X), where the operator norm in d is
+the row sum max_t sum_s ||dg_t/dx_s||_2 (the block-row-sum bound of nfp; the per-source
+attention Jacobian follows Kim et al. 2021, "The Lipschitz constant of self-attention", and the
+interval/linear-relaxation view of Shi et al. 2020, "Robustness verification for transformers").
+Each line below is an upper bound that holds at every Z in the tube.
+
+Norms. RMS: n(x) = gamma * x / rho, rho = sqrt(||x||^2/d + eps); LayerNorm: the same on the
+  centred c = x - mean(x) (a projection, ||c'|| >= ||c|| - r), plus beta. J_n = diag(gamma) P / rho
+  with ||P|| <= 1, and ||x'_t|| >= ||x_t|| - r on the tube, so 1/rho <= lambda_t :=
+  1/sqrt(max(||x_t|| - r, 0)^2/d + eps) (finite whenever eps > 0). gamma is folded into the next
+  weights: A_q = W_q diag(gamma) etc., so ||A_q J_n dx|| <= ||A_q|| lambda_t ||dx||.
+Attention, head h reading kv head g, query t, sources s <= t (causal), at a tube point:
+  dO_t = W_o,h [sum_s p_ts dv_s + sum_s p_ts dz_ts (v_s - vbar_t)],
+  dz_ts = scale (dq_t . k_s + q_t . dk_s), RoPE: q, k rotated (orthogonal) times rope_scaling.
+  value path  <= ||W_o,h A_v,g|| sum_s p_ts lambda_s
+  query path  <= scale ||W_o,h Cov_t(v, k)|| sigma ||A_q,h|| lambda_t, Cov_t the p-weighted
+                 covariance sum_s p_ts (v_s - vbar_t)(k_s - kbar_t)^T
+  key path    <= scale ||q_t|| sigma ||A_k,g|| sum_s p_ts ||W_o,h (v_s - vbar_t)|| lambda_s
+  The centre values p, q, k, v are the actual ones; over the tube:
+  |dq_t| <= sigma ||A_q|| lambda_t r, |dk_s| likewise,
+  |z'_ts - z_ts| <= Delta_t := scale max_s (dq_t (|k_s| + dk_s) + |q_t| dk_s), hence
+  p' in [p e^(-2 Delta), p e^(2 Delta)] and (Popoviciu: the mean absolute deviation of dz is at most
+  half its range) ||p' - p||_1 <= min(2, Delta_t); every centre factor is inflated by these.
+  Heads add (triangle inequality). GQA via kv_head_of_q; low-rank projections via W = up @ down.
+MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (gated) or
+  W_down diag(gelu'(f)) A_fc J_n; the centre Jacobian bounded per token by its Frobenius norm
+  (screen) or a Schatten-2p upper bound (refined, for the tokens that decide the max); the tube
+  adds intervals: |g' - g| <= ||A_gate,i|| lambda2_t r_y, |silu''| <= 1/2, |silu'| <= 1.0999, and
+  the perturbation W_down diag(e) A is bounded by sqrt(eta^T |H| eta), H = W_d^T W_d (.) A A^T.
+Combination per token: ||dy_t|| <= (1 + Latt_t) delta, r_y,t = (1 + Latt_t) r,
+  ||dout_t|| <= (1 + Lmlp_t) ||dy_t||, so L = max_t (1 + Latt_t)(1 + Lmlp_t).
+Saturation (any input, not only the tube): the sub-layers read normalised inputs with
+  ||c/rho|| <= sqrt(d), so ||W_o,h (o'_t - o_t)|| <= ||W_o,h A_v,g|| sqrt(d) + ||W_o,h (o_t - c_v)||
+  (o' a convex combination of values) and each MLP pre-activation lies in centre_i +-
+  ||A_i|| sqrt(d) (intervals through silu/gelu); hence ||g(y)_t - g(x)_t|| <= ||y_t - x_t|| + a
+  with a = max_t (attention range + MLP range).
+Spectral norms are upper bounds only (Schatten-2p, Frobenius; blockcert.cert.spectral). Values
+are computed in float64 with explicit margins for the float64 rounding of the bound itself; the
+bound is about exact arithmetic of the IR (fp32 evaluation error: blockcert.cert.fp_allowance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from blockcert.cert.spectral import (
+    spectral_norm_upper,
+    spectral_norm_upper_batched,
+)
+from blockcert.surrogate.ir import Surrogate
+from blockcert.surrogate.view import BlockView, Norm, block_view
+
+Tensor = torch.Tensor
+
+SILU_SLOPE = 1.0999  # max |silu'(a)| = 1.09984 (a = 2.3994)
+SILU_CURVATURE = 0.5001  # max |silu''(a)| = silu''(0) = 0.5
+SILU_MIN = -0.27847  # min silu(a) = -0.278465 at a = -1.27846
+SILU_ARGMIN = -1.27846
+GELU_SLOPE = 1.13  # max |gelu_tanh'(a)| = 1.1290
+GELU_CURVATURE = 0.8  # max |gelu_tanh''(a)| = gelu_tanh''(0) = sqrt(2/pi) = 0.79788
+GELU_MIN = -0.17005  # min gelu_tanh(a) = -0.170041 at a = -0.7525
+GELU_ARGMIN = -0.7525
+ROPE_SLACK = 1.0 + 1e-6  # cos^2 + sin^2 of fp32 RoPE tables is 1 within 1e-6
+REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
+REFINE_BATCH = 8
+
+
+@dataclass
+class _Folded:
+    """Weights of one block in float64 with gamma folded in, and their norms."""
+
+    view: BlockView
+    d: int
+    sigma: float  # rope_scaling (times ROPE_SLACK) or 1
+    c_q: Tensor  # [H] ||A_q,h||
+    c_k: Tensor  # [H] ||A_k,g(h)||
+    c_ov: Tensor  # [H] ||W_o,h A_v,g(h)||
+    o_metric: Tensor  # [H, hd, hd] M_h with ||W_o,h w|| <= ||M_h w|| + o_slack_h ||w||
+    o_slack: Tensor  # [H]
+    v_const: Tensor  # [H, hd] value of v at a zero normalised input (bias, LN beta)
+    mlp_in: list[Tensor]  # [m, d] folded input projections (gate, up) or (fc,)
+    mlp_const: list[Tensor]  # [m] their constant parts (bias, LN beta)
+    w_down: Tensor  # [d, m]
+    gram_abs_rowsum: float  # max row sum of |H|
+    h_mat: Tensor  # [k m, k m] H = W_d^T W_d (.) A A^T blocks
+    h_abs: Tensor  # |H|
+    down_gram_abs: Tensor  # [m, m] |W_d^T W_d|
+    down_norm: float
+
+
+def _fold(norm: Norm, proj_matrix: Tensor) -> Tensor:
+    return proj_matrix * norm.weight.double()[None, :]
+
+
+def _const(norm: Norm, matrix: Tensor, bias: Tensor | None) -> Tensor:
+    out = torch.zeros(matrix.shape[0], dtype=torch.float64)
+    if norm.bias is not None:
+        out = out + matrix @ norm.bias.double()
+    if bias is not None:
+        out = out + bias.double()
+    return out
+
+
+def _metric(w: Tensor) -> tuple[Tensor, float]:
+    """M with M^T M ~ W^T W (eigh), and the slack s with ||W x|| <= ||M x|| + s ||x||."""
+    gram = w.T @ w
+    evals, evecs = torch.linalg.eigh(gram)
+    m = evals.clamp_min(0.0).sqrt()[:, None] * evecs.T
+    err = float((m.T @ m - gram).norm()) + 1e-15 * float(gram.norm())
+    return m, math.sqrt(err)
+
+
+def _folded(view: BlockView) -> _Folded:
+    a, n1, n2, d = view.attention, view.attn_norm, view.mlp_norm, view.d_model
+    hd = a.head_dim
+    wq, wk, wv, wo = (p.matrix() for p in (a.q, a.k, a.v, a.o))
+    aq, ak, av = _fold(n1, wq), _fold(n1, wk), _fold(n1, wv)
+    v_const_kv = _const(n1, wv, a.v.bias).view(-1, hd)
+    c_kv = [spectral_norm_upper(ak[g * hd : (g + 1) * hd]) for g in range(a.n_kv_heads)]
+    c_q, c_k, c_ov, metrics, slacks, v_const = [], [], [], [], [], []
+    for h, g in enumerate(a.kv_head_of_q):
+        rows, kv_rows = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
+        c_q.append(spectral_norm_upper(aq[rows]))
+        c_k.append(c_kv[g])
+        wo_h = wo[:, rows]
+        c_ov.append(spectral_norm_upper(wo_h @ av[kv_rows]))
+        m, s = _metric(wo_h)
+        metrics.append(m)
+        slacks.append(s)
+        v_const.append(v_const_kv[g])
+    mlp = view.mlp
+    mlp_in = [_fold(n2, p.matrix()) for p in mlp.inputs]
+    mlp_const = [_const(n2, p.matrix(), p.bias) for p in mlp.inputs]
+    w_down = mlp.down.matrix()
+    g_down = w_down.T @ w_down
+    blocks = [[g_down * (ai @ aj.T) for aj in mlp_in] for ai in mlp_in]
+    h_mat = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
+    sigma = a.rope_scaling * ROPE_SLACK if a.inv_freq is not None else 1.0
+    return _Folded(
+        view=view,
+        d=d,
+        sigma=sigma,
+        c_q=torch.tensor(c_q, dtype=torch.float64),
+        c_k=torch.tensor(c_k, dtype=torch.float64),
+        c_ov=torch.tensor(c_ov, dtype=torch.float64),
+        o_metric=torch.stack(metrics),
+        o_slack=torch.tensor(slacks, dtype=torch.float64),
+        v_const=torch.stack(v_const),
+        mlp_in=mlp_in,
+        mlp_const=mlp_const,
+        w_down=w_down,
+        gram_abs_rowsum=float(h_mat.abs().sum(1).max()),
+        h_mat=h_mat,
+        h_abs=h_mat.abs(),
+        down_gram_abs=g_down.abs(),
+        down_norm=spectral_norm_upper(w_down),
+    )
+
+
+# ---------------------------------------------------------------- float64 forward at the centre
+
+
+def _normalise(norm: Norm, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(c / rho, ||c||) with c = x (RMS) or x - mean (LayerNorm); the output is gamma * . + beta."""
+    c = x - x.mean(-1, keepdim=True) if norm.kind == "layer" else x
+    rho = torch.sqrt(c.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return c / rho, c.norm(dim=-1)
+
+
+def _apply_norm(norm: Norm, xhat: Tensor) -> Tensor:
+    out = norm.weight.double() * xhat
+    return out + norm.bias.double() if norm.bias is not None else out
+
+
+def _linear(p, x: Tensor) -> Tensor:
+    out = x @ p.matrix().T
+    return out + p.bias.double() if p.bias is not None else out
+
+
+def _rope(x: Tensor, inv_freq: Tensor, scaling: float) -> Tensor:
+    """HF rotate_half RoPE in float64; x: [..., heads, T, hd]."""
+    pos = torch.arange(x.shape[-2], dtype=torch.float64)
+    freqs = pos[:, None] * inv_freq.double()[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * emb.cos() + rotated * emb.sin()) * scaling
+
+
+def forward64(view: BlockView, x: Tensor) -> dict[str, Tensor]:
+    """The block in float64 on one prompt x: [T, d]; returns the centre values the bounds use."""
+    a, T = view.attention, x.shape[0]
+    x = x.double()
+    xhat, xnorm = _normalise(view.attn_norm, x)
+    u = _apply_norm(view.attn_norm, xhat)
+    hd = a.head_dim
+    q = _linear(a.q, u).view(T, -1, hd).transpose(0, 1)  # [H, T, hd]
+    k = _linear(a.k, u).view(T, -1, hd).transpose(0, 1)
+    v = _linear(a.v, u).view(T, -1, hd).transpose(0, 1)
+    if a.inv_freq is not None:
+        q, k = _rope(q, a.inv_freq, a.rope_scaling), _rope(k, a.inv_freq, a.rope_scaling)
+    index = torch.tensor(a.kv_head_of_q)
+    k, v = k.index_select(0, index), v.index_select(0, index)
+    logits = a.scale * q @ k.transpose(-1, -2)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    p = torch.softmax(logits.masked_fill(~causal, -math.inf), dim=-1)
+    o = p @ v  # [H, T, hd]
+    attn_out = _linear(a.o, o.transpose(0, 1).reshape(T, -1))
+    y = x + attn_out
+    what, ynorm = _normalise(view.mlp_norm, y)
+    w = _apply_norm(view.mlp_norm, what)
+    pre = [_linear(proj, w) for proj in view.mlp.inputs]
+    if view.mlp.kind == "gated_silu":
+        hidden = torch.nn.functional.silu(pre[0]) * pre[1]
+    else:
+        hidden = torch.nn.functional.gelu(pre[0], approximate="tanh")
+    out = y + _linear(view.mlp.down, hidden)
+    return {
+        "xnorm": xnorm, "q": q, "k": k, "v": v, "p": p, "o": o, "y": y, "ynorm": ynorm,
+        "pre": pre, "hidden": hidden, "out": out,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- per-token bounds
+
+
+def _lam(norm_c: Tensor, radius: Tensor | float, d: int, eps: float) -> Tensor:
+    """lambda = 1 / sqrt(max(||c|| - r, 0)^2 / d + eps) >= 1/rho on the tube (inf if eps = 0)."""
+    low = (norm_c - radius).clamp_min(0.0)
+    return (low.pow(2) / d + eps).rsqrt() * (1 + REL_MARGIN)
+
+
+def _attention_rows(f: _Folded, cen: dict, r: float) -> Tensor:
+    """Latt_t [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of radius r."""
+    a = f.view.attention
+    p, q, k, v = cen["p"], cen["q"], cen["k"], cen["v"]
+    T = p.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)  # [T]
+    scale, sigma = abs(a.scale), f.sigma
+    qn, kn = q.norm(dim=-1), k.norm(dim=-1)  # [H, T]
+    dq = sigma * f.c_q[:, None] * lam[None, :] * r  # [H, T] |q'_t - q_t|
+    dk = sigma * f.c_k[:, None] * lam[None, :] * r  # [H, T] |k'_s - k_s|
+    shift = scale * (dq[:, :, None] * (kn + dk)[:, None, :] + qn[:, :, None] * dk[:, None, :])
+    delta = shift.masked_fill(~causal, 0.0).amax(-1)  # [H, T] max_s |z'_ts - z_ts|
+    grow = torch.exp((2 * delta).clamp_max(60.0))  # p' <= p e^(2 Delta)
+    pu = torch.minimum(p * grow[..., None], torch.ones_like(p)).masked_fill(~causal, 0.0)
+    dp1 = delta.clamp_max(2.0)  # ||p' - p||_1 (Popoviciu, and <= 2)
+    # ||W_o (v_s - vbar_t)|| at the centre, in the hd-dim metric of W_o,h (plus its slack)
+    vt = torch.einsum("hij,htj->hti", f.o_metric, v)
+    vbar_t = p @ vt
+    a_ts = torch.cdist(vbar_t, vt, compute_mode="donot_use_mm_for_euclid_dist")
+    a_ts = a_ts + f.o_slack[:, None, None] * torch.cdist(
+        p @ v, v, compute_mode="donot_use_mm_for_euclid_dist"
+    )
+    a_ts = (a_ts * (1 + REL_MARGIN)).masked_fill(~causal, 0.0)
+    kbar = p @ k
+    kappa = torch.cdist(kbar, k, compute_mode="donot_use_mm_for_euclid_dist").masked_fill(
+        ~causal, 0.0
+    )
+    # centre p-weighted covariance W_o,h Cov_t(v, k) (uncentred sums, with a rounding margin)
+    outer = (vt[..., :, None] * k[..., None, :]).flatten(-2)  # [H, T, hd*hd]
+    cov = (p @ outer).view(*p.shape[:2], vt.shape[-1], k.shape[-1])
+    cov = cov - vbar_t[..., :, None] * kbar[..., None, :]
+    cov_scale = p @ (vt.norm(dim=-1) * kn).unsqueeze(-1)  # [H, T, 1]
+    n_q = spectral_norm_upper_batched(cov) + 1e-10 * cov_scale[..., 0]
+    n_q = n_q + f.o_slack[:, None] * (p * kappa * torch.cdist(p @ v, v)).sum(-1)
+    # inflation to the tube
+    lam_s = lam[None, None, :]
+    ev_s = f.c_ov[:, None, None] * lam_s * r  # ||W_o dv_s||
+    ev_bar = f.c_ov[:, None] * r * torch.minimum(
+        (pu * lam_s).sum(-1), lam.max().expand_as(delta)
+    ) + dp1 * a_ts.amax(-1)  # ||W_o (vbar' - vbar)||, [H, T]
+    e_ts = (ev_s + ev_bar[..., None]).masked_fill(
+        ~causal, 0.0
+    )  # ||W_o (v' - vbar') - W_o (v - vbar)||
+    a_up = a_ts + e_ts
+    ak = a_ts * kappa
+    dp_term = torch.minimum(dp1 * ak.amax(-1), (grow - 1.0) * (p * ak).sum(-1))
+    pert = dp_term + (pu * (e_ts * (kappa + dk[:, None, :]) + a_ts * dk[:, None, :])).sum(-1)
+    tri = (pu * a_up * (kappa + dk[:, None, :])).sum(-1)
+    n_q_tube = torch.minimum(n_q + pert, tri)
+    value = f.c_ov[:, None] * torch.minimum((pu * lam_s).sum(-1), lam.max().expand_as(delta))
+    query = scale * n_q_tube * sigma * f.c_q[:, None] * lam[None, :]
+    key = scale * (qn + dq) * sigma * f.c_k[:, None] * (pu * a_up * lam_s).sum(-1)
+    return ((value + query + key) * (1 + REL_MARGIN)).sum(0)  # heads add
+
+
+def _mlp_state(f: _Folded, cen: dict, r_y: Tensor):
+    """Centre Jacobian coefficients z [T, k m], their tube radius eta [T, k m], lambda2 [T]."""
+    lam2 = _lam(cen["ynorm"], r_y, f.d, f.view.mlp_norm.eps)
+    rho_w = lam2 * r_y  # ||w_hat' - w_hat||
+    rows = [ai.norm(dim=1) for ai in f.mlp_in]
+    spread = [rho_w[:, None] * ri[None, :] for ri in rows]  # |pre' - pre| per neuron
+    if f.view.mlp.kind == "gated_silu":
+        g, u = cen["pre"]
+        sg = torch.sigmoid(g)
+        silu_d = sg * (1 + g * (1 - sg))
+        z = torch.cat([silu_d * u, torch.nn.functional.silu(g)], dim=1)
+        d_slope = torch.clamp(SILU_CURVATURE * spread[0], max=2 * SILU_SLOPE)
+        eta_a = d_slope * u.abs() + SILU_SLOPE * spread[1]
+        eta_b = SILU_SLOPE * spread[0]
+        eta = torch.cat([eta_a, eta_b], dim=1)
+    else:
+        (fc,) = cen["pre"]
+        c = 0.7978845608028654 * (fc + 0.044715 * fc**3)
+        t = torch.tanh(c)
+        dc = 0.7978845608028654 * (1 + 3 * 0.044715 * fc**2)
+        z = 0.5 * (1 + t) + 0.5 * fc * (1 - t * t) * dc
+        eta = torch.clamp(GELU_CURVATURE * spread[0], max=2 * GELU_SLOPE)
+    return z, eta, lam2
+
+
+def _quad(mat: Tensor, z: Tensor) -> Tensor:
+    return ((z @ mat) * z).sum(-1).clamp_min(0.0)
+
+
+def _mlp_rows_screen(f: _Folded, z: Tensor, eta: Tensor) -> tuple[Tensor, Tensor]:
+    """(Frobenius bound of the centre Jacobian, tube perturbation) per token, before lambda2."""
+    margin = 4e-13 * f.gram_abs_rowsum * (z * z).sum(-1)
+    frob = (_quad(f.h_mat, z) + margin).sqrt()
+    pert = (_quad(f.h_abs, eta) * (1 + 1e-12)).sqrt()
+    return frob * (1 + REL_MARGIN), pert
+
+
+def _mlp_centre_spectral(f: _Folded, z: Tensor) -> Tensor:
+    """Schatten-2p upper bounds on ||W_d (sum_j diag(z_j) A_j)|| for a few tokens z: [n, k m]."""
+    m = f.w_down.shape[1]
+    mats = sum(z[:, j * m : (j + 1) * m, None] * a_j[None] for j, a_j in enumerate(f.mlp_in))
+    jac = f.w_down[None] @ mats  # [n, d, d]
+    return spectral_norm_upper_batched(jac, squarings=5) * (1 + REL_MARGIN)
+
+
+def _saturation_rows(f: _Folded, cen: dict) -> Tensor:
+    """a_t [T] with ||F(y)_t - F(x)_t|| <= a_t for ANY y (F: the residual update)."""
+    root_d = math.sqrt(f.d)
+    o_c = cen["o"] - f.v_const[:, None, :]  # [H, T, hd]
+    centre = torch.einsum("hij,htj->hti", f.o_metric, o_c).norm(dim=-1)
+    centre = centre + f.o_slack[:, None] * o_c.norm(dim=-1)
+    attn = (f.c_ov[:, None] * root_d + centre).sum(0)  # [T]
+    radius = [ai.norm(dim=1) * root_d for ai in f.mlp_in]
+    lo = [c - rad for c, rad in zip(f.mlp_const, radius, strict=True)]
+    hi = [c + rad for c, rad in zip(f.mlp_const, radius, strict=True)]
+    if f.view.mlp.kind == "gated_silu":
+        s_lo, s_hi = _act_range(torch.nn.functional.silu, lo[0], hi[0], SILU_MIN, SILU_ARGMIN)
+        prods = torch.stack([s_lo * lo[1], s_lo * hi[1], s_hi * lo[1], s_hi * hi[1]])
+        h_lo, h_hi = prods.amin(0), prods.amax(0)
+    else:
+        gelu = lambda t: torch.nn.functional.gelu(t, approximate="tanh")  # noqa: E731
+        h_lo, h_hi = _act_range(gelu, lo[0], hi[0], GELU_MIN, GELU_ARGMIN)
+    slack = 1e-9 * torch.maximum(h_lo.abs(), h_hi.abs()) + 1e-12
+    h_lo, h_hi = h_lo - slack, h_hi + slack
+    hidden = cen["hidden"]
+    w = torch.maximum((h_hi[None] - hidden).abs(), (hidden - h_lo[None]).abs())  # [T, m]
+    quad = (_quad(f.down_gram_abs, w) * (1 + 1e-12)).sqrt()
+    mlp = torch.minimum(quad, f.down_norm * w.norm(dim=-1))
+    return (attn + mlp) * (1 + REL_MARGIN)
+
+
+def _act_range(fn, lo: Tensor, hi: Tensor, f_min: float, argmin: float) -> tuple[Tensor, Tensor]:
+    """Range of a function that decreases before `argmin` and increases after it."""
+    f_lo, f_hi = fn(lo), fn(hi)
+    top = torch.maximum(f_lo, f_hi)
+    # the argmin is known to ~1e-5: widen the containment test so that it is never missed
+    contains = (lo < argmin + 1e-2) & (hi > argmin - 1e-2)
+    bottom = torch.where(contains, torch.full_like(lo, f_min), f_lo)
+    bottom = torch.minimum(bottom, f_hi)
+    return bottom, top
+
+
+@dataclass
+class SoundBlockBound:
+    """lipschitz: max_t (1 + Latt_t)(1 + Lmlp_t) (inf when a norm is singular on the tube, which
+    needs eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y."""
+
+    lipschitz: float
+    saturation: float
+    attention: float  # max_t Latt_t
+    mlp: float  # max_t Lmlp_t
+    min_input_norm: float
+    tokens: int
+    refined: int
+
+
+def sound_block_bound(
+    surrogate: Surrogate, inputs: Iterable[Tensor], radius: float, max_refine: int = 48
+) -> SoundBlockBound:
+    """Sound constants of `surrogate` on the tube of `radius` around `inputs` ([b, T, d] each)."""
+    view = block_view(surrogate)
+    f = _folded(view)
+    r = float(radius)
+    screens, latts, states, sats, norms = [], [], [], [], []
+    with torch.no_grad():
+        for batch in inputs:
+            for x in batch.reshape(-1, *batch.shape[-2:]):
+                cen = forward64(view, x)
+                latt = _attention_rows(f, cen, r)
+                z, eta, lam2 = _mlp_state(f, cen, (1 + latt) * r)
+                frob, pert = _mlp_rows_screen(f, z, eta)
+                screens.append(lam2 * (frob + pert))
+                latts.append(latt)
+                states.append((z, pert, lam2))
+                sats.append(_saturation_rows(f, cen))
+                norms.append(cen["xnorm"].min())
+        latt = torch.cat(latts)
+        lmlp = torch.cat(screens)
+        z = torch.cat([s[0] for s in states])
+        pert = torch.cat([s[1] for s in states])
+        lam2 = torch.cat([s[2] for s in states])
+        total = (1 + latt) * (1 + lmlp)
+        refined = 0
+        if torch.isfinite(total).all():
+            # branch and bound: refine the tokens that can decide the max, largest screen first
+            order = torch.argsort(total, descending=True)
+            best = 0.0
+            while refined < min(max_refine, len(order)):
+                ids = order[refined : refined + REFINE_BATCH]
+                if float(total[ids[0]]) <= best:
+                    break
+                spec = _mlp_centre_spectral(f, z[ids])
+                lmlp[ids] = torch.minimum(lmlp[ids], lam2[ids] * (spec + pert[ids]))
+                total[ids] = (1 + latt[ids]) * (1 + lmlp[ids])
+                best = max(best, float(total[ids].max()))
+                refined += len(ids)
+        return SoundBlockBound(
+            lipschitz=float(total.max()),
+            saturation=float(torch.cat(sats).max()),
+            attention=float(latt.max()),
+            mlp=float(lmlp.max()),
+            min_input_norm=float(torch.stack(norms).min()),
+            tokens=len(total),
+            refined=refined,
+        )

@@ -1,0 +1,233 @@
+"""Sound Lipschitz / saturation constants against independent lower estimates, and the chain.
+
+The independent ascent below is written here, not imported from production code: projected
+gradient ascent on d(g(X+D), g(X)) / d(D) with 5 restarts x 50 steps and its own seed.
+"""
+
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from blockcert.cert.fp_allowance import fp_error
+from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz_sound import (
+    GELU_ARGMIN,
+    GELU_CURVATURE,
+    GELU_MIN,
+    GELU_SLOPE,
+    SILU_ARGMIN,
+    SILU_CURVATURE,
+    SILU_MIN,
+    SILU_SLOPE,
+    forward64,
+)
+from blockcert.cert.spectral import spectral_norm_upper_batched
+from blockcert.compose.bound import bound_trajectory
+from blockcert.compose.chain import compose_chain
+from blockcert.surrogate.capacity import Capacity, reduce
+from blockcert.surrogate.extract import extract_block
+from blockcert.surrogate.interpret import run_graph
+from blockcert.surrogate.view import block_view
+
+LEAN = Path(__file__).resolve().parents[1] / "lean"
+RADIUS_FRACTIONS = [1e-4, 1e-2, 1e-1]
+
+
+def independent_ascent(surrogate, x, radius, restarts=5, steps=50, seed=1234) -> float:
+    """Largest d(g(X+D), g(X)) / d(D) found with d(D) <= radius (a lower bound on Lip)."""
+    graph, weights = surrogate.graph, {k: v.float() for k, v in surrogate.weights.items()}
+    x = x.float()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        base = run_graph(graph, weights, x)
+
+    def ratio(delta):
+        num = (run_graph(graph, weights, x + delta) - base).norm(dim=-1).amax(-1)
+        return num / delta.norm(dim=-1).amax(-1)
+
+    def clip(delta):
+        norms = delta.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        return delta * torch.clamp(radius / norms, max=1.0)
+
+    best = 0.0
+    for _ in range(restarts):
+        delta = clip(torch.randn(x.shape, generator=gen) * radius)
+        delta = delta * (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            value = ratio(delta)
+            best = max(best, float(value.max()))
+            (grad,) = torch.autograd.grad(value.sum(), delta)
+            with torch.no_grad():
+                step = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+                delta = clip(delta + 0.3 * radius * step)
+        with torch.no_grad():
+            best = max(best, float(ratio(delta).max()))
+    return best
+
+
+def _inputs(adapter, token_ids, k):
+    x, _ = adapter.block_pair(token_ids, k)
+    return x
+
+
+def test_activation_constants_hold_on_a_dense_grid():
+    a = torch.linspace(-30, 30, 600001, dtype=torch.float64)
+    a.requires_grad_(True)
+    for fn, slope, curv, fmin, argmin in [
+        (torch.nn.functional.silu, SILU_SLOPE, SILU_CURVATURE, SILU_MIN, SILU_ARGMIN),
+        (
+            lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+            GELU_SLOPE,
+            GELU_CURVATURE,
+            GELU_MIN,
+            GELU_ARGMIN,
+        ),
+    ]:
+        y = fn(a)
+        (d1,) = torch.autograd.grad(y.sum(), a, create_graph=True)
+        (d2,) = torch.autograd.grad(d1.sum(), a)
+        assert float(d1.detach().abs().max()) < slope and float(d2.abs().max()) < curv
+        assert float(y.min()) > fmin and abs(float(a[y.argmin()]) - argmin) < 1e-3
+
+
+def test_batched_spectral_upper_bound_is_sound():
+    mats = torch.randn(20, 40, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = torch.linalg.matrix_norm(mats, 2)
+    upper = spectral_norm_upper_batched(mats)
+    assert (upper >= exact).all() and (upper <= 1.2 * exact).all()
+
+
+def test_float64_forward_matches_the_interpreter(tiny_adapter, token_ids):
+    x = _inputs(tiny_adapter, token_ids, 1)
+    surrogate = extract_block(tiny_adapter, 1)
+    view = block_view(surrogate)
+    out32 = run_graph(surrogate.graph, surrogate.weights, x)
+    for i in range(len(x)):
+        out64 = forward64(view, x[i])["out"]
+        scale = float(out64.norm(dim=-1).max())
+        assert float((out64 - out32[i].double()).norm(dim=-1).max()) < 1e-5 * scale
+    error = fp_error(surrogate, [x])
+    assert 0 < error < 1e-5 * float(x.norm(dim=-1).max()) + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", [1e-2])
+def test_sound_dominates_independent_ascent_on_one_block(tiny_adapter, token_ids, fraction):
+    x = _inputs(tiny_adapter, token_ids, 0)[:2, :12]
+    surrogate = extract_block(tiny_adapter, 0)
+    radius = fraction * float(x.norm(dim=-1).median())
+    sound = sound_lipschitz(surrogate, [x], radius)
+    assert sound.kind == "sound" and sound.value is not None and math.isfinite(sound.value)
+    assert sound.value >= independent_ascent(surrogate, x, radius)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", RADIUS_FRACTIONS)
+def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids, fraction):
+    for k in range(tiny_adapter.num_blocks):
+        x = _inputs(tiny_adapter, token_ids, k)
+        surrogate = extract_block(tiny_adapter, k)
+        radius = fraction * float(x.norm(dim=-1).median())
+        sound = sound_lipschitz(surrogate, [x], radius)
+        observed = independent_ascent(surrogate, x, radius)
+        assert sound.value is not None and sound.value >= observed, (k, sound.value, observed)
+
+
+def test_saturation_bounds_arbitrary_moves(tiny_adapter, token_ids):
+    """d(g(y), g(x)) <= d(y, x) + a for y far outside any tube (random, scaled, reversed)."""
+    x = _inputs(tiny_adapter, token_ids, 1)
+    surrogate = extract_block(tiny_adapter, 1)
+    a = sound_lipschitz(surrogate, [x], 0.0).parts["saturation"]
+    gen = torch.Generator().manual_seed(3)
+    base = run_graph(surrogate.graph, surrogate.weights, x)
+    for y in [x * 50, -x, torch.randn(x.shape, generator=gen) * 100, x.flip(1), x * 1e-3]:
+        out = run_graph(surrogate.graph, surrogate.weights, y)
+        lhs = (out - base).norm(dim=-1)
+        rhs = (y - x).norm(dim=-1) + a
+        assert (lhs <= rhs * (1 + 1e-5)).all()
+
+
+def test_sound_constant_is_finite_at_any_radius_when_eps_is_positive(tiny_llama, token_ids):
+    x = _inputs(tiny_llama, token_ids, 1)
+    surrogate = extract_block(tiny_llama, 1)
+    huge = 2 * float(x.norm(dim=-1).max())
+    sound = sound_lipschitz(surrogate, [x], huge)
+    assert sound.value is not None and math.isfinite(sound.value)
+    assert math.isfinite(sound.parts["saturation"])
+
+
+@pytest.mark.slow
+def test_empirical_estimate_beats_an_independent_ascent(tiny_llama, token_ids):
+    k = 1
+    x = _inputs(tiny_llama, token_ids, k)
+    surrogate = extract_block(tiny_llama, k)
+    radius = 1e-2 * float(x.norm(dim=-1).median())
+    ours = empirical_lipschitz(surrogate, x, radius, seed=7)
+    assert ours.kind == "empirical" and "restarts" in ours.method
+    assert ours.value >= independent_ascent(surrogate, x, radius, seed=99)
+
+
+@pytest.mark.parametrize(
+    "capacity", [None, Capacity(head_fraction=0.5, mlp_fraction=0.5)], ids=["full", "reduced"]
+)
+def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, capacity):
+    states = [tiny_llama.embed(token_ids)]
+    for k in range(tiny_llama.num_blocks):
+        states.append(tiny_llama.block(k, states[-1]))
+    blocks = []
+    for k in range(tiny_llama.num_blocks):
+        full = extract_block(tiny_llama, k)
+        g = full if capacity is None else reduce(full, capacity, [states[k]])
+        with torch.no_grad():
+            eps = float(
+                (run_graph(g.graph, g.weights, states[k]) - states[k + 1]).norm(dim=-1).max()
+            )
+        blocks.append((k, g, capacity is not None, eps))
+    chain = compose_chain(blocks, states[:-1], 2, 1, 1, 2, 1e-3, restarts=1)
+    assert chain.sound and all(link.bound_sound is not None for link in chain.links)
+    assert math.isfinite(float(chain.final_sound)) and chain.final_sound > 0
+    eps, lips, sats = chain.lean_lists("sound")
+    assert bound_trajectory(eps, lips, sats)[-1] == chain.final_sound
+    assert all(link.fp32_error >= 0 for link in chain.links)
+
+
+def _lean_step(lip: Fraction, sat: Fraction, e: Fraction, prev: Fraction) -> Fraction:
+    """Bound.lean's `stepCore` + e, transliterated branch by branch (negative: not claimed)."""
+    if lip >= 0:
+        core = min(lip * prev, prev + sat) if sat >= 0 else lip * prev
+    else:
+        core = prev + sat
+    return core + e
+
+
+def test_lean_and_python_saturated_recursions_agree_on_three_blocks():
+    from tests.test_lean_files import parse_rat
+
+    text = (LEAN / "BlockCert" / "Examples" / "SaturationThreeBlocks.lean").read_text()
+
+    def rat_list(name):
+        body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M).group(1)
+        return [parse_rat(item) for item in re.split(r",\s*\n\s*", body.strip())]
+
+    eps, lips, sats = rat_list("eps"), rat_list("Ls"), rat_list("As")
+    lean_value = parse_rat(
+        re.search(
+            r"theorem bound_eq : bound \(nth eps\) \(nth Ls\) \(nth As\) 3 = (.+) := by", text
+        ).group(1)
+    )
+    python = bound_trajectory(
+        eps, [None if v < 0 else v for v in lips], [None if v < 0 else v for v in sats]
+    )
+    lean = Fraction(0)
+    for e, lip, sat in zip(eps, lips, sats, strict=True):
+        lean = _lean_step(lip, sat, e, lean)
+    assert python[-1] == lean == lean_value == Fraction(9, 8)
+    # every branch is exercised: L * B, saturation B + a, and a block without L
+    assert python[1] == lips[0] * 0 + eps[0]
+    assert python[2] == python[1] + sats[1] + eps[1] < lips[1] * python[1] + eps[1]
+    assert lips[2] < 0
