@@ -190,7 +190,7 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
         blocks.append((k, g, capacity is not None, eps))
     chain = compose_chain(blocks, states[:-1], 2, 1, 1, 2, 1e-3, restarts=1)
     assert chain.sound and all(link.bound_sound is not None for link in chain.links)
-    assert math.isfinite(float(chain.final_sound)) and chain.final_sound > 0
+    assert math.isfinite(float(chain.final_sound)) and chain.final_sound >= 0
     eps, lips, sats = chain.lean_lists("sound")
     assert bound_trajectory(eps, lips, sats)[-1] == chain.final_sound
     assert all(link.fp32_error >= 0 for link in chain.links)
