@@ -50,7 +50,7 @@ def _perturbed(adapter, k, scale):
 @pytest.mark.slow
 def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     split = build_prompts(
-        ShakespeareCorpus(), tiny_llama.teacher.tokenizer, 16, 8, 32, seed=2, n_check=32
+        ShakespeareCorpus(), tiny_llama.teacher.tokenizer, 16, 8, 48, seed=2, n_check=48
     )
     surrogates = {2: _perturbed(tiny_llama, 2, 0.05)}
     chain = [(k, surrogates.get(k) or extract_block(tiny_llama, k)) for k in (2, 3)]
@@ -72,7 +72,7 @@ def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     # (b) compositional (random tiny weights: the sound chain is unbounded, so empirical L)
     options = LipschitzOptions("empirical", random_trials=1, ascent_steps=1, min_radius=1e-3)
     comp = compositional_bound(chain, held_traj, held_eval, delta=0.05, options=options)
-    assert comp.n_calibration == 16 and [e.n for e in comp.events] == [16] * 3
+    assert comp.n_calibration == 24 and [e.n for e in comp.events] == [24] * 3
     assert comp.bounds[1] == pytest.approx(comp.taus[0], rel=1e-6)  # B_1 = tau_1 (B_0 = 0)
     # B_k = L^_k B_{k-1} + tau_k, recomputed here independently of compose.bound
     b = 0.0
