@@ -159,16 +159,9 @@ def write_edit_report(report: dict, run_dir: Path) -> list[Path]:
 def log_edit_to_wandb(
     report: dict, files: list[Path], run_dir: Path, project: str, mode: str
 ) -> None:
-    """Summary + one artifact holding the report and the certified edited block."""
-    import wandb
+    """Summary, trade-off table and one artifact: the report and the certified edited block."""
+    from blockcert.lit.wandb_log import log_files
 
-    run = wandb.init(
-        project=project,
-        mode=mode,
-        dir=str(run_dir),
-        job_type="edit",
-        name=f"edit-{report['model']['name']}-block{report['block']}",
-    )
     summary = {
         "edit/success": report["success"],
         "edit/efficacy_after": _mean_prob(report["efficacy"], "after"),
@@ -180,19 +173,16 @@ def log_edit_to_wandb(
     if report.get("certify"):
         summary["bound/claimed"] = report["certify"]["global_bound"]
         summary["observed/max"] = report["certify"]["observed_drift"]
-    run.summary.update({k: v for k, v in summary.items() if v is not None})
-    artifact = wandb.Artifact(
-        f"edit-block{report['block']}",
-        type="edit",
+    columns = ["scale", "eps_upper", "efficacy_prob", "generalisation_prob", "success"]
+    rows = [[r[c] for c in columns] for r in report["tradeoff"]]
+    block = ["certificate.json", "surrogate.json", "surrogate.safetensors"]
+    log_files(
+        f"edit-{report['model']['name']}-block{report['block']}",
+        "edit",
+        [*files, *(Path(run_dir) / name for name in block)],
+        summary={k: v for k, v in summary.items() if v is not None},
+        project=project,
+        mode=mode,
+        tables={"edit/tradeoff": (columns, rows)},
         metadata={"certificate_sha256": report["certificate"]["sha256"]},
     )
-    names = [
-        "certificate.json",
-        "surrogate.json",
-        "surrogate.safetensors",
-        "heldout_tokens.safetensors",
-    ]
-    for path in [*files, *(run_dir / n for n in names)]:
-        artifact.add_file(str(path))
-    run.log_artifact(artifact)
-    run.finish()
