@@ -13,6 +13,7 @@ g_k at the tube centre (blockcert.cert.fp_allowance); it is reported, not added 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -71,9 +72,16 @@ class Chain:
         return eps, [link.lipschitz_empirical for link in self.links], sats
 
 
-def _batches(states: torch.Tensor, batch_size: int):
-    for start in range(0, len(states), batch_size):
-        yield states[start : start + batch_size]
+def _batches(states: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> list:
+    """Batches [b, s, d] of one block's inputs: a tensor is cut, a list (ragged prompts) kept."""
+    if isinstance(states, torch.Tensor):
+        return [states[start : start + batch_size] for start in range(0, len(states), batch_size)]
+    return list(states)
+
+
+def _probe(batches: list[torch.Tensor], n_prompts: int) -> torch.Tensor:
+    """The first n_prompts prompts of the first batch, for the empirical ascent."""
+    return batches[0][:n_prompts]
 
 
 def compose_chain(
@@ -86,19 +94,21 @@ def compose_chain(
     min_radius: float,
     restarts: int = 8,
 ) -> Chain:
-    """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i]."""
+    """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i],
+    one tensor [n, s, d] or a list of batches (prompts of different lengths)."""
     links: list[BlockLink] = []
     bound_sound = Fraction(0)
     bound_empirical = Fraction(0)
     for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
         eps_q = round_up(eps)
-        sound = sound_lipschitz(surrogate, _batches(x, batch_size), float(bound_sound))
+        batches = _batches(x, batch_size)
+        sound = sound_lipschitz(surrogate, batches, float(bound_sound))
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
         radius = max(float(bound_empirical), min_radius)
         empirical = empirical_lipschitz(
             surrogate,
-            x[:empirical_prompts],
+            _probe(batches, empirical_prompts),
             radius,
             random_trials,
             ascent_steps,
@@ -119,7 +129,7 @@ def compose_chain(
                 saturation,
                 bound_sound,
                 bound_empirical,
-                fp32_error=fp_error(surrogate, _batches(x, batch_size)),
+                fp32_error=fp_error(surrogate, batches),
                 parts={"sound": sound.parts, "empirical_method": empirical.method},
             )
         )
