@@ -23,6 +23,7 @@ from blockcert.cert.metrics import ErrorReport
 from blockcert.compose.chain import Chain, compose_chain
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
+from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
@@ -30,6 +31,7 @@ from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.prove.lake import run_lake_build
 from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
+from blockcert.surrogate.ir import Surrogate
 from blockcert.verify.claims import (
     Tolerance,
     VerifiedBlock,
@@ -67,14 +69,9 @@ class Verified:
 
 @dataclass(frozen=True)
 class Composition:
-    chain: Chain
-    kind: str  # "sound" | "empirical"
+    chain: Chain  # sound and empirical chains side by side; the claim is the sound one
     claimed: object  # Fraction: a short decimal >= the exact B_L
-    float_slack: dict[int, float]
-
-    @property
-    def final(self):
-        return self.chain.final_sound if self.kind == "sound" else self.chain.final_empirical
+    fp_allowance: dict[int, Allowance]  # measured, already inside every composed eps_k
 
 
 @dataclass
@@ -126,79 +123,90 @@ def rederive(
     }
 
 
+def chain_blocks(teacher: Teacher, verified: Verified) -> list[tuple[int, Surrogate]]:
+    """(k, g_k) from the first certified block to the last: surrogates, else the teacher IR."""
+    return [
+        (
+            k,
+            verified.blocks[k].surrogate
+            if k in verified.blocks
+            else extract_block(teacher.adapter, k),
+        )
+        for k in range(verified.first, teacher.adapter.num_blocks)
+    ]
+
+
 def compose(
     cfg: DictConfig,
-    teacher: Teacher,
+    chain_ir: list[tuple[int, Surrogate]],
     verified: Verified,
     reports: dict[int, ErrorReport],
     states: list[torch.Tensor],
 ) -> Composition:
-    """Stage 3: Lipschitz constants on the composed tube and the bound B_k, block by block.
+    """Stage 3: Lipschitz and saturation constants on the composed tube, and the bound B_k.
 
     Blocks without a certificate are the teacher's own (g_k = f_k, eps_k = 0). The theorem is
-    about exact arithmetic; the stitched model runs in fp32, so each composed eps_k gets an
-    allowance for fp32 evaluation error: float_slack * max_t ||h_{k+1, t}||.
+    about exact arithmetic of the IR; the stitched model runs in fp32, so each composed eps_k
+    carries the measured fp32 allowance fp(h_k) + fp(s_k) (evaluate/fp_allowance.py).
     """
-    adapter, blocks, slack = teacher.adapter, [], {}
-    for k in range(adapter.num_blocks):
-        slack[k] = cfg.float_slack * float(states[k + 1].norm(dim=-1).max())
-        if k in verified.blocks:
-            blocks.append((k, verified.blocks[k].surrogate, True, reports[k].eps_max + slack[k]))
-        else:
-            blocks.append((k, extract_block(adapter, k), False, slack[k]))
+    batch = cfg.batch_size
+    allowance = chain_allowance(
+        chain_ir, lambda k: [states[k][i : i + batch] for i in range(0, len(states[k]), batch)]
+    )
+    blocks = []
+    for k, surrogate in chain_ir:
+        measured = reports[k].eps_max if k in verified.blocks else 0.0
+        blocks.append((k, surrogate, k in verified.blocks, measured + allowance[k].total))
     first, lip = verified.first, cfg.lipschitz
     chain = compose_chain(
-        blocks[first:],
+        blocks,
         states[first:-1],
-        cfg.batch_size,
+        batch,
         lip.empirical_prompts,
         lip.random_trials,
         lip.ascent_steps,
         min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
+        restarts=lip.restarts,
     )
-    kind = "sound" if chain.sound else "empirical"
-    final = chain.final_sound if chain.sound else chain.final_empirical
     # claim a short decimal at or above the exact B_L; Lean re-computes B_L and checks it
-    return Composition(chain, kind, round_up(final), slack)
+    return Composition(chain, round_up(chain.final_sound), allowance)
 
 
-def bound_checks(composition: Composition, observed: list[float]) -> tuple[list[str], list[str]]:
-    """(findings, violations): blocks whose observed deviation exceeds B_k of the chain used."""
-    violations = []
-    for link in composition.chain.links:
-        bound = link.bound_sound if composition.kind == "sound" else link.bound_empirical
-        if observed[link.block] > float(bound):
-            violations.append(
-                f"block {link.block}: observed deviation {observed[link.block]:.6g} exceeds "
-                f"B_k = {float(bound):.6g} ({composition.kind})"
-            )
-    findings = []
-    if composition.kind == "empirical":
-        findings.append(
-            "the sound chain is unbounded on this tube, so the global bound uses EMPIRICAL "
-            "Lipschitz constants (lower estimates): it is not certified."
-        )
-        findings += [f"empirical constant underestimated the true one: {v}" for v in violations]
+def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
+    """(findings, violations) of observed e_k against B_k, block by block.
+
+    Above the SOUND B_k: a violation (a bug: the theorem says it cannot happen). Above the
+    EMPIRICAL B_k: a finding (an empirical constant underestimated the true one).
+    """
+    findings, violations = [], []
+    for link in chain.links:
+        seen = observed[link.block]
+        for bound, out, kind in (
+            (link.bound_sound, violations, "sound"),
+            (link.bound_empirical, findings, "empirical"),
+        ):
+            if seen > float(bound):
+                out.append(
+                    f"block {link.block}: observed deviation {seen:.6g} exceeds {kind} "
+                    f"B_k = {float(bound):.6g}"
+                )
     return findings, violations
 
 
 def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict:
     """Stage 5: the Lean instance of this run, kernel-checked when `lake` is available."""
-    eps_q, lips_q = composition.chain.lists(composition.kind)
+    eps_q, lips_q, sats_q = composition.chain.lean_lists("sound")
     provenance = {f"block {k}": f"{b.path} sha256={b.sha256}" for k, b in verified.blocks.items()}
-    provenance["kind"] = composition.kind
+    provenance["kind"] = "sound"
     lean_root = Path(cfg.lean.root)
     lean_file = write_lean_instance(
-        lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance
+        lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance, sats_q
     )
     result = run_lake_build(lean_root) if cfg.lean.build else None
     if result is None:
         status = {"status": "skipped", "toolchain": None, "message": "lean.build=false"}
     else:
         status = {"status": result.status, "toolchain": result.toolchain, "message": result.message}
-    if composition.kind == "empirical" and status["status"] == "checked":
-        # the kernel checked the arithmetic of a chain built from lower estimates: no guarantee
-        status["status"] = "arithmetic checked; constants empirical"
     status["file"] = str(lean_file)
     return status
 
@@ -219,7 +227,10 @@ def _block_rows(
                 "certified": link.certified,
                 "eps": float(link.eps),  # recomputed eps_k + fp32 allowance, rounded up
                 "eps_rational": str(link.eps),
-                "float_slack": composition.float_slack[link.block],
+                "eps_measured": 0.0 if metrics is None else metrics.eps_max,
+                "fp_allowance_centre": composition.fp_allowance[link.block].centre,
+                "fp_allowance_stitched": composition.fp_allowance[link.block].stitched,
+                "saturation": float(link.saturation),
                 "lipschitz_sound": None
                 if link.lipschitz_sound is None
                 else float(link.lipschitz_sound),
@@ -245,7 +256,7 @@ def build_report(
     """Stage 4: the report (every figure recomputed here) and the violations of the bound."""
     observed = stitched.block_deviation
     final_observed = float(stitched.final_token_deviation.max())
-    findings, violations = bound_checks(composition, observed)
+    findings, violations = bound_checks(composition.chain, observed)
     chain = composition.chain
     first = reports[verified.first]
     report = {
@@ -263,8 +274,9 @@ def build_report(
         },
         "verification": {"status": "passed", "tolerance": tolerance.describe()},
         "bound": {
-            "kind": composition.kind,
-            "arithmetic": "exact rationals; sound in exact arithmetic of the IR",
+            "kind": "sound",
+            "arithmetic": "sound in exact arithmetic of the IR (exact rationals, rounded up); "
+            "each composed eps_k includes the measured fp32 allowance fp(h_k) + fp(s_k)",
             "claimed": float(composition.claimed),
             "claimed_rational": str(composition.claimed),
             "sound": None if chain.final_sound is None else float(chain.final_sound),
@@ -273,7 +285,6 @@ def build_report(
             if final_observed > 0
             else None,
         },
-        "float_slack": cfg.float_slack,
         "blocks": _block_rows(composition, observed, reports),
         "coverage": _coverage_rows(first),
         "coverage_tau": next((c.tau for c in first.coverage if c.kind == "abs"), None),
@@ -288,7 +299,7 @@ def build_report(
             "n_tokens": stitched.n_tokens,
         },
         "findings": findings,
-        "violations": violations if composition.kind == "sound" else [],
+        "violations": violations,
     }
     return report, violations
 
@@ -303,8 +314,9 @@ def certify(cfg: DictConfig) -> CertifyResult:
     states = teacher_trajectory(teacher.adapter, verified.heldout, cfg.batch_size)
     reports = rederive(verified, states, cfg, tolerance)
     log.info("stage rederive: every claim reproduced (%s)", tolerance.describe())
-    composition = compose(cfg, teacher, verified, reports, states)
-    log.info("stage compose: %s bound %.6g", composition.kind, float(composition.claimed))
+    chain_ir = chain_blocks(teacher, verified)
+    composition = compose(cfg, chain_ir, verified, reports, states)
+    log.info("stage compose: sound bound %.6g", float(composition.claimed))
     surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
     stitched = stitched_evaluation(
         teacher.adapter, surrogates, verified.heldout, states, cfg.batch_size
@@ -314,15 +326,15 @@ def certify(cfg: DictConfig) -> CertifyResult:
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
     # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
+    allowance = {k: a.total for k, a in composition.fp_allowance.items()}
     prompt_lines, prompt_violations = run_prompt_stages(
-        cfg, teacher.adapter, teacher.model.tokenizer, verified, states,
-        composition.float_slack, report,
-    )  # fmt: skip
+        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, allowance, report
+    )
     report["lean"] = prove(cfg, verified, composition)
     out = Path(cfg.out) if cfg.out else runs / "certify"
     files = write_report(report, stitched.final_token_deviation, out)
     report["files"] = [str(f) for f in files]
-    violations = (violations if composition.kind == "sound" else []) + prompt_violations
+    violations = violations + prompt_violations
     if violations:
         raise BoundViolationError(
             "BUG: observed deviation exceeds the SOUND bound, contradicting the composition "

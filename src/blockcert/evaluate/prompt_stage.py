@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
-from blockcert.compose.bound import bound_trajectory
-from blockcert.compose.rational import round_up
+from blockcert.compose.chain import compose_chain
+from blockcert.evaluate.fp_allowance import chain_allowance
 from blockcert.evaluate.prompt_sets import PromptSet, check_split
 from blockcert.evaluate.statistics import (
     LipschitzOptions,
@@ -56,55 +55,43 @@ def _coverage_fraction(certificate: dict, tau: float) -> float | None:
     return None
 
 
+def _float_or_none(q) -> float | None:
+    return None if q is None else float(q)
+
+
 def _ragged_chain(
     chain: Sequence[tuple[int, Surrogate]],
     eps: Sequence[float],
+    certified: Sequence[int],
     trajectory: RaggedTrajectory,
     lipschitz: Mapping,
     min_radius: float,
+    batch_size: int,
 ) -> dict:
-    """Sound and empirical chains on ragged prompts: B_k = L_k B_{k-1} + eps_k (compose.bound).
+    """The sound and empirical chains on ragged prompts, through compose.chain.compose_chain.
 
-    sound L_k covers every prompt's tube at once (sound_lipschitz over all length batches);
-    empirical L_k is the largest ratio over the first `empirical_prompts` prompts' batches.
+    B_k = min(L_k B_{k-1}, B_{k-1} + a_k) + eps_k; the sound L_k, a_k cover every prompt's tube
+    at once (all length batches); the empirical L_k probes the first length batch.
     """
-    eps_q = [round_up(e) for e in eps]
-    sound, empirical = [], []
-    bound_sound, bound_empirical = [0.0], [0.0]
-    for j, (k, surrogate) in enumerate(chain):
-        inputs = trajectory.inputs(k)
-        if bound_sound[-1] is not None:
-            value = sound_lipschitz(surrogate, inputs, bound_sound[-1]).value
-            sound.append(None if value is None else round_up(value))
-        else:
-            sound.append(None)
-        radius = max(bound_empirical[-1], min_radius)
-        probes, budget = [], lipschitz["empirical_prompts"]
-        for x in inputs:
-            if budget <= 0:
-                break
-            probes.append(
-                empirical_lipschitz(
-                    surrogate,
-                    x[:budget],
-                    radius,
-                    lipschitz["random_trials"],
-                    lipschitz["ascent_steps"],
-                    seed=k,
-                ).value
-            )
-            budget -= len(x)
-        empirical.append(round_up(max(probes)))
-        if sound[-1] is None:
-            bound_sound.append(None)
-        else:
-            bound_sound.append(float(bound_trajectory(eps_q[: j + 1], sound)[-1]))
-        bound_empirical.append(float(bound_trajectory(eps_q[: j + 1], empirical)[-1]))
+    composed = compose_chain(
+        [(k, g, k in certified, e) for (k, g), e in zip(chain, eps, strict=True)],
+        [trajectory.inputs(k) for k, _ in chain],
+        batch_size,
+        lipschitz["empirical_prompts"],
+        lipschitz["random_trials"],
+        lipschitz["ascent_steps"],
+        min_radius=min_radius,
+        restarts=lipschitz["restarts"],
+    )
+    links = composed.links
     return {
-        "lipschitz_sound": [None if v is None else float(v) for v in sound],
-        "lipschitz_empirical": [float(v) for v in empirical],
-        "bound_sound": bound_sound[1:],
-        "bound_empirical": bound_empirical[1:],
+        "lipschitz_sound": [
+            None if x.lipschitz_sound is None else float(x.lipschitz_sound) for x in links
+        ],
+        "lipschitz_empirical": [float(x.lipschitz_empirical) for x in links],
+        "saturation": [float(x.saturation) for x in links],
+        "bound_sound": [float(x.bound_sound) for x in links],
+        "bound_empirical": [float(x.bound_empirical) for x in links],
     }
 
 
@@ -126,7 +113,6 @@ def verifier_prompts(
     certificates: Mapping[int, dict],
     chain: Sequence[tuple[int, Surrogate]],
     batch_size: int,
-    float_slack: float,
     lipschitz: Mapping,
 ) -> tuple[dict, list[str]]:
     """(report section, sound-bound violations) on the verifier's prompts.
@@ -137,19 +123,22 @@ def verifier_prompts(
     taus = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
     evaluation = evaluate_prompts(adapter, surrogates, prompt_set.ids, trajectory, taus)
     figures = evaluation.aggregate()
-    # fp32 allowance as on the certificates' prompts: float_slack * max_t ||h_{k+1, t}||
-    slack = {
-        k: float_slack * max(float(h.norm(dim=-1).max()) for h in trajectory.inputs(k + 1))
-        for k, _ in chain
-    }
-    eps = [figures["eps"].get(k, 0.0) + slack[k] for k, _ in chain]
+    # the measured fp32 allowance on these prompts, at both ends of every tube
+    allowance = chain_allowance(chain, trajectory.inputs)
+    eps = [figures["eps"].get(k, 0.0) + allowance[k].total for k, _ in chain]
     first = chain[0][0]
     median = torch.cat([h.norm(dim=-1).flatten() for h in trajectory.inputs(first)]).median()
     composed = _ragged_chain(
-        chain, eps, trajectory, lipschitz, lipschitz["min_radius_fraction"] * float(median)
+        chain,
+        eps,
+        list(certificates),
+        trajectory,
+        lipschitz,
+        lipschitz["min_radius_fraction"] * float(median),
+        batch_size,
     )
-    kind = "sound" if composed["bound_sound"][-1] is not None else "empirical"
-    bounds = composed[f"bound_{kind}"]
+    kind = "sound"
+    bounds = composed["bound_sound"]
     observed = figures["block_deviation"]
     violations = [
         f"block {k}: observed deviation {observed[k]:.6g} on prompts={prompt_set.name} exceeds "
@@ -163,7 +152,8 @@ def verifier_prompts(
             "block": k,
             "certified": k in certificates,
             "eps": figures["eps"].get(k, 0.0),
-            "float_slack": slack[k],
+            "fp_allowance": allowance[k].total,
+            "saturation": composed["saturation"][j],
             "lipschitz_sound": composed["lipschitz_sound"][j],
             "lipschitz_empirical": composed["lipschitz_empirical"][j],
             "bound_sound": composed["bound_sound"][j],
@@ -370,7 +360,14 @@ def statistics_lines(section: dict) -> list[str]:
 
 
 def run_prompt_stages(
-    cfg, adapter: BlockAdapter, tokenizer, verified, states: list[torch.Tensor], slack, report
+    cfg,
+    adapter: BlockAdapter,
+    tokenizer,
+    verified,
+    states: list[torch.Tensor],
+    chain: Sequence[tuple[int, Surrogate]],
+    slack: Mapping[int, float],
+    report: dict,
 ) -> tuple[list[str], list[str]]:
     """certify's stage after the stitched evaluation: `prompts=` and `statistics:`.
 
@@ -378,14 +375,9 @@ def run_prompt_stages(
     report["prompts"] and report["statistics"]; returns (summary lines, sound violations).
     """
     from blockcert.evaluate.prompt_sets import context_length, load_prompt_set
-    from blockcert.surrogate.extract import extract_block
 
     surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
     certificates = {k: b.certificate for k, b in verified.blocks.items()}
-    chain = [
-        (k, surrogates[k] if k in surrogates else extract_block(adapter, k))
-        for k in range(verified.first, adapter.num_blocks)
-    ]
     lines, violations = [], []
     if cfg.get("prompts") is not None:
         prompt_set = load_prompt_set(cfg.prompts, tokenizer, context_length(adapter.config))
@@ -396,7 +388,6 @@ def run_prompt_stages(
             certificates,
             chain,
             cfg.batch_size,
-            cfg.float_slack,
             cfg.lipschitz,
         )
         section["table"] = comparison_lines(report, section)
