@@ -235,3 +235,22 @@ def test_forged_graph_exits_3_with_one_line_from_the_command_line(tmp_path, forg
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "surrogate IR node 'out'" in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "report" / "certify_report.json").exists()
+
+
+def test_a_broken_sound_constant_makes_certify_exit_4(tmp_path, forged, monkeypatch):
+    """The bound >= observed check can fire: zero every sound L_k and a_k."""
+    import dataclasses
+
+    import blockcert.compose.chain as chain
+    from blockcert.errors import BoundViolationError
+
+    real = chain.sound_lipschitz
+
+    def broken(*args, **kwargs):
+        lip = real(*args, **kwargs)
+        return dataclasses.replace(lip, value=0.0, parts={**lip.parts, "saturation": 0.0})
+
+    monkeypatch.setattr(chain, "sound_lipschitz", broken)
+    with pytest.raises(BoundViolationError, match="exceeds sound"):
+        _certify(tmp_path, forged.parent)
+    assert (tmp_path / "report" / "certify_report.json").is_file()  # written for inspection
