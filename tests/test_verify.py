@@ -4,6 +4,7 @@ Each attack edits one thing in a copy of a real tiny_llama run, then re-hashes e
 re-seals the certificate, as a forger would; the verifier must still name the file and field.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
+import blockcert.compose.chain as chain
 from blockcert.capture.prompts import token_ids_sha256
 from blockcert.cert.certificate import load_certificate, seal, write_certificate
 from blockcert.certify import certify
-from blockcert.errors import VerificationError
+from blockcert.errors import BoundViolationError, VerificationError
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, sha256_file
 from blockcert.verify.split import rebuild_split
 from tests.conftest import CONF, load_teacher, run_script
@@ -153,7 +155,8 @@ def _swap_coverage_taus(cert: dict) -> None:
     entries = [
         c for c in cert["metrics"]["coverage"] if c["kind"] == "abs" and c["unit"] == "token"
     ]
-    a, b = next((a, b) for a, b in zip(entries, entries[1:]) if a["covered"] != b["covered"])
+    pairs = zip(entries[:-1], entries[1:], strict=True)
+    a, b = next((a, b) for a, b in pairs if a["covered"] != b["covered"])
     a["tau"], b["tau"] = b["tau"], a["tau"]
 
 
@@ -239,11 +242,6 @@ def test_forged_graph_exits_3_with_one_line_from_the_command_line(tmp_path, forg
 
 def test_a_broken_sound_constant_makes_certify_exit_4(tmp_path, forged, monkeypatch):
     """The bound >= observed check can fire: zero every sound L_k and a_k."""
-    import dataclasses
-
-    import blockcert.compose.chain as chain
-    from blockcert.errors import BoundViolationError
-
     real = chain.sound_lipschitz
 
     def broken(*args, **kwargs):
