@@ -2,7 +2,9 @@
 
 Which certificate stands for a block is decided by path order, never by a field inside the
 (untrusted) certificate: run directories are named by start time, so the last path in sorted
-order is the newest run. Every choice is returned so that the report can list it.
+order is the newest run. Every choice is returned so that the report can list it. Edited blocks
+(edit.py, under an `edits/` directory) stand in for a block only when `runs` points inside
+that directory, never by accident of path order.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 from blockcert.cert.certificate import CERTIFICATE_FILE, load_certificate
 from blockcert.errors import BlockCertError
+
+EDITS_DIR = "edits"  # edit.py's runs: runs/<model>/edits/<time>/
 
 
 def certificates_per_block(runs: str | Path, model: str) -> dict[int, tuple[Path, dict]]:
@@ -23,6 +27,8 @@ def certificates_per_block(runs: str | Path, model: str) -> dict[int, tuple[Path
         raise BlockCertError(f"runs={str(runs)!r} does not exist; run train.py first.")
     chosen: dict[int, tuple[Path, dict]] = {}
     for path in sorted(runs.rglob(CERTIFICATE_FILE)):
+        if EDITS_DIR in path.relative_to(runs).parts[:-1]:
+            continue  # an edit is composed only when runs= points at it
         certificate = load_certificate(path)
         if certificate.get("model", {}).get("name") != model:
             continue
