@@ -2,7 +2,8 @@
 
 Loss (per-token squared errors e_t^2, normalised by the mean squared block update so that the
 scale is comparable across blocks): mean(e^2) + max_aware_weight * mean(top-k e^2), the top-k
-term pulling eps_max down and not only the mean.
+term pulling eps_max down and not only the mean. Transcoder graphs add auxk_alpha times sparsify's
+AuxK loss on dead latents (blockcert.surrogate.transcoder.AuxK), on the same normalised scale.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from blockcert.lit.loss import per_token_error
 from blockcert.lit.metrics import TokenErrorMetrics
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
+from blockcert.surrogate.transcoder import AuxK
 
 FROZEN = ("rope.inv_freq",)  # fixed by the architecture, not learned
 
@@ -35,6 +37,8 @@ class SurrogateModule(L.LightningModule):
         topk_fraction: float = 0.01,
         warmup_fraction: float = 0.05,
         taus: tuple[float, ...] = (),
+        auxk_alpha: float = 0.0,
+        auxk_dead_tokens: int = 100_000,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["surrogate"])
@@ -52,6 +56,8 @@ class SurrogateModule(L.LightningModule):
                 self.register_buffer(_slot(key), surrogate.weights[key].float().clone())
         self.register_buffer("update_scale", torch.tensor(0.0))
         self.val_metrics = TokenErrorMetrics(list(taus))
+        use_auxk = auxk_alpha > 0 and AuxK.applies(surrogate.graph)
+        self.auxk = AuxK(surrogate.graph, auxk_dead_tokens) if use_auxk else None
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {
@@ -66,10 +72,16 @@ class SurrogateModule(L.LightningModule):
         return run_graph(self.graph, self.weights(), x)
 
     def loss(self, x_in: torch.Tensor, x_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        errors = per_token_error(self(x_in), x_out)
+        if self.auxk is None:
+            pred = self(x_in)
+        else:
+            pred, values = run_graph(self.graph, self.weights(), x_in, keep=self.auxk.keep)
+        errors = per_token_error(pred, x_out)
         squared = errors.pow(2)
         k = max(1, math.ceil(self.hparams.topk_fraction * squared.numel()))
         loss = squared.mean() + self.hparams.max_aware_weight * squared.topk(k).values.mean()
+        if self.auxk is not None:
+            loss = loss + self.hparams.auxk_alpha * self.auxk(values, self.weights(), x_out - pred)
         return loss / self.update_scale, errors
 
     def training_step(self, batch, batch_idx):
@@ -80,6 +92,8 @@ class SurrogateModule(L.LightningModule):
         loss, errors = self.loss(x_in, x_out)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/eps_max", errors.max(), prog_bar=True)
+        if self.auxk is not None:
+            self.log_dict({f"train/{k}": v for k, v in self.auxk.stats.items()})
         return loss
 
     def validation_step(self, batch, batch_idx):

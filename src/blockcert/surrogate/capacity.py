@@ -41,6 +41,10 @@ class Capacity:
             if value is not None and not 0.0 < value <= 1.0:
                 raise BlockCertError(f"surrogate.{name}={value} must lie in (0, 1].")
 
+    def build(self, full: Surrogate, inputs: list[torch.Tensor]) -> Surrogate:
+        """The surrogate of the teacher block `full` (what train.py asks every surrogate= class)."""
+        return reduce(full, self, inputs)
+
     def counts(self, heads: int, mlp_width: int, d_model: int) -> tuple[int, int, int | None]:
         if self.full_capacity:
             return heads, mlp_width, None

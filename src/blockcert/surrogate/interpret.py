@@ -79,6 +79,13 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def topk_relu(x: Tensor, k: int) -> Tensor:
+    """TopK latents (sparsify's transcoder activation): relu of the k largest entries of the
+    last axis, zeros elsewhere; at most k nonzeros per token. x: [..., width]."""
+    values, index = x.topk(k, dim=-1)
+    return torch.zeros_like(x).scatter(-1, index, F.relu(values))
+
+
 OPS: dict[str, Callable[..., Tensor]] = {
     "rms_norm": rms_norm,
     "layer_norm": layer_norm,
@@ -87,6 +94,7 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "attention": attention,
     "silu": F.silu,
     "gelu_tanh": gelu_tanh,
+    "topk_relu": topk_relu,
     "mul": torch.mul,
     "add": torch.add,
 }

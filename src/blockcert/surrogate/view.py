@@ -5,7 +5,10 @@ Every surrogate family is a pre-norm residual block:
     y = x + P_o a                                         (node `resid_attn`)
     w = norm2(y);  out = y + P_down mlp(w)                (node `out`)
 with mlp(w) = silu(P_gate w) * P_up w (llama) or gelu_tanh(P_fc w) (gpt2). A projection P is
-`linear` (W [out, in], optional bias) or `low_rank_linear` (W = up @ down).
+`linear` (W [out, in], optional bias) or `low_rank_linear` (W = up @ down). The transcoder
+families (`llama_transcoder`, `gpt2_transcoder`: the base family's norms and attention) replace
+the MLP by a sparse dictionary, mlp(w) = topk_relu(P_enc w) with 1 <= k <= width latents kept
+per token and P_down the decoder (blockcert.surrogate.transcoder).
 
 The IR is untrusted input: `block_view` checks a graph against its family's template before
 anything reads or runs it: exact node list (ops, inputs, outputs, in order, unique outputs),
@@ -103,13 +106,16 @@ class Attention:
 
 @dataclass(frozen=True)
 class Mlp:
-    """`gated_silu`: down(silu(gate w) * up w); `gelu`: down(gelu_tanh(fc w))."""
+    """`gated_silu`: down(silu(gate w) * up w); `gelu`: down(gelu_tanh(fc w));
+    `transcoder`: down(topk_relu(encoder w, k)) (down is the decoder)."""
 
     kind: str
     down: Projection
     gate: Projection | None = None
     up: Projection | None = None
     fc: Projection | None = None
+    encoder: Projection | None = None
+    k: int | None = None
 
     @property
     def width(self) -> int:
@@ -118,6 +124,8 @@ class Mlp:
     @property
     def inputs(self) -> tuple[Projection, ...]:
         """The projections reading the normed input w."""
+        if self.kind == "transcoder":
+            return (self.encoder,)
         return (self.gate, self.up) if self.kind == "gated_silu" else (self.fc,)
 
 
@@ -175,6 +183,20 @@ TEMPLATES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("add", ("resid_attn", "mlp_out"), "out"),
     ],
 }
+TRANSCODER = "_transcoder"  # family suffix: the base family with a transcoder MLP
+
+
+def _transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
+    return [
+        *TEMPLATES[base][:8],  # norms and attention exactly as the base family
+        ("proj", ("mlp_norm",), "encoder"),
+        ("topk_relu", ("encoder",), "hidden"),
+        ("proj", ("hidden",), "mlp_out"),
+        ("add", ("resid_attn", "mlp_out"), "out"),
+    ]
+
+
+TEMPLATES.update({base + TRANSCODER: _transcoder_template(base) for base in ("llama", "gpt2")})
 _ROLES = {
     "rms_norm": ({"weight"}, set()),
     "layer_norm": ({"weight", "bias"}, set()),
@@ -186,8 +208,9 @@ _ATTRS = {
     "rms_norm": {"eps"},
     "layer_norm": {"eps"},
     "attention": {"head_dim", "kv_head_of_q", "scale", "rope_scaling"},
+    "topk_relu": {"k"},
 }
-_REQUIRED_ATTRS = {"rms_norm": {"eps"}, "layer_norm": {"eps"}}
+_REQUIRED_ATTRS = {"rms_norm": {"eps"}, "layer_norm": {"eps"}, "topk_relu": {"k"}}
 _ATTENTION_REQUIRED = {"head_dim", "kv_head_of_q", "scale"}
 
 
@@ -338,6 +361,12 @@ def _mlp(family: str, nodes: dict[str, Node], weights, d: int) -> Mlp:
     key = down_node.weights.get("weight") or down_node.weights.get("down")
     width = weights[key].shape[1] if key in weights and weights[key].dim() == 2 else -1
     down = _projection(down_node, weights, d, width)
+    if family.endswith(TRANSCODER):
+        k = nodes["hidden"].attrs["k"]
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= width:
+            raise _fail("hidden", f"attribute k={k!r} must be an integer in 1..width={width}.")
+        encoder = _projection(nodes["encoder"], weights, width, d)
+        return Mlp("transcoder", down, encoder=encoder, k=k)
     if family == "llama":
         gate = _projection(nodes["gate"], weights, width, d)
         up = _projection(nodes["up"], weights, width, d)
@@ -353,6 +382,12 @@ def _check_capacity(graph: Graph, view: BlockView) -> None:
     for name, value in expected.items():
         if cap.get(name) != value:
             raise _fail("graph", f"capacity.{name}={cap.get(name)!r} but the weights give {value}.")
+    if view.mlp.kind == "transcoder":
+        for name, value in {"transcoder_width": view.mlp.width, "k": view.mlp.k}.items():
+            if cap.get(name) != value:
+                raise _fail(
+                    "graph", f"capacity.{name}={cap.get(name)!r} but the graph gives {value}."
+                )
     declared = cap.get("rank")
     if declared is None and ranks != {None}:
         raise _fail("graph", "capacity.rank is null but some projections are low-rank.")

@@ -1,0 +1,148 @@
+"""Sound Lipschitz and saturation constants of a transcoder block (exact arithmetic of the IR).
+
+Block (blockcert.surrogate.view, family `*_transcoder`): y = x + A(norm1(x)); out = y + M(w),
+w = norm2(y), M(w) = W_dec topk_relu(z) + b_dec, z = A_enc w_hat + c (gamma folded into A_enc,
+c = b_enc + W_enc beta). The attention part and the per-token combination are those of
+blockcert.cert.lipschitz_sound (same tube, same distance d(X, Y) = max_t ||X_t - Y_t||_2):
+||dy_t|| <= (1 + Latt_t) delta, r_y,t = (1 + Latt_t) r, L = max_t (1 + Latt_t)(1 + Lmlp_t).
+
+TopK is piecewise linear but NOT continuous: where the k-th and (k+1)-th latents swap at a
+positive value v, the output jumps by v (W_dec,a - W_dec,b). So per token, over the tube:
+  |z'_i - z_i| <= s_i := ||A_enc,i|| lambda2_t r_y,t, z'_i in [lo_i, hi_i] = z_i -+ s_i;
+  theta_lo = k-th largest lo: a latent with hi_i < theta_lo is never selected (k others beat it);
+  theta_hi = (k+1)-th largest hi: a latent with lo_i > theta_hi is always selected (at most k-1
+  others can reach it); the rest of the candidates (hi_i >= theta_lo) are contested.
+  If every contested latent has hi_i <= 0 its relu output is 0 selected or not, so on the whole
+  tube M(w) = W_dec,S relu(z_S) + b_dec with S the always-selected latents: continuous, piecewise
+  linear, Jacobian W_dec,P D A_enc,P J_n with P = {i in S: hi_i > 0} (|P| <= k), D in [0, 1]:
+      Lmlp_t <= lambda2_t ||W_dec,P|| ||A_enc,P||     (Schatten-2p upper bounds).
+  Otherwise a jump may lie inside the tube: no finite Lipschitz constant is claimed for the
+  block (value None, reason `topk_swap`); the chain then uses the saturation constant alone.
+Saturation (any input): ||w_hat|| <= sqrt(d), so z_i <= u_i := max(c_i + ||A_enc,i|| sqrt(d), 0)
+  and topk_relu(z) has at most k entries, each in [0, u_i]:
+      ||M(y) - M(x)_t|| <= ||W_dec h_t|| + (sum of the k largest ||W_dec,i|| u_i),
+  plus the attention range of lipschitz_sound. Bounds carry relative margins for float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from blockcert.cert.lipschitz_sound import (
+    REL_MARGIN,
+    _attention_rows,
+    _const,
+    _fold,
+    _folded,
+    _lam,
+    forward64,
+)
+from blockcert.cert.spectral import spectral_norm_upper_batched
+from blockcert.errors import BlockCertError
+from blockcert.surrogate.interpret import topk_relu
+from blockcert.surrogate.ir import Surrogate
+from blockcert.surrogate.view import block_view
+
+Tensor = torch.Tensor
+
+REASON_SWAP = (
+    "topk_swap: on this tube the top-k set of the transcoder can change at a positive "
+    "activation, where TopK is discontinuous; only the saturation constant is claimed"
+)
+
+
+@dataclass
+class TranscoderBound:
+    """lipschitz: max_t (1 + Latt_t)(1 + Lmlp_t), inf if a top-k swap may lie in the tube."""
+
+    lipschitz: float
+    saturation: float
+    attention: float  # max_t Latt_t
+    mlp: float  # max_t Lmlp_t over the tokens without a possible swap
+    min_input_norm: float
+    tokens: int
+    swap_tokens: int  # tokens whose tube may contain a positive top-k swap
+
+
+def _attention_saturation(f, cen: dict) -> Tensor:
+    """The attention part of lipschitz_sound's saturation rows: [T]."""
+    o_c = cen["o"] - f.v_const[:, None, :]
+    centre = torch.einsum("hij,htj->hti", f.o_metric, o_c).norm(dim=-1)
+    centre = centre + f.o_slack[:, None] * o_c.norm(dim=-1)
+    return (f.c_ov[:, None] * math.sqrt(f.d) + centre).sum(0)
+
+
+def _mlp_rows(z: Tensor, spread: Tensor, k: int, enc: Tensor, dec_t: Tensor):
+    """(Lmlp_t / lambda2_t [T] with inf where a positive swap may happen, swap mask [T])."""
+    lo, hi = z - spread, z + spread
+    m = z.shape[-1]
+    theta_lo = lo.topk(k, dim=-1).values[:, -1:]
+    if k < m:
+        theta_hi = hi.topk(k + 1, dim=-1).values[:, -1:]
+    else:
+        theta_hi = torch.full_like(theta_lo, -math.inf)
+    candidate = hi >= theta_lo
+    always = lo > theta_hi
+    swap = (candidate & ~always & (hi > 0)).any(-1)
+    active = always & (hi > 0)  # at most k latents
+    score, index = (active.double() * (1 + torch.arange(m, dtype=torch.float64))).topk(k, -1)
+    valid = (score > 0).double()[..., None]
+    enc_rows = enc[index] * valid  # [T, k, d]
+    dec_rows = dec_t[index] * valid
+    norms = spectral_norm_upper_batched(enc_rows) * spectral_norm_upper_batched(dec_rows)
+    rows = torch.where(swap, torch.full_like(norms, math.inf), norms * (1 + REL_MARGIN))
+    return rows, swap
+
+
+def transcoder_block_bound(
+    surrogate: Surrogate, inputs: Iterable[Tensor], radius: float
+) -> TranscoderBound:
+    """Sound constants of a transcoder block on the tube of `radius` around `inputs` [b, T, d]."""
+    view = block_view(surrogate)
+    if view.mlp.kind != "transcoder":
+        raise BlockCertError(f"transcoder_block_bound needs a transcoder, not {view.family}.")
+    f = _folded(view)
+    mlp, norm2 = view.mlp, view.mlp_norm
+    enc = _fold(norm2, mlp.encoder.matrix())  # [m, d]
+    const = _const(norm2, mlp.encoder.matrix(), mlp.encoder.bias)
+    row = enc.norm(dim=1) * (1 + REL_MARGIN)
+    dec = mlp.down.matrix()  # [d, m]
+    dec_t = dec.T.contiguous()
+    u = (const + row * math.sqrt(f.d)).clamp_min(0.0) * (1 + REL_MARGIN)
+    reach = (dec.norm(dim=0) * u).topk(mlp.k).values.sum() * (1 + REL_MARGIN)
+    r = float(radius)
+    totals, latts, lmlps, sats, swaps, norms = [], [], [], [], [], []
+    with torch.no_grad():
+        for batch in inputs:
+            for x in batch.reshape(-1, *batch.shape[-2:]):
+                cen = forward64(view, x)  # attention values; the MLP values are recomputed here
+                latt = _attention_rows(f, cen, r)
+                r_y = (1 + latt) * r
+                lam2 = _lam(cen["ynorm"], r_y, f.d, norm2.eps)
+                z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
+                spread = (lam2 * r_y)[:, None] * row[None, :]
+                rows, swap = _mlp_rows(z, spread, mlp.k, enc, dec_t)
+                lmlp = lam2 * rows
+                hidden = topk_relu(z, mlp.k)
+                # M(y) - M(x) = W_dec (h' - h): b_dec cancels
+                sat_mlp = (hidden @ dec.T).norm(dim=-1) * (1 + REL_MARGIN) + reach
+                totals.append((1 + latt) * (1 + lmlp))
+                latts.append(latt)
+                lmlps.append(torch.where(swap, torch.zeros_like(lmlp), lmlp))
+                sats.append((_attention_saturation(f, cen) + sat_mlp) * (1 + REL_MARGIN))
+                swaps.append(swap)
+                norms.append(cen["xnorm"].min())
+        total = torch.cat(totals)
+        return TranscoderBound(
+            lipschitz=float(total.max()),
+            saturation=float(torch.cat(sats).max()),
+            attention=float(torch.cat(latts).max()),
+            mlp=float(torch.cat(lmlps).max()),
+            min_input_norm=float(torch.stack(norms).min()),
+            tokens=len(total),
+            swap_tokens=int(torch.cat(swaps).sum()),
+        )
