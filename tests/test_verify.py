@@ -15,11 +15,11 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
 import blockcert.compose.chain as chain
-from blockcert.capture.prompts import token_ids_sha256
 from blockcert.cert.certificate import load_certificate, seal, write_certificate
 from blockcert.certify import certify
 from blockcert.errors import BoundViolationError, VerificationError
-from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, sha256_file
+from blockcert.hashing import sha256_file, token_ids_sha256
+from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE
 from blockcert.verify.split import rebuild_split
 from tests.conftest import CONF, load_teacher, run_script
 

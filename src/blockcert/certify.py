@@ -10,7 +10,6 @@ that it can be inspected. Library code returns lines; the entry script prints th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
+from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.prove.lake import run_lake_build
 from blockcert.prove.lean_instance import write_lean_instance
@@ -64,7 +64,7 @@ class Verified:
 
     def digest(self) -> str:
         """SHA-256 over the composed certificates' own hashes, in block order."""
-        return hashlib.sha256("".join(b.sha256 for b in self.blocks.values()).encode()).hexdigest()
+        return sha256_text("".join(b.sha256 for b in self.blocks.values()))
 
 
 @dataclass(frozen=True)

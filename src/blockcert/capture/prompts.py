@@ -9,13 +9,13 @@ prompts.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
 from blockcert.capture.corpus import Corpus
 from blockcert.errors import BlockCertError
+from blockcert.hashing import token_ids_sha256  # noqa: F401  (callers import it from here)
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,6 @@ class PromptSplit:
     @property
     def seq_len(self) -> int:
         return self.heldout.shape[1]
-
-
-def token_ids_sha256(ids: torch.Tensor) -> str:
-    """SHA-256 of int64 token ids, row-major, with the shape mixed in."""
-    ids = ids.detach().to(torch.int64).contiguous().cpu()
-    digest = hashlib.sha256(f"int64{tuple(ids.shape)}".encode())
-    digest.update(ids.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _prepends_bos(tokenizer) -> bool:

@@ -7,7 +7,6 @@ other field. Written atomically; read back with `load_certificate`, which checks
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from blockcert.atomic import write_text_atomic
 from blockcert.errors import BlockCertError, VerificationError
+from blockcert.hashing import sha256_text
 
 SCHEMA_VERSION = 2  # 2: coverage per token and per prompt; data.recipe
 CERTIFICATE_FILE = "certificate.json"
@@ -30,7 +30,7 @@ def canonical_json(data: dict) -> str:
 
 def certificate_sha256(certificate: dict) -> str:
     body = {k: v for k, v in certificate.items() if k != "certificate_sha256"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    return sha256_text(canonical_json(body))
 
 
 def code_version() -> dict[str, str | None]:

@@ -16,7 +16,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import save_file
 
 from blockcert.atomic import write_atomic
-from blockcert.capture.prompts import token_ids_sha256
 from blockcert.cert.certificate import (
     CERTIFICATE_FILE,
     TOKENS_FILE,
@@ -26,8 +25,9 @@ from blockcert.cert.certificate import (
 )
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.cert.metrics import measure_errors
+from blockcert.hashing import sha256_file, token_ids_sha256
 from blockcert.lit.wandb_log import coverage_key, log_files
-from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate, sha256_file
+from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
 from blockcert.surrogate.view import block_view
 
 log = logging.getLogger(__name__)

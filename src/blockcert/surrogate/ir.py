@@ -7,7 +7,6 @@ in `blockcert.surrogate.interpret.OPS`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from blockcert.atomic import write_atomic, write_text_atomic
 from blockcert.errors import BlockCertError
+from blockcert.hashing import sha256_file
 
 IR_SCHEMA_VERSION = 1
 GRAPH_FILE = "surrogate.json"
@@ -72,14 +72,6 @@ class Surrogate:
     @property
     def num_params(self) -> int:
         return sum(w.numel() for w in self.weights.values())
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_surrogate(surrogate: Surrogate, directory: str | Path) -> dict[str, str]:

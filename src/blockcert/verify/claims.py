@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from blockcert.capture.prompts import PromptSplit, token_ids_sha256
+from blockcert.capture.prompts import PromptSplit
 from blockcert.cert.coverage import clopper_pearson_upper
 from blockcert.cert.metrics import ErrorReport, measure_errors
 from blockcert.errors import VerificationError
-from blockcert.surrogate.ir import Surrogate, load_surrogate, sha256_file
+from blockcert.hashing import sha256_file, token_ids_sha256
+from blockcert.surrogate.ir import Surrogate, load_surrogate
 from blockcert.surrogate.view import BlockView, InvalidGraphError, block_view
 
 SCALAR_METRICS = ("eps_max", "mean", "rms", "p50", "p99", "rel_max", "rel_mean", "rel_p99")
