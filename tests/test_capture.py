@@ -6,7 +6,8 @@ import torch
 from blockcert.capture.cache import CachedPairs, cache_dir, fill_cache, is_complete
 from blockcert.capture.corpus import Corpus, ShakespeareCorpus, TextFileCorpus, strip_markdown
 from blockcert.capture.prompts import build_prompts, token_ids_sha256
-from blockcert.capture.stream import ResidualPairStream
+from blockcert.capture.store import PairStore
+from blockcert.capture.stream import ResidualPairStream, teacher_pass
 from blockcert.errors import BlockCertError
 from blockcert.models.load import byte_tokenizer
 
@@ -94,3 +95,44 @@ def test_cache_roundtrip(tiny_llama, token_ids, tmp_path):
     assert torch.equal(torch.cat([b[1] for b in cached]), ref_out)
     shuffled = list(CachedPairs(directory, batch_size=2, shuffle=True))
     assert sum(len(b[0]) for b in shuffled) == len(token_ids)
+
+
+def test_one_pass_yields_every_block_bitwise_as_a_single_block_capture(tiny_adapter, token_ids):
+    seen = {}
+    for index, k, x_in, x_out in teacher_pass(tiny_adapter, token_ids, 2, [3, 1]):
+        seen.setdefault(k, []).append((index, x_in, x_out))
+    assert sorted(seen) == [1, 3]
+    for k, batches in seen.items():
+        assert [i for i, _, _ in batches] == [0, 1]
+        ref_in, ref_out = tiny_adapter.block_pair(token_ids, k)
+        assert torch.equal(torch.cat([b[1] for b in batches]), ref_in)
+        assert torch.equal(torch.cat([b[2] for b in batches]), ref_out)
+
+
+def test_store_captures_missing_blocks_only(tiny_llama, token_ids, tmp_path, monkeypatch):
+    store = PairStore(tiny_llama, tmp_path, batch_size=2)
+    store.capture([0, 2], "heldout", token_ids)
+    assert store.teacher_prompts == len(token_ids)
+    assert store.sources[(2, "heldout")].startswith("teacher -> cache:")
+    # a new store (another process) over blocks 0..3: one pass, for blocks 1 and 3 only
+    again = PairStore(tiny_llama, tmp_path, batch_size=2)
+    ran = []
+    monkeypatch.setattr(
+        "blockcert.capture.store.teacher_pass",
+        lambda adapter, ids, bs, blocks: (
+            ran.append(blocks) or teacher_pass(adapter, ids, bs, blocks)
+        ),
+    )
+    again.capture([0, 1, 2, 3], "heldout", token_ids)
+    assert ran == [[1, 3]] and again.teacher_prompts == len(token_ids)
+    assert again.sources[(0, "heldout")] == f"cache:{again.directory(0, token_ids)}"
+    again.capture([0, 1, 2, 3], "heldout", token_ids)
+    assert ran == [[1, 3]]
+    cached = list(again.dataset(3, "heldout", token_ids))
+    ref_in, ref_out = tiny_llama.block_pair(token_ids, 3)
+    assert torch.equal(torch.cat([b[0] for b in cached]), ref_in)
+    assert torch.equal(torch.cat([b[1] for b in cached]), ref_out)
+    off = PairStore(tiny_llama, tmp_path / "off", batch_size=2, enabled=False)
+    assert isinstance(off.dataset(1, "train", token_ids), ResidualPairStream)
+    assert off.sources[(1, "train")] == "teacher (streamed, not cached)"
+    assert not (tmp_path / "off").exists()

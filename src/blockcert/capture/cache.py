@@ -30,19 +30,34 @@ def is_complete(directory: Path) -> bool:
     return (directory / MANIFEST).is_file()
 
 
+class ShardWriter:
+    """Writes the `(x_in, x_out)` batches of one block as numbered shards, then the manifest."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.shards: list[str] = []
+        self.rows: list[int] = []
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def add(self, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        tensors = {"x_in": x_in.contiguous(), "x_out": x_out.contiguous()}
+        write_atomic(self.directory / name, lambda tmp: save_file(tensors, str(tmp)))
+        self.shards.append(name)
+        self.rows.append(len(x_in))
+
+    def finish(self, meta: dict) -> Path:
+        manifest = {**meta, "shards": self.shards, "rows": self.rows}
+        write_text_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=2))
+        return self.directory
+
+
 def fill_cache(directory: Path, pairs: Iterable[Pair], meta: dict) -> Path:
     """Write every `(x_in, x_out)` batch as one shard, then the manifest."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shards, rows = [], []
-    for index, (x_in, x_out) in enumerate(pairs):
-        name = f"shard_{index:05d}.safetensors"
-        tensors = {"x_in": x_in.contiguous(), "x_out": x_out.contiguous()}
-        write_atomic(directory / name, lambda tmp, t=tensors: save_file(t, str(tmp)))
-        shards.append(name)
-        rows.append(len(x_in))
-    manifest = {**meta, "shards": shards, "rows": rows}
-    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2))
-    return directory
+    writer = ShardWriter(directory)
+    for x_in, x_out in pairs:
+        writer.add(x_in, x_out)
+    return writer.finish(meta)
 
 
 class CachedPairs(IterableDataset):

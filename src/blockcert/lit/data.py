@@ -1,22 +1,24 @@
-"""LightningDataModule of residual pairs: teacher stream, or the shard cache when enabled."""
+"""LightningDataModule of residual pairs of one block, read through the pair store."""
 
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from blockcert.capture.cache import CachedPairs, cache_dir, fill_cache, is_complete
-from blockcert.capture.prompts import PromptSplit, token_ids_sha256
-from blockcert.capture.stream import ResidualPairStream
+from blockcert.capture.prompts import PromptSplit
+from blockcert.capture.store import PairStore
 from blockcert.models.adapters import BlockAdapter
 
 
 class ResidualPairDataModule(L.LightningDataModule):
-    """Train pairs from the training prompts, validation pairs from the held-out prompts."""
+    """Train pairs from the training prompts, validation pairs from the held-out prompts.
+
+    `store` is shared by the blocks of one run (pairs captured in one teacher pass); without
+    it the module makes its own from `batch_size`, `cache` and `cache_root`.
+    """
 
     def __init__(
         self,
@@ -27,32 +29,24 @@ class ResidualPairDataModule(L.LightningDataModule):
         cache: bool = True,
         cache_root: str = "~/.cache/blockcert/pairs",
         seed: int = 0,
+        store: PairStore | None = None,
     ):
         super().__init__()
-        self.adapter, self.block, self.prompts = adapter, block, prompts
-        self.batch_size, self.cache, self.cache_root, self.seed = (
-            batch_size,
-            cache,
-            cache_root,
-            seed,
-        )
-        self.pairs_source: dict[str, str] = {}
+        self.adapter, self.block, self.prompts, self.seed = adapter, block, prompts, seed
+        self.store = store or PairStore(adapter, cache_root, batch_size, enabled=cache)
+
+    @property
+    def pairs_source(self) -> dict[str, str]:
+        """{split: where its pairs came from} for the splits this module has read."""
+        return {
+            split: source
+            for (block, split), source in self.store.sources.items()
+            if block == self.block
+        }
 
     def _pairs(self, split: str, shuffle: bool) -> IterableDataset:
         ids: torch.Tensor = getattr(self.prompts, split)
-        stream = ResidualPairStream(self.adapter, self.block, ids, self.batch_size)
-        if not self.cache:
-            self.pairs_source[split] = "teacher (streamed, not cached)"
-            return stream
-        model_sha = self.adapter.teacher.weights_sha256
-        directory = cache_dir(self.cache_root, model_sha, token_ids_sha256(ids), self.block)
-        if is_complete(directory):
-            self.pairs_source[split] = f"cache:{directory}"
-        else:
-            meta = {"model_sha256": model_sha, "block": self.block, "split": split}
-            fill_cache(directory, stream, meta)
-            self.pairs_source[split] = f"teacher -> cache:{directory}"
-        return CachedPairs(Path(directory), self.batch_size, shuffle=shuffle, seed=self.seed)
+        return self.store.dataset(self.block, split, ids, shuffle=shuffle, seed=self.seed)
 
     @cached_property
     def train_set(self) -> IterableDataset:
