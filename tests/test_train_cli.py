@@ -1,6 +1,7 @@
 """train.py end to end as a user runs it, and its one-line errors."""
 
 import json
+import time
 
 from blockcert.cert.certificate import load_certificate
 from tests.conftest import run_script
@@ -46,6 +47,11 @@ def test_tiny_llama_run_writes_a_valid_certificate(tmp_path):
         assert (path.parent / name).is_file()
     assert "eps_max" in proc.stdout and "coverage" in proc.stdout
     assert not list(path.parent.glob(".*.tmp"))
+    # stdout is a pipe here, as in `python train.py > log`: a line per stage and per epoch
+    for line in ("setup: tiny_llama", "capture train: done", "capture heldout: done"):
+        assert line in proc.stdout
+    assert "block 1 epoch 1/2:" in proc.stdout and "block 1 epoch 2/2:" in proc.stdout
+    assert "tokens/s" in proc.stdout and "val eps_max" in proc.stdout
 
 
 def test_full_capacity_gpt2_is_exact(tmp_path):
@@ -71,6 +77,14 @@ def test_block_out_of_range_is_one_line(tmp_path):
     assert not list(tmp_path.rglob("certificate.json"))
 
 
+def test_block_of_the_wrong_type_is_one_line(tmp_path):
+    proc = run_script("train.py", "model=tiny_llama", "block=abc", f"runs_root={tmp_path}")
+    _one_line_error(proc, 2, "block='abc'", "must be an integer")
+    proc = run_script("train.py", "model=tiny_llama", "blocks=abc", f"runs_root={tmp_path}")
+    _one_line_error(proc, 2, "blocks='abc'", "blocks=all")
+    assert not list(tmp_path.rglob("certificate.json"))
+
+
 def test_unknown_model_is_one_line(tmp_path):
     proc = run_script("train.py", "model=nosuchmodel", f"runs_root={tmp_path}")
     _one_line_error(proc, 2, "nosuchmodel", "smollm2")
@@ -87,6 +101,31 @@ def test_hub_model_offline_is_one_line(tmp_path):
     _one_line_error(
         proc, 2, "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "not in local cache", "model.path="
     )
+
+
+def test_unreachable_hub_is_noticed_by_one_probe(tmp_path):
+    """No HF_HUB_OFFLINE: one probe of the (unreachable) endpoint, no retries, one line."""
+    proc = run_script(
+        "train.py",
+        "model=tinyllama",
+        f"runs_root={tmp_path}",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )
+    _one_line_error(proc, 2, "not in local cache and the hub is unreachable")
+
+
+def test_hub_probe_is_quick(monkeypatch):
+    from huggingface_hub import constants
+
+    from blockcert.models.load import hub_reachable
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    assert not hub_reachable(timeout_s=2.0)
+    assert time.perf_counter() - start < 5.0
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert not hub_reachable()
 
 
 def test_empty_corpus_is_one_line_and_writes_nothing(tmp_path):

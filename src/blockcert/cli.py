@@ -1,4 +1,8 @@
-"""Entry-script plumbing: one-line errors with exit codes, and config-choice checks before Hydra."""
+"""Entry-script plumbing: one-line errors with exit codes, checks of the command line before
+Hydra and of value types after it, and the config resolvers the entry configs use.
+
+Importing this module registers the resolvers (also in a launcher's worker process, which
+imports it when it unpickles an entry's main)."""
 
 from __future__ import annotations
 
@@ -6,12 +10,60 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from blockcert.errors import BlockCertError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def run_group(blocks, block) -> str:
+    """The run directory level of a train run: `block<K>` for `block=K`, `blocks` for blocks=."""
+    return f"block{block}" if blocks is None else "blocks"
+
+
+OmegaConf.register_new_resolver("blockcert.run_group", run_group, replace=True)
+
+
+def quote_blocks(argv: list[str]) -> list[str]:
+    """Outside multirun, pass `blocks=range(a,b)` and `blocks=0,5,12` on as strings.
+
+    Hydra reads both as sweeps, which a single run refuses; `blocks=` parses the strings itself
+    (blockcert.capture.blocks). With -m they stay sweeps: one job per value.
+    """
+    if "-m" in argv or "--multirun" in argv:
+        return argv
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key == "blocks" and sep and (value.startswith("range(") or "," in value):
+            if not value.startswith(("[", "'", '"')):
+                arg = f"blocks='{value}'"
+        quoted.append(arg)
+    return quoted
+
+
+def check_types(cfg: DictConfig, types: dict[str, type]) -> None:
+    """One-line error (exit 2) for the first key of `types` whose value has another type.
+
+    Hydra keeps `block=abc` as a string; without this the run fails much later, deep inside.
+    A null value passes (keys may be optional); an int passes for a float.
+    """
+    for key, kind in types.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        allowed = (int, float) if kind is float else (kind,)
+        if isinstance(value, allowed) and (kind is bool or not isinstance(value, bool)):
+            continue
+        raise BlockCertError(
+            f"{key}={value!r} must be {_TYPE_NAMES[kind]}, not a {type(value).__name__}."
+        )
 
 
 def check_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -61,6 +113,14 @@ def quiet_libraries() -> None:
     """Keep the terminal to progress and results: silence library chatter, not our errors."""
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Lightning advice that does not apply here: pair datasets are read in-process (no
+    # workers), and a tiny run has fewer batches than the logging interval.
+    for message in (
+        r".*`IterableDataset` has `__len__` defined",
+        r".*smaller than the logging interval",
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    ):
+        warnings.filterwarnings("ignore", message=message)
     for name in ("transformers", "lightning.pytorch.utilities.rank_zero", "wandb"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import transformers

@@ -1,27 +1,265 @@
-"""train(cfg): capture pairs of one block, distil a surrogate, certify it (see conf/train.yaml)."""
+"""train(cfg): certify one block, or many from one teacher pass (see conf/train.yaml).
+
+Stages, each a function over small dataclasses:
+  setup(cfg) -> Setup              build the prompt spec, surrogate spec, teacher, prompts, store
+  capture(setup) -> int            one teacher pass over the train and held-out prompts that
+                                   caches the pairs of every requested block not cached yet
+  fit_block(setup, cfg, k) -> BlockRun
+                                   build and distil (or extract, at full capacity) block k's
+                                   surrogate; the CertificateCallback certifies it into its run dir
+  train(cfg) -> TrainResult        the stages in order; `stage=capture` stops after capture
+Blocks are fitted one after another; each gets the seed afresh, so block k's certificate makes
+the same claims whichever other blocks share the run.
+"""
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
-from dataclasses import fields
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from blockcert.capture.prompts import build_prompts
+from blockcert.capture.blocks import check_block, select_blocks
+from blockcert.capture.prompts import PromptSplit
+from blockcert.capture.spec import PromptSpec
+from blockcert.capture.store import PairStore
 from blockcert.errors import BlockCertError
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.lit.module import SurrogateModule
-from blockcert.models.adapters import adapter_for
-from blockcert.surrogate.capacity import Capacity, reduce
+from blockcert.lit.progress import ProgressLines
+from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.surrogate.extract import extract_block
 
 log = logging.getLogger(__name__)
+STAGES = ("all", "capture")
 
 
-def capacity_from(cfg: DictConfig) -> Capacity:
-    return Capacity(**{f.name: cfg[f.name] for f in fields(Capacity) if f.name in cfg})
+@dataclass
+class Setup:
+    """What every block of a run shares: one teacher, one prompt split, one pair store."""
+
+    spec: PromptSpec
+    # what conf/surrogate/*.yaml builds (Capacity, Transcoder, ...): `full_capacity`,
+    # `importance_batches` and `build(full block, teacher inputs) -> Surrogate`
+    surrogate: Any
+    adapter: BlockAdapter
+    prompts: PromptSplit
+    blocks: list[int]
+    store: PairStore
+
+
+@dataclass
+class BlockRun:
+    block: int
+    run_dir: Path
+    certificate: dict
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Certified blocks in order (none for `stage=capture`); prompts the teacher ran over."""
+
+    blocks: list[int]
+    runs: list[BlockRun]
+    teacher_prompts: int
+
+    def metric(self, name: str) -> float:
+        """`name` (e.g. `cert/eps_max`) from the certificates; the mean over several blocks."""
+        values = [certificate_metrics(run.certificate) for run in self.runs]
+        if not values or name not in values[0]:
+            known = ", ".join(values[0]) if values else "none (no block was certified)"
+            raise BlockCertError(f"optimized_metric={name!r} is not a metric; known: {known}.")
+        return sum(v[name] for v in values) / len(values)
+
+
+def certificate_metrics(certificate: dict) -> dict[str, float]:
+    """Scalar claims of a certificate under the names W&B shows (`cert/eps_max`, ...)."""
+    metrics = certificate["metrics"]
+    flat = {f"cert/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    for cov in metrics["coverage"]:
+        unit = f"_{cov['unit']}" if cov.get("unit") else ""
+        flat[f"cert/coverage_{cov['kind']}@{cov['tau']:g}{unit}"] = float(cov["fraction"])
+    for kind, lip in certificate["lipschitz"].items():
+        if lip["value"] is not None:
+            flat[f"cert/lipschitz_{kind}"] = float(lip["value"])
+    flat["cert/params"] = float(certificate["surrogate"]["params"])
+    return flat
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Instantiate the config groups and the teacher; check the blocks against the teacher."""
+    if cfg.stage not in STAGES:
+        raise BlockCertError(f"stage={cfg.stage!r} is not one of {', '.join(STAGES)}.")
+    L.seed_everything(cfg.seed, verbose=False)
+    spec: PromptSpec = instantiate(cfg.data)
+    surrogate = instantiate(cfg.surrogate)
+    teacher = instantiate(cfg.model)
+    adapter = adapter_for(teacher)
+    if cfg.blocks is None:
+        blocks = [check_block(cfg.block, adapter.num_blocks, teacher.name)]
+    else:
+        blocks = select_blocks(cfg.blocks, adapter.num_blocks, teacher.name)
+    store = PairStore(adapter, cfg.cache.root, spec.batch_size, enabled=cfg.cache.enabled)
+    return Setup(spec, surrogate, adapter, spec.build(teacher.tokenizer), blocks, store)
+
+
+def capture(s: Setup) -> int:
+    """Cache the pairs of every block of the run; returns the prompts the teacher ran over.
+
+    A full-capacity run only certifies, so it needs held-out pairs only.
+    """
+    if not s.store.enabled:
+        log.info("cache disabled: each block streams its pairs from the teacher")
+        return 0
+    splits = ("heldout",) if s.surrogate.full_capacity else ("train", "heldout")
+    before = s.store.teacher_prompts
+    for split in splits:
+        s.store.capture(s.blocks, split, getattr(s.prompts, split))
+    return s.store.teacher_prompts - before
+
+
+def block_config(cfg: DictConfig, block: int, run_dir: Path) -> DictConfig:
+    """`cfg` as a single-block run of `block` writing into `run_dir` would see it."""
+    block_cfg = copy.deepcopy(cfg)
+    with open_dict(block_cfg):
+        block_cfg.block = block
+        block_cfg.run_dir = str(run_dir)
+    return block_cfg
+
+
+def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
+    """Build and distil (or extract) block `block`'s surrogate; certify it into `run_dir`."""
+    start = time.perf_counter()
+    block_cfg = block_config(cfg, block, run_dir)
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule = ResidualPairDataModule(
+        s.adapter, block, s.prompts, batch_size=s.spec.batch_size, seed=cfg.seed, store=s.store
+    )
+    full = extract_block(s.adapter, block)
+    if s.surrogate.full_capacity:
+        surrogate = full
+    else:
+        surrogate = s.surrogate.build(
+            full, datamodule.sample_inputs(s.surrogate.importance_batches)
+        )
+    cert_cfg = block_cfg.callbacks.certificate
+    module = SurrogateModule(surrogate, taus=tuple(cert_cfg.taus_abs), **block_cfg.optim)
+    certificate_cb = instantiate(
+        cert_cfg,
+        run_dir=str(run_dir),
+        resolved_config=OmegaConf.to_container(block_cfg, resolve=True),
+        _recursive_=False,
+        _convert_="all",
+    )
+    # other callbacks of the config (e.g. a transcoder's latent report) run after the certificate
+    callbacks = [certificate_cb]
+    callbacks += [instantiate(c) for key, c in block_cfg.callbacks.items() if key != "certificate"]
+    # A progress bar only makes sense on a terminal; a log file gets a line per epoch instead.
+    bar = bool(block_cfg.trainer.get("enable_progress_bar", sys.stdout.isatty()))
+    trainer = instantiate(
+        block_cfg.trainer,
+        callbacks=callbacks if bar else [*callbacks, ProgressLines(block)],
+        logger=instantiate(block_cfg.logger) if block_cfg.get("logger") else False,
+        enable_progress_bar=bar,
+    )
+    if s.surrogate.full_capacity:
+        log.info("block %d: the exact teacher block (full capacity), certifying", block)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    else:
+        log.info(
+            "block %d: %s surrogate, %d of %d params, distilling",
+            block,
+            surrogate.graph.family,
+            surrogate.num_params,
+            full.num_params,
+        )
+        trainer.fit(module, datamodule=datamodule)
+    _finish_wandb(trainer)
+    certificate = certificate_cb.certificate
+    if certificate is None:
+        raise BlockCertError(f"training of block {block} stopped before its certificate.")
+    seconds = time.perf_counter() - start
+    log.info(
+        "block %d certified in %.1f s: eps_max %.6g -> %s",
+        block,
+        seconds,
+        certificate["metrics"]["eps_max"],
+        run_dir,
+    )
+    return BlockRun(block, run_dir, certificate, seconds)
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """Close this block's W&B run: the next block of the process starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def block_run_dir(cfg: DictConfig, block: int) -> Path:
+    """A `block=K` run writes into run_dir; a `blocks=` run into run_dir/block<K>."""
+    return Path(cfg.run_dir) if cfg.blocks is None else Path(cfg.run_dir) / f"block{block}"
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Run the stages in order; returns every block's certificate."""
+    start = time.perf_counter()
+    s = setup(cfg)
+    log.info(
+        "setup: %s, blocks %s, %d train + %d held-out prompts of %d tokens (%.1f s)",
+        s.adapter.teacher.name,
+        _ranges(s.blocks),
+        len(s.prompts.train),
+        len(s.prompts.heldout),
+        s.prompts.seq_len,
+        time.perf_counter() - start,
+    )
+    teacher_prompts = capture(s)
+    if cfg.stage == "capture":
+        return TrainResult(s.blocks, [], teacher_prompts)
+    runs = []
+    for block in s.blocks:
+        runs.append(fit_block(s, cfg, block, block_run_dir(cfg, block)))
+        gc.collect()  # Lightning objects hold cycles; free one block's before the next
+    return TrainResult(s.blocks, runs, s.store.teacher_prompts)
+
+
+def _ranges(blocks: list[int]) -> str:
+    """`[0, 1, 2, 5]` -> `0..2, 5`."""
+    runs = [[blocks[0], blocks[0]]]
+    for k in blocks[1:]:
+        if k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def blocks_table(runs: list[BlockRun]) -> list[str]:
+    """One line per certified block (the summary of a `blocks=` run)."""
+    lines = []
+    for run in runs:
+        m, lip = run.certificate["metrics"], run.certificate["lipschitz"]["sound"]["value"]
+        sur = run.certificate["surrogate"]
+        kept = 100.0 * sur["params"] / sur["teacher_params"]
+        lines.append(
+            f"block {run.block:>3}: eps_max {m['eps_max']:.4g}  mean {m['mean']:.4g}  "
+            f"rel max {m['rel_max']:.3%}  params {kept:.0f}%"
+            f"  L_sound {'unbounded' if lip is None else f'{lip:.4g}'}  ({run.seconds:.1f} s)"
+        )
+    return lines
 
 
 def summary_lines(cert: dict) -> list[str]:
@@ -34,8 +272,9 @@ def summary_lines(cert: dict) -> list[str]:
         f"p99 {m['p99']:.4g}  rel mean {m['rel_mean']:.3%}  rel max {m['rel_max']:.3%}",
     ]
     for c in m["coverage"]:
+        unit = f" per {c['unit']}" if c.get("unit") else ""
         lines.append(
-            f"  coverage {c['kind']}<={c['tau']:g}: {c['fraction']:.4%} "
+            f"  coverage {c['kind']}<={c['tau']:g}{unit}: {c['fraction']:.4%} "
             f"(miss rate <= {c['miss_rate_upper']:.3%} at {1 - c['delta']:.0%} confidence)"
         )
     lines.append(f"  params {s['params']} of {s['teacher_params']} ({kept:.1f}%), {s['capacity']}")
@@ -43,56 +282,3 @@ def summary_lines(cert: dict) -> list[str]:
         shown = "unbounded on this tube" if value["value"] is None else f"{value['value']:.6g}"
         lines.append(f"  Lipschitz ({kind}, r={value['radius']:.4g}): {shown}")
     return lines
-
-
-def train(cfg: DictConfig) -> dict:
-    """Run one block end to end; returns the certificate."""
-    L.seed_everything(cfg.seed, verbose=False)
-    teacher = instantiate(cfg.model)
-    adapter = adapter_for(teacher)
-    if not 0 <= cfg.block < adapter.num_blocks:
-        raise BlockCertError(
-            f"block={cfg.block} is out of range: {teacher.name} has blocks "
-            f"0..{adapter.num_blocks - 1}."
-        )
-    data = cfg.data
-    prompts = build_prompts(
-        instantiate(data.corpus),
-        teacher.tokenizer,
-        seq_len=data.seq_len,
-        n_train=data.n_train_prompts,
-        n_heldout=data.n_heldout_prompts,
-        seed=data.seed,
-    )
-    datamodule = ResidualPairDataModule(
-        adapter,
-        cfg.block,
-        prompts,
-        batch_size=data.batch_size,
-        cache=cfg.cache.enabled,
-        cache_root=cfg.cache.root,
-        seed=cfg.seed,
-    )
-    capacity = capacity_from(cfg.surrogate)
-    full = extract_block(adapter, cfg.block)
-    if capacity.full_capacity:
-        surrogate = full
-    else:
-        surrogate = reduce(full, capacity, datamodule.sample_inputs(capacity.importance_batches))
-    cert_cfg = cfg.callbacks.certificate
-    module = SurrogateModule(surrogate, taus=tuple(cert_cfg.taus_abs), **cfg.optim)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    certificate_cb = instantiate(
-        cert_cfg, run_dir=cfg.run_dir, resolved_config=resolved, _recursive_=False, _convert_="all"
-    )
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=[certificate_cb], logger=logger)
-    if capacity.full_capacity:
-        # the teacher block itself: certify it without training (no training pairs captured)
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    else:
-        trainer.fit(module, datamodule=datamodule)
-    certificate = certificate_cb.certificate
-    if certificate is None:
-        raise BlockCertError("training stopped before the certificate was written.")
-    return certificate

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -88,6 +90,27 @@ def memory_preflight(name: str, config, dtype: torch.dtype) -> int:
     return needed
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One HEAD request to the hub endpoint (HF_ENDPOINT); False at once under HF_HUB_OFFLINE.
+
+    Without this probe, an unreachable hub costs about half a minute of retries (with a warning
+    line each) in huggingface_hub before the load fails.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout_s
+        )
+    except urllib.error.HTTPError:
+        return True  # the hub answered, if only with an error status
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def load_hub(
     name: str,
     repo_id: str,
@@ -100,11 +123,13 @@ def load_hub(
     torch_dtype = _torch_dtype(dtype)
     if path is not None and not Path(path).is_dir():
         raise BlockCertError(f"model.path={path!r} is not a directory holding config.json.")
+    # an unreachable hub: read the local HF cache only, without network retries
+    local = {"revision": revision, "local_files_only": path is None and not hub_reachable()}
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision)
+        config = AutoConfig.from_pretrained(source, **local)
         memory_preflight(name, config, torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(source, **local)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **local)
     except OSError as err:
         text = str(err)
         if "gated" in text or "401" in text or "403" in text:
