@@ -299,6 +299,8 @@ def test_transcoder_run_certificate_verifies_with_certify_py(tmp_path):
         "lipschitz.ascent_steps=3",
         "lean.build=false",
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "certify_report.json").is_file()
     # verification stages (hashes, IR against the transcoder template, every claim re-derived)
     log = proc.stdout + proc.stderr
     assert "stage verify: 1 certificate(s), hashes, IR and split pass" in log, log[-3000:]
