@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from blockcert.pareto import Point, collect_points, main, markdown_table, pareto_front
 from tests.conftest import run_script
 
@@ -47,3 +49,39 @@ def test_pareto_front_drops_dominated_points():
     front = pareto_front(points)
     assert [(p.params, p.eps_max) for p in front] == [(40, 5.0), (50, 3.0), (70, 1.0)]
     assert markdown_table(points).count("| yes |") == 3
+
+
+@pytest.mark.slow
+def test_capture_once_then_submitit_jobs_per_block_then_certify(tmp_path):
+    """The SLURM launcher's code path (submitit, jobs as local processes) after one capture."""
+    common = [
+        "model=tiny_llama",
+        f"runs_root={tmp_path}/runs",
+        f"cache.root={tmp_path}/cache",
+        "data.n_train_prompts=16",
+        "data.n_heldout_prompts=4",
+        "data.seq_len=16",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "callbacks.certificate.lipschitz_prompts=1",
+    ]
+    capture = run_script("train.py", "blocks=[0,1]", "stage=capture", *common)
+    assert capture.returncode == 0, capture.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("block*/manifest.json"))) == 4
+    assert not list(tmp_path.rglob("certificate.json"))
+
+    sweep = run_script("train.py", "-m", "launcher=submitit_local", "block=0,1", *common)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs" / "tiny_llama" / "multirun").iterdir()
+    assert list(sweep_dir.glob(".submitit/*/*_result.pkl"))  # really ran as submitit jobs
+    certs = sorted(sweep_dir.rglob("certificate.json"))
+    assert [json.loads(c.read_text())["block"] for c in certs] == [0, 1]
+    for cert in certs:
+        sources = json.loads(cert.read_text())["data"]["pairs_source"]
+        assert all(s.startswith("cache:") for s in sources.values())  # no teacher run
+
+    report = run_script(
+        "certify.py", "model=tiny_llama", f"runs={sweep_dir}", f"out={tmp_path}/report"
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report" / "certify_report.json").is_file()
