@@ -42,11 +42,14 @@ class CertificateCallback(L.Callback):
         delta: float = 0.05,
         radius: float | None = None,
         lipschitz_prompts: int = 4,
+        lipschitz_search: dict | None = None,
         resolved_config: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.taus_abs, self.taus_rel, self.delta = list(taus_abs), list(taus_rel), delta
         self.radius, self.lipschitz_prompts = radius, lipschitz_prompts
+        # the empirical search at train time is informational: certify.py recomputes it
+        self.lipschitz_search = dict(lipschitz_search or {})
         self.config = resolved_config or {}
         self.certificate: dict | None = None
 
@@ -69,6 +72,7 @@ class CertificateCallback(L.Callback):
             radius=self.radius,
             lipschitz_prompts=self.lipschitz_prompts,
             config=self.config,
+            lipschitz_search=self.lipschitz_search,
         )
         log_to_wandb(trainer, self.certificate, self.run_dir)
 
@@ -105,6 +109,7 @@ def certify_block(
     radius: float | None,
     lipschitz_prompts: int,
     config: dict,
+    lipschitz_search: dict | None = None,
 ) -> dict:
     """Measure, hash and write the certificate of `surrogate` for `datamodule.block`."""
     teacher = datamodule.adapter.teacher
@@ -120,7 +125,10 @@ def certify_block(
     tube = radius if radius is not None else max(report.eps_max, 1e-6)
     sound = sound_lipschitz(surrogate, (x for x, _ in datamodule.heldout_pairs()), tube)
     empirical = empirical_lipschitz(
-        surrogate, _lipschitz_inputs(datamodule, lipschitz_prompts), tube
+        surrogate,
+        _lipschitz_inputs(datamodule, lipschitz_prompts),
+        tube,
+        **(lipschitz_search or {}),
     )
     capacity = dict(surrogate.graph.capacity)
     body = {
