@@ -5,10 +5,11 @@ import torch
 
 from blockcert.capture.cache import CachedPairs, cache_dir, fill_cache, is_complete
 from blockcert.capture.corpus import Corpus, ShakespeareCorpus, TextFileCorpus, strip_markdown
-from blockcert.capture.prompts import build_prompts, token_ids_sha256
+from blockcert.capture.prompts import build_prompts
 from blockcert.capture.store import PairStore
 from blockcert.capture.stream import ResidualPairStream, teacher_pass
 from blockcert.errors import BlockCertError
+from blockcert.hashing import token_ids_sha256
 from blockcert.models.load import byte_tokenizer
 
 

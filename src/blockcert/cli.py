@@ -113,6 +113,8 @@ def quiet_libraries() -> None:
     """Keep the terminal to progress and results: silence library chatter, not our errors."""
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():  # GGUF de-quantisation's tqdm bar floods log files
+        os.environ.setdefault("TQDM_DISABLE", "1")
     # Lightning advice that does not apply here: pair datasets are read in-process (no
     # workers), and a tiny run has fewer batches than the logging interval.
     for message in (

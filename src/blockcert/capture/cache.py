@@ -6,7 +6,6 @@ complete only once its manifest exists; the manifest is written last and atomica
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,13 +15,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
 from blockcert.atomic import write_atomic, write_text_atomic
+from blockcert.hashing import sha256_text
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 MANIFEST = "manifest.json"
 
 
 def cache_dir(root: str | Path, model_sha256: str, tokens_sha256: str, block: int) -> Path:
-    key = hashlib.sha256(f"{model_sha256}|{tokens_sha256}|{block}".encode()).hexdigest()[:20]
+    key = sha256_text(f"{model_sha256}|{tokens_sha256}|{block}")[:20]
     return Path(root).expanduser() / f"block{block:03d}-{key}"
 
 

@@ -15,7 +15,6 @@ import torch
 
 from blockcert.capture.corpus import Corpus
 from blockcert.errors import BlockCertError
-from blockcert.hashing import token_ids_sha256  # noqa: F401  (callers import it from here)
 
 
 @dataclass(frozen=True)

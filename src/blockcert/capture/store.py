@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import IterableDataset
 
 from blockcert.capture.cache import CachedPairs, ShardWriter, cache_dir, is_complete
-from blockcert.capture.prompts import token_ids_sha256
 from blockcert.capture.stream import ResidualPairStream, teacher_pass
+from blockcert.hashing import token_ids_sha256
 from blockcert.models.adapters import BlockAdapter
 
 log = logging.getLogger(__name__)

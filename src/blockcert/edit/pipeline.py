@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from blockcert.capture.blocks import check_block
 from blockcert.capture.prompts import build_prompts
 from blockcert.edit.budget import budget_from, heldout_drift, largest_scale, smallest_scale
 from blockcert.edit.facts import Fact, Query, encode_query, facts_from
@@ -86,11 +87,7 @@ def _setup(cfg: DictConfig):
     teacher = instantiate(cfg.model)
     teacher.model.requires_grad_(False)  # only the value delta is optimised
     adapter = adapter_for(teacher)
-    if not 0 <= cfg.block < adapter.num_blocks:
-        raise BlockCertError(
-            f"block={cfg.block} is out of range: {teacher.name} has blocks "
-            f"0..{adapter.num_blocks - 1}."
-        )
+    check_block(cfg.block, adapter.num_blocks, teacher.name)
     data = cfg.data
     prompts = build_prompts(
         instantiate(data.corpus),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from blockcert.hashing import tensors_sha256
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Teacher:
         format (GGUF, safetensors, random init) and recomputable from the model alone.
         """
         if self._weights_sha256 is None:
-            self._weights_sha256 = state_dict_sha256(self.model.state_dict())
+            self._weights_sha256 = tensors_sha256(self.model.state_dict())
         return self._weights_sha256
 
     def describe(self) -> dict[str, str]:
@@ -47,13 +48,3 @@ class Teacher:
             "dtype": str(self.dtype).removeprefix("torch."),
             "sha256": self.weights_sha256,
         }
-
-
-def state_dict_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        digest.update(name.encode())
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
