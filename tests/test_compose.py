@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from blockcert.compose.bound import bound_trajectory, closed_form_bound
+from blockcert.compose.chain import radius_up
 from blockcert.compose.rational import round_down, round_up
 from blockcert.errors import BlockCertError
 from blockcert.prove.lake import run_lake_build
@@ -202,3 +203,9 @@ def test_lake_status_follows_the_build(tmp_path, monkeypatch, body, status):
     assert result.status == status, result.message
     if status != "checked":
         assert "NOT" in result.message or "failed" in result.message
+
+
+def test_tube_radius_is_the_smallest_float_at_or_above_the_exact_bound():
+    for q in (Fraction(1, 3), Fraction(2, 3), Fraction(10**20 + 1, 7), Fraction(0), Fraction(5)):
+        r = radius_up(q)
+        assert Fraction(r) >= q > Fraction(math.nextafter(r, -math.inf))

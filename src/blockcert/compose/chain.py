@@ -13,6 +13,7 @@ g_k at the tube centre (blockcert.cert.fp_allowance); it is reported, not added 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -79,6 +80,12 @@ def _batches(states: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> 
     return list(states)
 
 
+def radius_up(bound: Fraction) -> float:
+    """The smallest float >= the exact rational bound (float() alone may round down)."""
+    value = float(bound)
+    return value if Fraction(value) >= bound else math.nextafter(value, math.inf)
+
+
 def _probe(batches: list[torch.Tensor], n_prompts: int) -> torch.Tensor:
     """The first n_prompts prompts of the first batch, for the empirical ascent."""
     return batches[0][:n_prompts]
@@ -102,7 +109,8 @@ def compose_chain(
     for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
         eps_q = round_up(eps)
         batches = _batches(x, batch_size)
-        sound = sound_lipschitz(surrogate, batches, float(bound_sound))
+        # the tube must contain every point within B_{k-1}: round the float radius up
+        sound = sound_lipschitz(surrogate, batches, radius_up(bound_sound))
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
         radius = max(float(bound_empirical), min_radius)
