@@ -1,11 +1,22 @@
 """Cascade training on tiny_llama: block k trains on stitched inputs, teacher-path targets."""
 
+import json
+
+import pytest
 import torch
 
-from blockcert.lit.cascade import MemoryBatches, cascade_surrogates, distil
+from blockcert.errors import BlockCertError
+from blockcert.lit.cascade import (
+    CascadeDataModule,
+    MemoryBatches,
+    StitchedInputs,
+    cascade_surrogates,
+    distil,
+)
 from blockcert.surrogate.capacity import Capacity
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
+from tests.conftest import run_script
 
 CUT = Capacity(head_fraction=0.5, mlp_fraction=0.5)
 
@@ -78,3 +89,73 @@ def test_memory_batches_reshuffle_every_epoch():
     assert sorted(first) == sorted(second) == list(range(20))
     assert first != second
     assert list(MemoryBatches(list(range(5)), shuffle=False)) == list(range(5))
+
+
+class _TeacherData:
+    """The parts of ResidualPairDataModule that CascadeDataModule reads."""
+
+    def __init__(self, pairs):
+        self.adapter, self.block, self.prompts = None, 3, None
+        self.pairs, self.pairs_source = pairs, {"heldout": "cache:x"}
+
+    def train_pairs_in_order(self):
+        return iter(self.pairs)
+
+
+def test_cascade_datamodule_pairs_stitched_inputs_with_teacher_targets():
+    g = torch.Generator().manual_seed(0)
+    teacher = [(torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g))] * 3
+    stitched = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    data = CascadeDataModule(_TeacherData(teacher), stitched)
+    for (x_in, x_out), h, (_, target) in zip(data.pairs, stitched, teacher, strict=True):
+        assert x_in is h and x_out is target
+    assert data.block == 3 and "train_inputs" in data.pairs_source
+    with pytest.raises(BlockCertError, match="line up"):
+        CascadeDataModule(_TeacherData(teacher), [torch.zeros(2, 6, 4)] * 3)
+
+
+def test_stitched_inputs_refuse_going_back(tiny_llama):
+    stream = StitchedInputs(tiny_llama, _ids(n=2), 2)
+    stream.at(2)
+    with pytest.raises(BlockCertError):
+        stream.at(1)
+    with pytest.raises(BlockCertError):
+        stream.fitted(0, None)
+
+
+@pytest.mark.slow  # train.py blocks=all on tiny_llama, then certify.py: ~1 min
+def test_train_blocks_all_cascade_certifies(tmp_path):
+    proc = run_script(
+        "train.py",
+        "model=tiny_llama",
+        "blocks=all",
+        "cascade=true",
+        "surrogate.mlp_fraction=0.5",
+        f"runs_root={tmp_path}",
+        f"cache.root={tmp_path}/cache",
+        "data.n_train_prompts=16",
+        "data.n_heldout_prompts=8",
+        "data.seq_len=32",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "callbacks.certificate.lipschitz_prompts=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    certificates = sorted((tmp_path / "tiny_llama").rglob("certificate.json"))
+    assert len(certificates) == 4
+    for path in certificates:
+        certificate = json.loads(path.read_text())
+        assert certificate["config"]["cascade"] is True
+        assert "stitched" in certificate["data"]["pairs_source"]["train_inputs"]
+    out = tmp_path / "report"
+    proc = run_script(
+        "certify.py",
+        "model=tiny_llama",
+        f"runs={tmp_path / 'tiny_llama'}",
+        f"out={out}",
+        f"lean.root={tmp_path}/lean",
+        "lipschitz.random_trials=2",
+        "lipschitz.ascent_steps=3",
+        "lean.build=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -32,6 +32,7 @@ from blockcert.capture.prompts import PromptSplit
 from blockcert.capture.spec import PromptSpec
 from blockcert.capture.store import PairStore
 from blockcert.errors import BlockCertError
+from blockcert.lit.cascade import CascadeDataModule, StitchedInputs
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.lit.module import SurrogateModule
 from blockcert.lit.progress import ProgressLines
@@ -54,6 +55,8 @@ class Setup:
     prompts: PromptSplit
     blocks: list[int]
     store: PairStore
+    # cascade=true: the training prompts' stitched stream h~_k through this run's surrogates
+    cascade: StitchedInputs | None = None
 
 
 @dataclass
@@ -109,7 +112,11 @@ def setup(cfg: DictConfig) -> Setup:
     else:
         blocks = select_blocks(cfg.blocks, adapter.num_blocks, teacher.name)
     store = PairStore(adapter, cfg.cache.root, spec.batch_size, enabled=cfg.cache.enabled)
-    return Setup(spec, surrogate, adapter, spec.build(teacher.tokenizer), blocks, store)
+    prompts = spec.build(teacher.tokenizer)
+    cascade = None
+    if cfg.get("cascade") and not surrogate.full_capacity:
+        cascade = StitchedInputs(adapter, prompts.train, spec.batch_size)
+    return Setup(spec, surrogate, adapter, prompts, blocks, store, cascade)
 
 
 def capture(s: Setup) -> int:
@@ -182,7 +189,12 @@ def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
             surrogate.num_params,
             full.num_params,
         )
-        trainer.fit(module, datamodule=datamodule)
+        if s.cascade is None:
+            trainer.fit(module, datamodule=datamodule)
+        else:  # train on h~_k from this run's earlier surrogates; certify on teacher inputs
+            stitched = CascadeDataModule(datamodule, s.cascade.at(block), seed=cfg.seed)
+            trainer.fit(module, datamodule=stitched)
+            s.cascade.fitted(block, module.surrogate())
     _finish_wandb(trainer)
     certificate = certificate_cb.certificate
     if certificate is None:

@@ -15,12 +15,12 @@ teacher inputs (`certify_block` reads the teacher pairs of the held-out prompts)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from blockcert.errors import BlockCertError
 from blockcert.models.adapters import BlockAdapter
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
@@ -29,41 +29,44 @@ Tensor = torch.Tensor
 Pair = tuple[Tensor, Tensor]
 
 
-@dataclass
-class TwinStates:
-    """h_k (teacher) and h~_k (stitched) of the training prompts, one `[b, s, d]` batch each."""
+class StitchedInputs:
+    """h~_k of the training prompts, one `[b, s, d]` batch each, for blocks taken in order.
 
-    block: int
-    teacher: list[Tensor]
-    stitched: list[Tensor]
+    h~_0 = embed(ids); h~_{j+1} = g_j(h~_j) with g_j the surrogate recorded by `fitted(j, g_j)`,
+    or the teacher block f_j where none was: a stream never given a surrogate is the teacher's.
+    `at(k)` advances the stream to block k (never back), so record g_j before asking past j.
+    """
 
-    @classmethod
-    @torch.no_grad()
-    def start(cls, adapter: BlockAdapter, ids: Tensor, batch_size: int) -> TwinStates:
-        """h_0 = h~_0 = embed(ids), batches of `batch_size` prompts in prompt order."""
-        h0 = [
-            adapter.embed(ids[i : i + batch_size]).float() for i in range(0, len(ids), batch_size)
-        ]
-        return cls(0, h0, list(h0))  # tensors are never written in place: sharing is safe
-
-    @torch.no_grad()
-    def teacher_outputs(self, adapter: BlockAdapter) -> list[Tensor]:
-        """h_{k+1} = f_k(h_k) per batch: the targets of block k."""
-        return [adapter.block(self.block, h).float() for h in self.teacher]
-
-    @torch.no_grad()
-    def advance(
-        self, adapter: BlockAdapter, surrogate: Surrogate | None, teacher_out: list[Tensor]
-    ) -> None:
-        """Move to block k+1: h_{k+1} = teacher_out, h~_{k+1} = g_k(h~_k) (f_k where no g_k)."""
-        if surrogate is None:
-            self.stitched = [adapter.block(self.block, h).float() for h in self.stitched]
-        else:
-            self.stitched = [
-                run_graph(surrogate.graph, surrogate.weights, h) for h in self.stitched
+    def __init__(self, adapter: BlockAdapter, ids: Tensor, batch_size: int):
+        self.adapter, self.block = adapter, 0
+        self.surrogates: dict[int, Surrogate] = {}
+        with torch.no_grad():
+            self.states = [
+                adapter.embed(ids[i : i + batch_size]).float()
+                for i in range(0, len(ids), batch_size)
             ]
-        self.teacher = teacher_out
-        self.block += 1
+
+    def fitted(self, k: int, surrogate: Surrogate) -> None:
+        if k < self.block:
+            raise BlockCertError(
+                f"block {k}'s surrogate came after the stitched inputs reached block {self.block}; "
+                "fit the blocks in increasing order."
+            )
+        self.surrogates[k] = surrogate
+
+    @torch.no_grad()
+    def at(self, k: int) -> list[Tensor]:
+        """h~_k per batch."""
+        if k < self.block:
+            raise BlockCertError(f"the stitched inputs are past block {k} (at {self.block}).")
+        while self.block < k:
+            g = self.surrogates.get(self.block)
+            if g is None:
+                self.states = [self.adapter.block(self.block, h).float() for h in self.states]
+            else:
+                self.states = [run_graph(g.graph, g.weights, h) for h in self.states]
+            self.block += 1
+        return self.states
 
 
 class MemoryBatches(IterableDataset):
@@ -95,6 +98,43 @@ class PairsDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(MemoryBatches(self.heldout or [], shuffle=False), batch_size=None)
+
+
+class CascadeDataModule(L.LightningDataModule):
+    """Block k's teacher datamodule with its training pairs replaced by (h~_k, h_{k+1}).
+
+    Validation, the held-out pairs and every field a certificate reads stay the teacher's.
+    """
+
+    def __init__(self, teacher, stitched: Sequence[Tensor], seed: int = 0):
+        super().__init__()
+        self.teacher, self.seed = teacher, seed
+        self.adapter, self.block, self.prompts = teacher.adapter, teacher.block, teacher.prompts
+        # targets: the teacher pairs of the training prompts, in prompt order, batch by batch
+        self.pairs = []
+        for h, (x_in, x_out) in zip(stitched, teacher.train_pairs_in_order(), strict=True):
+            if h.shape != x_in.shape:
+                raise BlockCertError(
+                    f"block {self.block}: stitched inputs {tuple(h.shape)} do not line up with "
+                    f"the teacher pairs {tuple(x_in.shape)}; use one batch size for both."
+                )
+            self.pairs.append((h, x_out))
+
+    @property
+    def pairs_source(self) -> dict[str, str]:
+        return {
+            **self.teacher.pairs_source,
+            "train_inputs": "stitched: the run's surrogates of the earlier blocks (cascade)",
+        }
+
+    def heldout_pairs(self):
+        return self.teacher.heldout_pairs()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(MemoryBatches(self.pairs, shuffle=True, seed=self.seed), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.teacher.val_dataloader()
 
 
 def distil(
@@ -143,17 +183,14 @@ def cascade_surrogates(
     refit on teacher inputs); fit(k, surrogate, pairs) -> the trained one, with pairs
     (h~_k, h_{k+1}) when `stitched` (the cascade), else (h_k, h_{k+1}) (per-block distillation).
     """
-    chosen = set(range(adapter.num_blocks) if blocks is None else blocks)
-    states = TwinStates.start(adapter, train_ids, batch_size)
+    chosen = sorted(set(range(adapter.num_blocks) if blocks is None else blocks))
+    teacher = StitchedInputs(adapter, train_ids, batch_size)  # given no surrogate: h_k
+    student = StitchedInputs(adapter, train_ids, batch_size)
     surrogates: dict[int, Surrogate] = {}
-    for k in range(adapter.num_blocks):
-        if k > max(chosen, default=-1):
-            break  # nothing downstream to fit
-        targets = states.teacher_outputs(adapter)
-        if k in chosen:
-            inputs = states.stitched if stitched else states.teacher
-            surrogates[k] = fit(
-                k, build(k, states.teacher), list(zip(inputs, targets, strict=True))
-            )
-        states.advance(adapter, surrogates.get(k), targets)
+    for k in chosen:
+        h_k = teacher.at(k)
+        targets = teacher.at(k + 1)  # h_{k+1} = f_k(h_k)
+        inputs = student.at(k) if stitched else h_k
+        surrogates[k] = fit(k, build(k, h_k), list(zip(inputs, targets, strict=True)))
+        student.fitted(k, surrogates[k])
     return surrogates

@@ -63,6 +63,10 @@ class ResidualPairDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.heldout_set, batch_size=None)
 
+    def train_pairs_in_order(self) -> IterableDataset:
+        """The training pairs unshuffled, batch by batch in prompt order (cascade targets)."""
+        return self._pairs("train", shuffle=False)
+
     def heldout_pairs(self):
         """Iterate the held-out (x_in, x_out) batches again (for certificates)."""
         return iter(self.heldout_set)
