@@ -173,7 +173,9 @@ def test_edit_makes_the_target_top1(edit_run):
     assert row["after"]["prob"] > row["before"]["prob"]
     assert report["success"] and report["update"]["rank"] == 1
     eps = report["certificate"]["eps_max"]
-    assert 0 < eps <= report["budget"]["drift"]["eps_1"] + report["budget"]["drift"]["eps_0"]
+    drift = report["budget"]["drift"]
+    # the triangle-inequality bound, up to fp32 rounding of two summation orders
+    assert 0 < eps <= (drift["eps_1"] + drift["eps_0"]) * (1 + 1e-6)
     for name in ("certificate.json", "edit_report.md", "edit_tradeoff.png", "surrogate.json"):
         assert (run_dir / name).is_file()
 
