@@ -129,7 +129,10 @@ def load_hub(
         config = AutoConfig.from_pretrained(source, **local)
         memory_preflight(name, config, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, **local)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **local)
+        # safetensors only: a .bin checkpoint would be unpickled
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, **local
+        )
     except OSError as err:
         text = str(err)
         if "gated" in text or "401" in text or "403" in text:
