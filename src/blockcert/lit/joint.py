@@ -16,7 +16,6 @@ block afterwards (`blockcert.lit.recertify`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import lightning as L
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from blockcert.lit.cascade import MemoryBatches
 from blockcert.lit.loss import per_token_error
-from blockcert.lit.module import SurrogateModule
+from blockcert.lit.module import SurrogateModule, adamw_cosine
 from blockcert.models.adapters import BlockAdapter
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
@@ -112,24 +111,7 @@ class JointModule(L.LightningModule):
         self.log("val/kl", kl, batch_size=len(ids))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.blocks.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(self.hparams.warmup_fraction * total))
-
-        def cosine_with_warmup(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (
-                1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return adamw_cosine(self.blocks.parameters(), self.hparams, self.trainer)
 
 
 class PromptsDataModule(L.LightningDataModule):

@@ -107,21 +107,19 @@ class SurrogateModule(L.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.params.values(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(self.hparams.warmup_fraction * total))
+        return adamw_cosine(self.params.values(), self.hparams, self.trainer)
 
-        def cosine_with_warmup(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (
-                1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))
-            )
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+def adamw_cosine(params, hparams, trainer: L.Trainer) -> dict:
+    """AdamW with linear warm-up then cosine decay to 0 over the run, stepped per batch."""
+    optimizer = torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    total = max(1, int(trainer.estimated_stepping_batches))
+    warmup = max(1, int(hparams.warmup_fraction * total))
+
+    def cosine_with_warmup(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
