@@ -69,17 +69,21 @@ def sound_lipschitz(
         return _transcoder_lipschitz(surrogate, inputs, radius)
     bound = sound_block_bound(surrogate, inputs, radius)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
-    parts = {
+    parts = {**_shared_parts(bound), "refined": bound.refined}
+    if value is None:
+        parts["reason"] = SINGULAR_NORM
+    return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)
+
+
+def _shared_parts(bound) -> dict:
+    """The parts every sound block bound reports (pre-norm and transcoder blocks alike)."""
+    return {
         "saturation": bound.saturation,
         "attention": bound.attention,
         "mlp": bound.mlp,
         "min_input_norm": bound.min_input_norm,
         "tokens": bound.tokens,
-        "refined": bound.refined,
     }
-    if value is None:
-        parts["reason"] = SINGULAR_NORM
-    return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)
 
 
 def _transcoder_lipschitz(
@@ -89,14 +93,7 @@ def _transcoder_lipschitz(
     swap_tokens (tokens whose tube may hold a discontinuous top-k swap: value None if any)."""
     bound = transcoder_block_bound(surrogate, inputs, radius)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
-    parts = {
-        "saturation": bound.saturation,
-        "attention": bound.attention,
-        "mlp": bound.mlp,
-        "min_input_norm": bound.min_input_norm,
-        "tokens": bound.tokens,
-        "swap_tokens": bound.swap_tokens,
-    }
+    parts = {**_shared_parts(bound), "swap_tokens": bound.swap_tokens}
     if value is None:
         parts["reason"] = REASON_SWAP if bound.swap_tokens else SINGULAR_NORM
     return Lipschitz(value, "sound", radius, TRANSCODER_METHOD, parts)
