@@ -3,14 +3,13 @@
 ratio(D) = d(g(X + D), g(X)) / d(D), d(D) = max_t ||D_t|| <= r. Every evaluated ratio is a
 lower bound on the true Lipschitz constant on the tube, so the estimate is the largest one seen,
 labelled `empirical` (never sound). Search: `random_trials` random directions, then `restarts`
-runs of `ascent_steps` projected steps (per-token normalised gradient, step size decaying from
-r/2 to r/20 on a cosine schedule, every token projected into its ball of radius r), on several
+runs of `ascent_steps` projected steps (per-token normalised gradient, step 0.3 r for the first
+70 % of the steps, then r/20 to settle; every token projected into its ball of radius r), on several
 prompts at once (each prompt has its own ratio, so their gradients do not interact).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +67,7 @@ def ascent(
             if step == ascent_steps:
                 break
             (grad,) = torch.autograd.grad(ratio.sum(), delta)
-            size = radius * (0.05 + 0.45 * 0.5 * (1 + math.cos(math.pi * step / ascent_steps)))
+            size = radius * (0.3 if step < 0.7 * ascent_steps else 0.05)
             with torch.no_grad():
                 direction = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-30)
                 delta = project(delta + size * direction, radius)

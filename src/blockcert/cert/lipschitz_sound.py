@@ -32,7 +32,8 @@ MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (
   (screen) or a Schatten-2p upper bound (refined, for the tokens that decide the max); the tube
   adds intervals: |g' - g| <= ||A_gate,i|| lambda2_t r_y, |silu''| <= 1/2, |silu'| <= 1.0999, and
   the perturbation W_down diag(e) A is bounded by sqrt(eta^T |H| eta), H = W_d^T W_d (.) A A^T.
-Combination per token: ||dy_t|| <= (1 + Latt_t) delta, r_y,t = (1 + Latt_t) r,
+Combination per token: ||dy_t|| <= (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) with move_t
+  a direct bound on how far attn_out_t moves on the tube,
   ||dout_t|| <= (1 + Lmlp_t) ||dy_t||, so L = max_t (1 + Latt_t)(1 + Lmlp_t).
 Saturation (any input, not only the tube): the sub-layers read normalised inputs with
   ||c/rho|| <= sqrt(d), so ||W_o,h (o'_t - o_t)|| <= ||W_o,h A_v,g|| sqrt(d) + ||W_o,h (o_t - c_v)||
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
+from blockcert.cert.sound_attention import attention_rows
 from blockcert.cert.spectral import (
     spectral_norm_upper,
     spectral_norm_upper_batched,
@@ -84,8 +86,16 @@ class _Folded:
     c_q: Tensor  # [H] ||A_q,h||
     c_k: Tensor  # [H] ||A_k,g(h)||
     c_ov: Tensor  # [H] ||W_o,h A_v,g(h)||
+    ov_gram: Tensor  # [H, H] ||B_h^T B_g||, B_h = W_o,h A_v,g(h)
+    o_cross: Tensor  # [H, H, hd, hd] K_hg = W_o,h^T W_o,g
+    ov_cross: Tensor  # [H, H, hd, hd] Q_hg with ||B_h^T W_o,g y||^2 <= y^T Q_hg y + slack
+    ov_cross_slack: Tensor  # [H, H] ||B_h^T W_o,g y|| <= sqrt(y^T Q y) + slack_hg ||y||
     o_metric: Tensor  # [H, hd, hd] M_h with ||W_o,h w|| <= ||M_h w|| + o_slack_h ||w||
     o_slack: Tensor  # [H]
+    q_metric: Tensor  # [H, hd, hd] M with ||A_q,h^T w|| <= ||M w|| + q_slack_h ||w||
+    q_slack: Tensor  # [H]
+    k_metric: Tensor  # [H, hd, hd] the same for A_k,g(h)
+    k_slack: Tensor  # [H]
     v_const: Tensor  # [H, hd] value of v at a zero normalised input (bias, LN beta)
     mlp_in: list[Tensor]  # [m, d] folded input projections (gate, up) or (fc,)
     mlp_const: list[Tensor]  # [m] their constant parts (bias, LN beta)
@@ -95,6 +105,7 @@ class _Folded:
     h_abs: Tensor  # |H|
     down_gram_abs: Tensor  # [m, m] |W_d^T W_d|
     down_norm: float
+    mlp_in_norms: list[float]  # ||A_j||
 
 
 def _fold(norm: Norm, proj_matrix: Tensor) -> Tensor:
@@ -119,6 +130,16 @@ def _metric(w: Tensor) -> tuple[Tensor, float]:
     return m, math.sqrt(err)
 
 
+def _cross_norms(mats: list[Tensor]) -> Tensor:
+    """N_hg >= ||B_h^T B_g||, so ||sum_h c_h B_h||^2 <= c^T N c for c >= 0."""
+    n = len(mats)
+    out = torch.zeros(n, n, dtype=torch.float64)
+    for h in range(n):
+        for g in range(h, n):
+            out[h, g] = out[g, h] = spectral_norm_upper(mats[h].T @ mats[g]) * (1 + 1e-12)
+    return out
+
+
 def _folded(view: BlockView) -> _Folded:
     a, n1, n2, d = view.attention, view.attn_norm, view.mlp_norm, view.d_model
     hd = a.head_dim
@@ -126,17 +147,29 @@ def _folded(view: BlockView) -> _Folded:
     aq, ak, av = _fold(n1, wq), _fold(n1, wk), _fold(n1, wv)
     v_const_kv = _const(n1, wv, a.v.bias).view(-1, hd)
     c_kv = [spectral_norm_upper(ak[g * hd : (g + 1) * hd]) for g in range(a.n_kv_heads)]
+    k_metric_kv = [_metric(ak[g * hd : (g + 1) * hd].T) for g in range(a.n_kv_heads)]
     c_q, c_k, c_ov, metrics, slacks, v_const = [], [], [], [], [], []
+    q_metric, k_metric, ov = [], [], []
     for h, g in enumerate(a.kv_head_of_q):
         rows, kv_rows = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
         c_q.append(spectral_norm_upper(aq[rows]))
         c_k.append(c_kv[g])
+        q_metric.append(_metric(aq[rows].T))
+        k_metric.append(k_metric_kv[g])
         wo_h = wo[:, rows]
         c_ov.append(spectral_norm_upper(wo_h @ av[kv_rows]))
+        ov.append(wo_h @ av[kv_rows])
         m, s = _metric(wo_h)
         metrics.append(m)
         slacks.append(s)
         v_const.append(v_const_kv[g])
+    o_heads = torch.stack([wo[:, h * hd : (h + 1) * hd] for h in range(len(a.kv_head_of_q))])
+    o_cross = torch.einsum("hdi,gdj->hgij", o_heads, o_heads)
+    v_metric = [_metric(av[g * hd : (g + 1) * hd].T) for g in a.kv_head_of_q]
+    mk = torch.einsum("hij,hgjk->hgik", torch.stack([m for m, _ in v_metric]), o_cross)
+    ov_cross = mk.transpose(-1, -2) @ mk
+    k_norms = torch.linalg.matrix_norm(o_cross)  # Frobenius >= spectral
+    ov_slack = torch.tensor([s for _, s in v_metric], dtype=torch.float64)[:, None] * k_norms
     mlp = view.mlp
     mlp_in = [_fold(n2, p.matrix()) for p in mlp.inputs]
     mlp_const = [_const(n2, p.matrix(), p.bias) for p in mlp.inputs]
@@ -152,8 +185,16 @@ def _folded(view: BlockView) -> _Folded:
         c_q=torch.tensor(c_q, dtype=torch.float64),
         c_k=torch.tensor(c_k, dtype=torch.float64),
         c_ov=torch.tensor(c_ov, dtype=torch.float64),
+        ov_gram=_cross_norms(ov),
+        o_cross=o_cross,
+        ov_cross=ov_cross,
+        ov_cross_slack=ov_slack,
         o_metric=torch.stack(metrics),
         o_slack=torch.tensor(slacks, dtype=torch.float64),
+        q_metric=torch.stack([m for m, _ in q_metric]),
+        q_slack=torch.tensor([s for _, s in q_metric], dtype=torch.float64),
+        k_metric=torch.stack([m for m, _ in k_metric]),
+        k_slack=torch.tensor([s for _, s in k_metric], dtype=torch.float64),
         v_const=torch.stack(v_const),
         mlp_in=mlp_in,
         mlp_const=mlp_const,
@@ -163,6 +204,7 @@ def _folded(view: BlockView) -> _Folded:
         h_abs=h_mat.abs(),
         down_gram_abs=g_down.abs(),
         down_norm=spectral_norm_upper(w_down),
+        mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
     )
 
 
@@ -239,60 +281,12 @@ def _lam(norm_c: Tensor, radius: Tensor | float, d: int, eps: float) -> Tensor:
     return (low.pow(2) / d + eps).rsqrt() * (1 + REL_MARGIN)
 
 
-def _attention_rows(f: _Folded, cen: dict, r: float) -> Tensor:
-    """Latt_t [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of radius r."""
-    a = f.view.attention
-    p, q, k, v = cen["p"], cen["q"], cen["k"], cen["v"]
-    T = p.shape[-1]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)  # [T]
-    scale, sigma = abs(a.scale), f.sigma
-    qn, kn = q.norm(dim=-1), k.norm(dim=-1)  # [H, T]
-    dq = sigma * f.c_q[:, None] * lam[None, :] * r  # [H, T] |q'_t - q_t|
-    dk = sigma * f.c_k[:, None] * lam[None, :] * r  # [H, T] |k'_s - k_s|
-    shift = scale * (dq[:, :, None] * (kn + dk)[:, None, :] + qn[:, :, None] * dk[:, None, :])
-    delta = shift.masked_fill(~causal, 0.0).amax(-1)  # [H, T] max_s |z'_ts - z_ts|
-    grow = torch.exp((2 * delta).clamp_max(60.0))  # p' <= p e^(2 Delta)
-    pu = torch.minimum(p * grow[..., None], torch.ones_like(p)).masked_fill(~causal, 0.0)
-    dp1 = delta.clamp_max(2.0)  # ||p' - p||_1 (Popoviciu, and <= 2)
-    # ||W_o (v_s - vbar_t)|| at the centre, in the hd-dim metric of W_o,h (plus its slack)
-    vt = torch.einsum("hij,htj->hti", f.o_metric, v)
-    vbar_t = p @ vt
-    a_ts = torch.cdist(vbar_t, vt, compute_mode="donot_use_mm_for_euclid_dist")
-    a_ts = a_ts + f.o_slack[:, None, None] * torch.cdist(
-        p @ v, v, compute_mode="donot_use_mm_for_euclid_dist"
-    )
-    a_ts = (a_ts * (1 + REL_MARGIN)).masked_fill(~causal, 0.0)
-    kbar = p @ k
-    kappa = torch.cdist(kbar, k, compute_mode="donot_use_mm_for_euclid_dist").masked_fill(
-        ~causal, 0.0
-    )
-    # centre p-weighted covariance W_o,h Cov_t(v, k) (uncentred sums, with a rounding margin)
-    outer = (vt[..., :, None] * k[..., None, :]).flatten(-2)  # [H, T, hd*hd]
-    cov = (p @ outer).view(*p.shape[:2], vt.shape[-1], k.shape[-1])
-    cov = cov - vbar_t[..., :, None] * kbar[..., None, :]
-    cov_scale = p @ (vt.norm(dim=-1) * kn).unsqueeze(-1)  # [H, T, 1]
-    n_q = spectral_norm_upper_batched(cov) + 1e-10 * cov_scale[..., 0]
-    n_q = n_q + f.o_slack[:, None] * (p * kappa * torch.cdist(p @ v, v)).sum(-1)
-    # inflation to the tube
-    lam_s = lam[None, None, :]
-    ev_s = f.c_ov[:, None, None] * lam_s * r  # ||W_o dv_s||
-    ev_bar = f.c_ov[:, None] * r * torch.minimum(
-        (pu * lam_s).sum(-1), lam.max().expand_as(delta)
-    ) + dp1 * a_ts.amax(-1)  # ||W_o (vbar' - vbar)||, [H, T]
-    e_ts = (ev_s + ev_bar[..., None]).masked_fill(
-        ~causal, 0.0
-    )  # ||W_o (v' - vbar') - W_o (v - vbar)||
-    a_up = a_ts + e_ts
-    ak = a_ts * kappa
-    dp_term = torch.minimum(dp1 * ak.amax(-1), (grow - 1.0) * (p * ak).sum(-1))
-    pert = dp_term + (pu * (e_ts * (kappa + dk[:, None, :]) + a_ts * dk[:, None, :])).sum(-1)
-    tri = (pu * a_up * (kappa + dk[:, None, :])).sum(-1)
-    n_q_tube = torch.minimum(n_q + pert, tri)
-    value = f.c_ov[:, None] * torch.minimum((pu * lam_s).sum(-1), lam.max().expand_as(delta))
-    query = scale * n_q_tube * sigma * f.c_q[:, None] * lam[None, :]
-    key = scale * (qn + dq) * sigma * f.c_k[:, None] * (pu * a_up * lam_s).sum(-1)
-    return ((value + query + key) * (1 + REL_MARGIN)).sum(0)  # heads add
+def _attention_rows(f: _Folded, cen: dict, r: float) -> tuple[Tensor, Tensor]:
+    """(Latt_t, r_y,t) [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of radius r, and
+    the radius of the tube the MLP reads: ||y'_t - y_t|| <= r + min(Latt_t r, move_t)."""
+    lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)
+    latt, move = attention_rows(f, cen, lam, r)
+    return latt, r + torch.minimum(latt * r, move)
 
 
 def _mlp_state(f: _Folded, cen: dict, r_y: Tensor):
@@ -329,6 +323,11 @@ def _mlp_rows_screen(f: _Folded, z: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
     margin = 4e-13 * f.gram_abs_rowsum * (z * z).sum(-1)
     frob = (_quad(f.h_mat, z) + margin).sqrt()
     pert = (_quad(f.h_abs, eta) * (1 + 1e-12)).sqrt()
+    m = f.w_down.shape[1]
+    product = sum(  # ||W_d sum_j diag(e_j) A_j|| <= ||W_d|| sum_j max|e_j| ||A_j||
+        eta[:, j * m : (j + 1) * m].amax(-1) * norm for j, norm in enumerate(f.mlp_in_norms)
+    )
+    pert = torch.minimum(pert, f.down_norm * product * (1 + REL_MARGIN))
     return frob * (1 + REL_MARGIN), pert
 
 
@@ -403,8 +402,8 @@ def sound_block_bound(
         for batch in inputs:
             for x in batch.reshape(-1, *batch.shape[-2:]):
                 cen = forward64(view, x)
-                latt = _attention_rows(f, cen, r)
-                z, eta, lam2 = _mlp_state(f, cen, (1 + latt) * r)
+                latt, r_y = _attention_rows(f, cen, r)
+                z, eta, lam2 = _mlp_state(f, cen, r_y)
                 frob, pert = _mlp_rows_screen(f, z, eta)
                 screens.append(lam2 * (frob + pert))
                 latts.append(latt)

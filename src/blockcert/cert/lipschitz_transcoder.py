@@ -4,7 +4,8 @@ Block (blockcert.surrogate.view, family `*_transcoder`): y = x + A(norm1(x)); ou
 w = norm2(y), M(w) = W_dec topk_relu(z) + b_dec, z = A_enc w_hat + c (gamma folded into A_enc,
 c = b_enc + W_enc beta). The attention part and the per-token combination are those of
 blockcert.cert.lipschitz_sound (same tube, same distance d(X, Y) = max_t ||X_t - Y_t||_2):
-||dy_t|| <= (1 + Latt_t) delta, r_y,t = (1 + Latt_t) r, L = max_t (1 + Latt_t)(1 + Lmlp_t).
+||dy_t|| <= (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) (lipschitz_sound),
+L = max_t (1 + Latt_t)(1 + Lmlp_t).
 
 TopK is piecewise linear but NOT continuous: where the k-th and (k+1)-th latents swap at a
 positive value v, the output jumps by v (W_dec,a - W_dec,b). So per token, over the tube:
@@ -120,8 +121,7 @@ def transcoder_block_bound(
         for batch in inputs:
             for x in batch.reshape(-1, *batch.shape[-2:]):
                 cen = forward64(view, x)  # attention values; the MLP values are recomputed here
-                latt = _attention_rows(f, cen, r)
-                r_y = (1 + latt) * r
+                latt, r_y = _attention_rows(f, cen, r)
                 lam2 = _lam(cen["ynorm"], r_y, f.d, norm2.eps)
                 z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
                 spread = (lam2 * r_y)[:, None] * row[None, :]
