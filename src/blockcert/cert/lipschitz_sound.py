@@ -130,14 +130,22 @@ def _metric(w: Tensor) -> tuple[Tensor, float]:
     return m, math.sqrt(err)
 
 
-def _cross_norms(mats: list[Tensor]) -> Tensor:
-    """N_hg >= ||B_h^T B_g||, so ||sum_h c_h B_h||^2 <= c^T N c for c >= 0."""
-    n = len(mats)
-    out = torch.zeros(n, n, dtype=torch.float64)
-    for h in range(n):
-        for g in range(h, n):
-            out[h, g] = out[g, h] = spectral_norm_upper(mats[h].T @ mats[g]) * (1 + 1e-12)
-    return out
+def _cross_norms(v_metric: list[tuple[Tensor, float]], o_cross: Tensor, av: list[Tensor]) -> Tensor:
+    """N_hg >= ||B_h^T B_g||, B_h = W_o,h A_v,h, so ||sum_h c_h B_h||^2 <= c^T N c for c >= 0.
+
+    B_h^T B_g = A_h^T K_hg A_g with ||A_h^T y|| <= ||M_h y|| + s_h ||y|| (hd x hd metrics), so
+    N_hg <= ||M_h K_hg M_g^T|| + s_g ||K_hg|| ||M_h|| + s_h ||K_hg|| ||A_g|| (Frobenius for the
+    slack factors): a batch of hd x hd spectral norms instead of d x d ones.
+    """
+    mats = torch.stack([m for m, _ in v_metric])  # [H, hd, hd]
+    slack = torch.tensor([s for _, s in v_metric], dtype=torch.float64)
+    core = mats[:, None] @ o_cross @ mats[None].transpose(-1, -2)
+    k_f = torch.linalg.matrix_norm(o_cross)
+    m_f = torch.linalg.matrix_norm(mats)
+    a_f = torch.stack([a.norm() for a in av])
+    extra = slack[None, :] * k_f * m_f[:, None] + slack[:, None] * k_f * a_f[None, :]
+    out = spectral_norm_upper_batched(core, squarings=6) + extra
+    return torch.maximum(out, out.T) * (1 + 1e-12)
 
 
 def _folded(view: BlockView) -> _Folded:
@@ -148,7 +156,7 @@ def _folded(view: BlockView) -> _Folded:
     v_const_kv = _const(n1, wv, a.v.bias).view(-1, hd)
     c_kv = [spectral_norm_upper(ak[g * hd : (g + 1) * hd]) for g in range(a.n_kv_heads)]
     k_metric_kv = [_metric(ak[g * hd : (g + 1) * hd].T) for g in range(a.n_kv_heads)]
-    c_q, c_k, c_ov, metrics, slacks, v_const = [], [], [], [], [], []
+    c_q, c_k, metrics, slacks, v_const = [], [], [], [], []
     q_metric, k_metric, ov = [], [], []
     for h, g in enumerate(a.kv_head_of_q):
         rows, kv_rows = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
@@ -157,8 +165,7 @@ def _folded(view: BlockView) -> _Folded:
         q_metric.append(_metric(aq[rows].T))
         k_metric.append(k_metric_kv[g])
         wo_h = wo[:, rows]
-        c_ov.append(spectral_norm_upper(wo_h @ av[kv_rows]))
-        ov.append(wo_h @ av[kv_rows])
+        ov.append(av[kv_rows])
         m, s = _metric(wo_h)
         metrics.append(m)
         slacks.append(s)
@@ -170,6 +177,8 @@ def _folded(view: BlockView) -> _Folded:
     ov_cross = mk.transpose(-1, -2) @ mk
     k_norms = torch.linalg.matrix_norm(o_cross)  # Frobenius >= spectral
     ov_slack = torch.tensor([s for _, s in v_metric], dtype=torch.float64)[:, None] * k_norms
+    ov_gram = _cross_norms(v_metric, o_cross, ov)
+    c_ov = ov_gram.diagonal().sqrt() * (1 + REL_MARGIN)  # ||B_h|| = sqrt(||B_h^T B_h||)
     mlp = view.mlp
     mlp_in = [_fold(n2, p.matrix()) for p in mlp.inputs]
     mlp_const = [_const(n2, p.matrix(), p.bias) for p in mlp.inputs]
@@ -184,8 +193,8 @@ def _folded(view: BlockView) -> _Folded:
         sigma=sigma,
         c_q=torch.tensor(c_q, dtype=torch.float64),
         c_k=torch.tensor(c_k, dtype=torch.float64),
-        c_ov=torch.tensor(c_ov, dtype=torch.float64),
-        ov_gram=_cross_norms(ov),
+        c_ov=c_ov,
+        ov_gram=ov_gram,
         o_cross=o_cross,
         ov_cross=ov_cross,
         ov_cross_slack=ov_slack,
