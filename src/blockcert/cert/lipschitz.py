@@ -5,7 +5,8 @@ with d(X', X) <= r for an evaluated teacher input X.
 
 - `sound_lipschitz`: an upper bound by construction, in exact arithmetic of the IR
   (blockcert.cert.lipschitz_sound has the derivation, line by line), together with the block's
-  saturation constant a (d(g(y), g(x)) <= d(y, x) + a for every y) in `parts["saturation"]`.
+  saturation constant a (d(g(y), g(x)) <= d(y, x) + a for every y in the tube) in
+  `parts["saturation"]`.
 - `empirical_lipschitz`: the largest ratio d(g(X+D), g(X)) / d(D) found by random and
   projected-gradient-ascent perturbations with d(D) <= r: a LOWER estimate, labelled `empirical`
   (blockcert.cert.lipschitz_empirical).

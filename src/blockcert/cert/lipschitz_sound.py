@@ -35,11 +35,13 @@ MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (
 Combination per token: ||dy_t|| <= (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) with move_t
   a direct bound on how far attn_out_t moves on the tube,
   ||dout_t|| <= (1 + Lmlp_t) ||dy_t||, so L = max_t (1 + Latt_t)(1 + Lmlp_t).
-Saturation (any input, not only the tube): the sub-layers read normalised inputs with
-  ||c/rho|| <= sqrt(d), so ||W_o,h (o'_t - o_t)|| <= ||W_o,h A_v,g|| sqrt(d) + ||W_o,h (o_t - c_v)||
-  (o' a convex combination of values) and each MLP pre-activation lies in centre_i +-
-  ||A_i|| sqrt(d) (intervals through silu/gelu); hence ||g(y)_t - g(x)_t|| <= ||y_t - x_t|| + a
-  with a = max_t (attention range + MLP range).
+Saturation (on the tube, what the composition theorem's hypothesis asks): the attention output
+  moves by at most min(Latt_t r, move_t) (move_t: value change plus reweighting, sound_attention)
+  and by at most ||W_o,h A_v,g|| sqrt(d) + ||W_o,h (o_t - c_v)|| for ANY input (normalised inputs
+  have ||c/rho|| <= sqrt(d); o' is a convex combination of values); each MLP pre-activation lies
+  in pre_i +- ||A_i|| min(lambda2 r_y, 2 sqrt(d)), intersected with its range over the whole ball
+  (intervals through silu/gelu); hence ||g(y)_t - g(x)_t|| <= ||y_t - x_t|| + a with
+  a = max_t (attention move + MLP move).
 Spectral norms are upper bounds only (Schatten-2p, Frobenius; blockcert.cert.spectral). Values
 are computed in float64 with explicit margins for the float64 rounding of the bound itself; the
 bound is about exact arithmetic of the IR (fp32 evaluation error: blockcert.cert.fp_allowance).
@@ -290,12 +292,14 @@ def _lam(norm_c: Tensor, radius: Tensor | float, d: int, eps: float) -> Tensor:
     return (low.pow(2) / d + eps).rsqrt() * (1 + REL_MARGIN)
 
 
-def _attention_rows(f: _Folded, cen: dict, r: float) -> tuple[Tensor, Tensor]:
-    """(Latt_t, r_y,t) [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of radius r, and
-    the radius of the tube the MLP reads: ||y'_t - y_t|| <= r + min(Latt_t r, move_t)."""
+def _attention_rows(f: _Folded, cen: dict, r: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(Latt_t, move_t, r_y,t) [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of
+    radius r, how far attn_out_t moves on it, and the radius of the tube the MLP reads:
+    ||y'_t - y_t|| <= r + min(Latt_t r, move_t)."""
     lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)
     latt, move = attention_rows(f, cen, lam, r)
-    return latt, r + torch.minimum(latt * r, move)
+    move = torch.minimum(latt * r, move)
+    return latt, move, r + move
 
 
 def _mlp_state(f: _Folded, cen: dict, r_y: Tensor):
@@ -348,16 +352,26 @@ def _mlp_centre_spectral(f: _Folded, z: Tensor) -> Tensor:
     return spectral_norm_upper_batched(jac, squarings=5) * (1 + REL_MARGIN)
 
 
-def _saturation_rows(f: _Folded, cen: dict) -> Tensor:
-    """a_t [T] with ||F(y)_t - F(x)_t|| <= a_t for ANY y (F: the residual update)."""
+def _saturation_rows(f: _Folded, cen: dict, move: Tensor, spread: Tensor) -> Tensor:
+    """a_t [T] with ||F(y)_t - F(x)_t|| <= a_t for every y in the tube (F: the residual update).
+
+    move [T]: how far the attention output moves on the tube; spread [T]: how far the MLP's
+    normalised input moves (lambda2 r_y). Both are capped by what holds for ANY input: the
+    attention output is a convex combination of values, and a normalised vector has norm
+    <= sqrt(d), so it moves by at most 2 sqrt(d) and each pre-activation stays in its range over
+    the ball of radius sqrt(d).
+    """
     root_d = math.sqrt(f.d)
     o_c = cen["o"] - f.v_const[:, None, :]  # [H, T, hd]
     centre = torch.einsum("hij,htj->hti", f.o_metric, o_c).norm(dim=-1)
     centre = centre + f.o_slack[:, None] * o_c.norm(dim=-1)
-    attn = (f.c_ov[:, None] * root_d + centre).sum(0)  # [T]
-    radius = [ai.norm(dim=1) * root_d for ai in f.mlp_in]
-    lo = [c - rad for c, rad in zip(f.mlp_const, radius, strict=True)]
-    hi = [c + rad for c, rad in zip(f.mlp_const, radius, strict=True)]
+    attn = torch.minimum((f.c_ov[:, None] * root_d + centre).sum(0), move)  # [T]
+    spread = spread.clamp_max(2 * root_d)[:, None]
+    lo, hi = [], []
+    for c, ai, pre in zip(f.mlp_const, f.mlp_in, cen["pre"], strict=True):
+        row = ai.norm(dim=1)
+        lo.append(torch.maximum(c - row * root_d, pre - row * spread))
+        hi.append(torch.minimum(c + row * root_d, pre + row * spread))
     if f.view.mlp.kind == "gated_silu":
         s_lo, s_hi = _act_range(torch.nn.functional.silu, lo[0], hi[0], SILU_MIN, SILU_ARGMIN)
         prods = torch.stack([s_lo * lo[1], s_lo * hi[1], s_hi * lo[1], s_hi * hi[1]])
@@ -368,7 +382,7 @@ def _saturation_rows(f: _Folded, cen: dict) -> Tensor:
     slack = 1e-9 * torch.maximum(h_lo.abs(), h_hi.abs()) + 1e-12
     h_lo, h_hi = h_lo - slack, h_hi + slack
     hidden = cen["hidden"]
-    w = torch.maximum((h_hi[None] - hidden).abs(), (hidden - h_lo[None]).abs())  # [T, m]
+    w = torch.maximum((h_hi - hidden).abs(), (hidden - h_lo).abs())  # [T, m]
     quad = (_quad(f.down_gram_abs, w) * (1 + 1e-12)).sqrt()
     mlp = torch.minimum(quad, f.down_norm * w.norm(dim=-1))
     return (attn + mlp) * (1 + REL_MARGIN)
@@ -388,7 +402,7 @@ def _act_range(fn, lo: Tensor, hi: Tensor, f_min: float, argmin: float) -> tuple
 @dataclass
 class SoundBlockBound:
     """lipschitz: max_t (1 + Latt_t)(1 + Lmlp_t) (inf when a norm is singular on the tube, which
-    needs eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y."""
+    needs eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y in the tube."""
 
     lipschitz: float
     saturation: float
@@ -411,13 +425,13 @@ def sound_block_bound(
         for batch in inputs:
             for x in batch.reshape(-1, *batch.shape[-2:]):
                 cen = forward64(view, x)
-                latt, r_y = _attention_rows(f, cen, r)
+                latt, move, r_y = _attention_rows(f, cen, r)
                 z, eta, lam2 = _mlp_state(f, cen, r_y)
                 frob, pert = _mlp_rows_screen(f, z, eta)
                 screens.append(lam2 * (frob + pert))
                 latts.append(latt)
                 states.append((z, pert, lam2))
-                sats.append(_saturation_rows(f, cen))
+                sats.append(_saturation_rows(f, cen, move, lam2 * r_y))
                 norms.append(cen["xnorm"].min())
         latt = torch.cat(latts)
         lmlp = torch.cat(screens)

@@ -121,7 +121,7 @@ def transcoder_block_bound(
         for batch in inputs:
             for x in batch.reshape(-1, *batch.shape[-2:]):
                 cen = forward64(view, x)  # attention values; the MLP values are recomputed here
-                latt, r_y = _attention_rows(f, cen, r)
+                latt, move, r_y = _attention_rows(f, cen, r)
                 lam2 = _lam(cen["ynorm"], r_y, f.d, norm2.eps)
                 z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
                 spread = (lam2 * r_y)[:, None] * row[None, :]
@@ -133,7 +133,10 @@ def transcoder_block_bound(
                 totals.append((1 + latt) * (1 + lmlp))
                 latts.append(latt)
                 lmlps.append(torch.where(swap, torch.zeros_like(lmlp), lmlp))
-                sats.append((_attention_saturation(f, cen) + sat_mlp) * (1 + REL_MARGIN))
+                sats.append(
+                    (torch.minimum(_attention_saturation(f, cen), move) + sat_mlp)
+                    * (1 + REL_MARGIN)
+                )
                 swaps.append(swap)
                 norms.append(cen["xnorm"].min())
         total = torch.cat(totals)

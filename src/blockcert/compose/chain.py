@@ -2,7 +2,8 @@
 
 B_0 = 0, B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k (blockcert.compose.bound), where L_k is a
 Lipschitz constant of g_k on the tube of radius B_{k-1} around the teacher inputs h_{k-1} and a_k
-its saturation constant (d(g(y), g(x)) <= d(y, x) + a_k for every y, finite at any radius). Two
+its saturation constant (d(g(y), g(x)) <= d(y, x) + a_k for every y in that tube, finite at any
+radius). Two
 chains are built side by side:
 - sound: L_k and a_k sound in exact arithmetic of the IR. Never unbounded: a block whose L_k does
   not exist on its tube (a norm with eps = 0 reaching 0) claims only a_k (L_k = None).
