@@ -138,18 +138,24 @@ def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids,
         assert sound.value is not None and sound.value >= observed, (k, sound.value, observed)
 
 
-def test_saturation_bounds_arbitrary_moves(tiny_adapter, token_ids):
-    """d(g(y), g(x)) <= d(y, x) + a for y far outside any tube (random, scaled, reversed)."""
+def test_saturation_bounds_moves_within_its_tube(tiny_adapter, token_ids):
+    """d(g(y), g(x)) <= d(y, x) + a(R) for y in the tube of radius R = d(y, x): small moves,
+    and moves far beyond the inputs' norms (random, scaled, reversed), where a is capped."""
     x = _inputs(tiny_adapter, token_ids, 1)
     surrogate = extract_block(tiny_adapter, 1)
-    a = sound_lipschitz(surrogate, [x], 0.0).parts["saturation"]
     gen = torch.Generator().manual_seed(3)
     base = run_graph(surrogate.graph, surrogate.weights, x)
-    for y in [x * 50, -x, torch.randn(x.shape, generator=gen) * 100, x.flip(1), x * 1e-3]:
+    small = x + torch.randn(x.shape, generator=gen) * 0.01 * float(x.norm(dim=-1).median())
+    for y in [small, x * 50, -x, torch.randn(x.shape, generator=gen) * 100, x.flip(1), x * 1e-3]:
+        radius = float((y - x).norm(dim=-1).max())
+        a = sound_lipschitz(surrogate, [x], radius).parts["saturation"]
         out = run_graph(surrogate.graph, surrogate.weights, y)
         lhs = (out - base).norm(dim=-1)
         rhs = (y - x).norm(dim=-1) + a
         assert (lhs <= rhs * (1 + 1e-5)).all()
+    near = sound_lipschitz(surrogate, [x], 1e-3 * float(x.norm(dim=-1).median()))
+    far = sound_lipschitz(surrogate, [x], 10 * float(x.norm(dim=-1).max()))
+    assert near.parts["saturation"] < far.parts["saturation"]
 
 
 def test_sound_constant_is_finite_at_any_radius_when_eps_is_positive(tiny_llama, token_ids):
