@@ -41,6 +41,7 @@ def test_tiny_llama_run_writes_a_valid_certificate(tmp_path):
     assert cert["block"] == 1 and cert["model"]["family"] == "llama"
     assert cert["data"]["n_tokens"] == 8 * 32 and cert["metrics"]["n_tokens"] == 8 * 32
     assert cert["lipschitz"]["sound"]["kind"] == "sound"
+    assert cert["lipschitz"]["sound"]["parts"]["prompts"] == 8  # every held-out prompt
     assert cert["lipschitz"]["empirical"]["kind"] == "empirical"
     assert cert["surrogate"]["params"] < cert["surrogate"]["teacher_params"]
     for name in ("surrogate.json", "surrogate.safetensors", "heldout_tokens.safetensors"):
@@ -62,12 +63,15 @@ def test_full_capacity_gpt2_is_exact(tmp_path):
         "surrogate.full_capacity=true",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",
+        "callbacks.certificate.sound_prompts=3",
         *TINY,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list(tmp_path.glob("tiny_gpt2/block2/*/certificate.json"))
     cert = json.loads(path.read_text())
     assert cert["metrics"]["eps_max"] <= 1e-5
+    sound = cert["lipschitz"]["sound"]["parts"]
+    assert sound["prompts"] == 3 and sound["tokens"] == 3 * 32
     assert cert["surrogate"]["params"] == cert["surrogate"]["teacher_params"]
 
 

@@ -64,7 +64,8 @@ def sound_lipschitz(
     """Sound upper bound on Lip(g) over the tube of `radius` around `inputs` ([b, s, d] each).
 
     parts: saturation (a, finite at any radius), attention / mlp (max per-token sub-layer
-    constants), min_input_norm, tokens, refined (tokens whose MLP bound used Schatten norms).
+    constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used Schatten
+    norms).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
@@ -84,6 +85,7 @@ def _shared_parts(bound) -> dict:
         "mlp": bound.mlp,
         "min_input_norm": bound.min_input_norm,
         "tokens": bound.tokens,
+        "prompts": bound.prompts,
     }
 
 

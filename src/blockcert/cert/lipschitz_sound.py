@@ -410,6 +410,7 @@ class SoundBlockBound:
     mlp: float  # max_t Lmlp_t
     min_input_norm: float
     tokens: int
+    prompts: int
     refined: int
 
 
@@ -460,5 +461,6 @@ def sound_block_bound(
             mlp=float(lmlp.max()),
             min_input_norm=float(torch.stack(norms).min()),
             tokens=len(total),
+            prompts=len(norms),
             refined=refined,
         )

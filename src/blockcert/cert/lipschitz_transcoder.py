@@ -66,6 +66,7 @@ class TranscoderBound:
     mlp: float  # max_t Lmlp_t over the tokens without a possible swap
     min_input_norm: float
     tokens: int
+    prompts: int
     swap_tokens: int  # tokens whose tube may contain a positive top-k swap
 
 
@@ -147,5 +148,6 @@ def transcoder_block_bound(
             mlp=float(torch.cat(lmlps).max()),
             min_input_norm=float(torch.stack(norms).min()),
             tokens=len(total),
+            prompts=len(norms),
             swap_tokens=int(torch.cat(swaps).sum()),
         )

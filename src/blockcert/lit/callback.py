@@ -44,12 +44,14 @@ class CertificateCallback(L.Callback):
         lipschitz_prompts: int = 4,
         lipschitz_search: dict | None = None,
         resolved_config: dict | None = None,
+        sound_prompts: int | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.taus_abs, self.taus_rel, self.delta = list(taus_abs), list(taus_rel), delta
         self.radius, self.lipschitz_prompts = radius, lipschitz_prompts
         # the empirical search at train time is informational: certify.py recomputes it
         self.lipschitz_search = dict(lipschitz_search or {})
+        self.sound_prompts = sound_prompts
         self.config = resolved_config or {}
         self.certificate: dict | None = None
 
@@ -73,8 +75,21 @@ class CertificateCallback(L.Callback):
             lipschitz_prompts=self.lipschitz_prompts,
             config=self.config,
             lipschitz_search=self.lipschitz_search,
+            sound_prompts=self.sound_prompts,
         )
         log_to_wandb(trainer, self.certificate, self.run_dir)
+
+
+def _sound_inputs(datamodule, n_prompts: int | None):
+    """Held-out input batches, cut after n_prompts prompts (None: all)."""
+    left = n_prompts
+    for x, _ in datamodule.heldout_pairs():
+        if left is not None:
+            if left <= 0:
+                return
+            x = x[:left]
+            left -= len(x)
+        yield x
 
 
 def _lipschitz_inputs(datamodule, n_prompts: int) -> torch.Tensor:
@@ -110,8 +125,14 @@ def certify_block(
     lipschitz_prompts: int,
     config: dict,
     lipschitz_search: dict | None = None,
+    sound_prompts: int | None = None,
 ) -> dict:
-    """Measure, hash and write the certificate of `surrogate` for `datamodule.block`."""
+    """Measure, hash and write the certificate of `surrogate` for `datamodule.block`.
+
+    sound_prompts: the sound constant over the first N held-out prompts only (None: all). It is
+    informational either way (certify.py recomputes it on every evaluated prompt) and costs
+    about a second per prompt, so whole-model runs may cut it; the count is in its parts.
+    """
     teacher = datamodule.adapter.teacher
     heldout = datamodule.prompts.heldout
     block_view(surrogate)  # never certify a graph the verifier would reject
@@ -123,7 +144,7 @@ def certify_block(
     # The tube radius defaults to this block's own eps_max: the deviation one upstream block of
     # similar quality would feed in. certify.py recomputes L at the composed radius.
     tube = radius if radius is not None else max(report.eps_max, 1e-6)
-    sound = sound_lipschitz(surrogate, (x for x, _ in datamodule.heldout_pairs()), tube)
+    sound = sound_lipschitz(surrogate, _sound_inputs(datamodule, sound_prompts), tube)
     empirical = empirical_lipschitz(
         surrogate,
         _lipschitz_inputs(datamodule, lipschitz_prompts),
