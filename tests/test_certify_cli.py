@@ -147,3 +147,33 @@ def test_swapped_data_is_rejected(tamper_copy):
     save_file({"input_ids": ids.flip(0).contiguous()}, str(tokens))
     proc, _ = _certify(tmp, "tiny_llama", runs)
     _assert_rejected(proc, "heldout_tokens.safetensors", "data.tokens_file_sha256")
+
+
+def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
+    """prompts=stress and statistics.enabled on a reduced run whose data config holds an
+    untouched check split (data.n_check_prompts): both sections reach the report, the sound
+    bound covers the stress prompts, and the stated miss rates hold on the check split."""
+    runs = _train(
+        tmp_path,
+        "tiny_llama",
+        "2,3",
+        "surrogate.head_fraction=0.75",
+        "surrogate.mlp_fraction=0.75",
+        "data.n_heldout_prompts=24",
+        "data.n_check_prompts=24",
+    )
+    proc, report = _certify(
+        tmp_path, "tiny_llama", runs, "prompts=stress", "statistics.enabled=true"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prompts = report["prompts"]
+    assert prompts["table"] and "certificate prompts" in "\n".join(prompts["table"])
+    assert report["statistics"]["n_prompts"] == 24
+    check = report["statistics"]["check"]
+    assert check["n_prompts"] == 24
+    assert all(d["within"] for d in check["direct"]) and check["compositional"]["within"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
