@@ -1,6 +1,6 @@
 """The whole-model pipeline on the embedded SmolLM2: load, one-pass capture, fit, peak memory.
 
-python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify]
+python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify] [--override K=V]
 
 In this process (default data: 96 held-out prompts of 128 tokens):
 - teacher load time;
@@ -163,10 +163,11 @@ def run_measured(args: list[str], env: dict) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), output[-2000:]
 
 
-def runs(model: str, block: int, certify: bool) -> None:
+def runs(model: str, block: int, certify: bool, overrides: list[str]) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     with tempfile.TemporaryDirectory() as tmp:
         common = [f"model={model}", f"runs_root={tmp}/runs", "surrogate.full_capacity=true"]
+        common += overrides
         single = ["train.py", f"block={block}", f"cache.root={tmp}/cache1", *common]
         every = ["train.py", "blocks=all", f"cache.root={tmp}/cache2", *common]
         results = {}
@@ -196,12 +197,18 @@ def main() -> None:
     parser.add_argument("--runs", action="store_true", help="also time train.py runs (RSS)")
     parser.add_argument("--certify", action="store_true", help="with --runs: certify.py too")
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra train.py override for --runs, e.g. --override data.n_heldout_prompts=16",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     if not args.skip_in_process:
         in_process(args.model, args.block)
     if args.runs:
-        runs(args.model, args.block, args.certify)
+        runs(args.model, args.block, args.certify, args.override)
 
 
 if __name__ == "__main__":
