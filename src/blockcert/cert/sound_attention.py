@@ -135,24 +135,29 @@ def _value_key_gram(f, p, v, pu, beta, a_ts, e_ts) -> Tensor:
     vn, vbn = v.norm(dim=-1), vbar.norm(dim=-1)
     size = vbn[:, :, None] + vn[:, None, :]  # [H, t, s] >= ||v_s - vbar_t||
     total = torch.einsum("hts,hg,gts->ts", pu, f.ov_gram, pu)
-    for h in range(n):
-        for g in range(n):
-            rounding = 1e-12 * size[h] * size[g]
-            dot = _centred_form(f.o_cross[h, g], v[h], vbar[h], v[g], vbar[g])
-            dot = dot.abs() + rounding * float(f.o_cross[h, g].norm())
-            dot = dot + e_ts[h] * a_ts[g] + a_ts[h] * e_ts[g] + e_ts[h] * e_ts[g]
-            quad = _centred_form(f.ov_cross[h, g], v[g], vbar[g], v[g], vbar[g])
-            quad = quad.clamp_min(0.0) + rounding * float(f.ov_cross[h, g].norm())
-            cross = quad.sqrt() + f.ov_cross_slack[h, g] * size[g] + f.c_ov[h] * e_ts[g]
-            total = total + beta[h] * beta[g] * dot + 2 * pu[h] * beta[g] * cross
+    for h in range(n):  # every g at once
+        rounding = 1e-12 * size[h][None] * size  # [g, t, s]
+        dot = _centred_form(f.o_cross[h], v[h][None], vbar[h][None], v, vbar)
+        dot = dot.abs() + rounding * torch.linalg.matrix_norm(f.o_cross[h])[:, None, None]
+        dot = dot + e_ts[h][None] * a_ts + a_ts[h][None] * e_ts + e_ts[h][None] * e_ts
+        quad = _centred_form(f.ov_cross[h], v, vbar, v, vbar).clamp_min(0.0)
+        quad = quad + rounding * torch.linalg.matrix_norm(f.ov_cross[h])[:, None, None]
+        cross = quad.sqrt() + f.ov_cross_slack[h][:, None, None] * size + f.c_ov[h] * e_ts
+        total = total + beta[h] * (beta * dot).sum(0) + 2 * pu[h] * (beta * cross).sum(0)
     return total * (1 + REL_MARGIN)
 
 
 def _centred_form(mat: Tensor, v1: Tensor, vbar1: Tensor, v2: Tensor, vbar2: Tensor) -> Tensor:
-    """[t, s] = (v1_s - vbar1_t)^T mat (v2_s - vbar2_t), expanded into matrix products."""
-    left, left_bar = v1 @ mat, vbar1 @ mat
-    diag = (left * v2).sum(-1)  # [s]
-    return diag[None, :] - vbar2 @ left.T - left_bar @ v2.T + (left_bar * vbar2).sum(-1)[:, None]
+    """[g, t, s] = (v1_s - vbar1_t)^T mat_g (v2_s - vbar2_t), expanded into matrix products
+    (mat [g, i, j]; v1, vbar1 [g or 1, T, i]; v2, vbar2 [g, T, j])."""
+    left, left_bar = v1 @ mat, vbar1 @ mat  # [g, s, j], [g, t, j]
+    diag = (left * v2).sum(-1)  # [g, s]
+    return (
+        diag[:, None, :]
+        - vbar2 @ left.transpose(-1, -2)
+        - left_bar @ v2.transpose(-1, -2)
+        + (left_bar * vbar2).sum(-1)[:, :, None]
+    )
 
 
 def _query_norm(f, cen, rot, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tensor:
