@@ -237,3 +237,15 @@ def test_lean_and_python_saturated_recursions_agree_on_three_blocks():
     assert python[1] == lips[0] * 0 + eps[0]
     assert python[2] == python[1] + sats[1] + eps[1] < lips[1] * python[1] + eps[1]
     assert lips[2] < 0
+
+
+def test_empirical_estimate_is_not_rounding_noise_at_tiny_radii(tiny_llama, token_ids):
+    """Far below fp32 resolution the estimate still measures the block (it runs in float64):
+    it stays below the sound constant and close to the estimate at a moderate radius."""
+    x = _inputs(tiny_llama, token_ids, 1)
+    surrogate = extract_block(tiny_llama, 1)
+    median = float(x.norm(dim=-1).median())
+    tiny = empirical_lipschitz(surrogate, x, 1e-9 * median, 2, 6, seed=3, restarts=2).value
+    moderate = empirical_lipschitz(surrogate, x, 1e-4 * median, 2, 6, seed=3, restarts=2).value
+    assert tiny <= sound_lipschitz(surrogate, [x], 1e-9 * median).value
+    assert abs(tiny - moderate) <= 0.1 * moderate

@@ -19,8 +19,9 @@ Tensor = torch.Tensor
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    # As HF LlamaRMSNorm: normalise in fp32, cast back, then scale.
-    xf = x.float()
+    # As HF LlamaRMSNorm: normalise in (at least) fp32, cast back, then scale; float64 stays
+    # float64 (exact-arithmetic checks of the IR must not round through fp32 here)
+    xf = x if x.dtype == torch.float64 else x.float()
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
 
