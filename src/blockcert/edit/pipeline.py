@@ -229,6 +229,8 @@ def edit(cfg: DictConfig) -> dict:
         radius=cert_cfg.radius,
         lipschitz_prompts=cert_cfg.lipschitz_prompts,
         config=OmegaConf.to_container(cfg, resolve=True),
+        lipschitz_search=dict(cert_cfg.get("lipschitz_search") or {}),
+        sound_prompts=cert_cfg.get("sound_prompts"),
     )
     t_certify = time.perf_counter() - started
     eps = certificate["metrics"]["eps_max"]
