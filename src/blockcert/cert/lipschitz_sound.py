@@ -159,7 +159,7 @@ def _folded(view: BlockView) -> _Folded:
     c_kv = [spectral_norm_upper(ak[g * hd : (g + 1) * hd]) for g in range(a.n_kv_heads)]
     k_metric_kv = [_metric(ak[g * hd : (g + 1) * hd].T) for g in range(a.n_kv_heads)]
     c_q, c_k, metrics, slacks, v_const = [], [], [], [], []
-    q_metric, k_metric, ov = [], [], []
+    q_metric, k_metric, v_proj = [], [], []
     for h, g in enumerate(a.kv_head_of_q):
         rows, kv_rows = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
         c_q.append(spectral_norm_upper(aq[rows]))
@@ -167,7 +167,7 @@ def _folded(view: BlockView) -> _Folded:
         q_metric.append(_metric(aq[rows].T))
         k_metric.append(k_metric_kv[g])
         wo_h = wo[:, rows]
-        ov.append(av[kv_rows])
+        v_proj.append(av[kv_rows])
         m, s = _metric(wo_h)
         metrics.append(m)
         slacks.append(s)
@@ -179,7 +179,7 @@ def _folded(view: BlockView) -> _Folded:
     ov_cross = mk.transpose(-1, -2) @ mk
     k_norms = torch.linalg.matrix_norm(o_cross)  # Frobenius >= spectral
     ov_slack = torch.tensor([s for _, s in v_metric], dtype=torch.float64)[:, None] * k_norms
-    ov_gram = _cross_norms(v_metric, o_cross, ov)
+    ov_gram = _cross_norms(v_metric, o_cross, v_proj)
     c_ov = ov_gram.diagonal().sqrt() * (1 + REL_MARGIN)  # ||B_h|| = sqrt(||B_h^T B_h||)
     mlp = view.mlp
     mlp_in = [_fold(n2, p.matrix()) for p in mlp.inputs]
