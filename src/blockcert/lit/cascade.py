@@ -137,6 +137,21 @@ class CascadeDataModule(L.LightningDataModule):
         return self.teacher.val_dataloader()
 
 
+def quiet_trainer(max_epochs: int, gradient_clip_val: float, max_steps: int = -1) -> L.Trainer:
+    """A Trainer for in-process fits: no logger, checkpoints, progress bar or validation."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=gradient_clip_val,
+    )
+
+
 def distil(
     surrogate: Surrogate,
     pairs: Sequence[Pair],
@@ -150,16 +165,7 @@ def distil(
 
     L.seed_everything(seed, verbose=False)
     module = SurrogateModule(surrogate, **(optim or {}))
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        gradient_clip_val=gradient_clip_val,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs, gradient_clip_val)
     trainer.fit(module, datamodule=PairsDataModule(pairs, seed=seed))
     return module.surrogate()
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from blockcert.lit.cascade import MemoryBatches
+from blockcert.lit.cascade import MemoryBatches, quiet_trainer
 from blockcert.lit.loss import per_token_error
 from blockcert.lit.module import SurrogateModule, adamw_cosine
 from blockcert.models.adapters import BlockAdapter
@@ -149,16 +149,6 @@ def joint_finetune(
     """Every surrogate fine-tuned jointly (see the module docstring); returns new surrogates."""
     L.seed_everything(seed, verbose=False)
     module = JointModule(adapter, surrogates, lr=lr, block_weight=block_weight)
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=gradient_clip_val,
-    )
+    trainer = quiet_trainer(max_epochs, gradient_clip_val, max_steps)
     trainer.fit(module, datamodule=PromptsDataModule(train_ids, None, batch_size, seed))
     return module.surrogates()
