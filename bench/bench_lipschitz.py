@@ -1,11 +1,12 @@
 """Sound vs empirical Lipschitz constants per block of a teacher (full-capacity surrogates).
 
-    python bench/bench_lipschitz.py --model smollm2 --prompts 8 --radius-fraction 1e-3
+    python bench/bench_lipschitz.py --model smollm2 --prompts 8 --radius-fraction 1e-3 [--shells 8]
 
 For every block k: g_k = extract_block(adapter, k), inputs h_k on held-out Shakespeare prompts
 (capture.prompts.build_prompts, conf/data/shakespeare.yaml), r = radius_fraction * median ||h_k||.
 Prints sound L (exact-arithmetic upper bound), empirical L (gradient-ascent lower estimate), their
 ratio, the saturation constant a_k, and the measured fp32-vs-float64 error at the tube centre.
+--shells N cuts each tube into N shells (blockcert.cert.lipschitz_sound: tighter, N times the cost).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--empirical-prompts", type=int, default=4)
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--shells", type=int, default=1, help="tube shells of the sound bound")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -58,7 +60,9 @@ def main() -> None:
         x = states[k]
         surrogate = extract_block(adapter, k)
         r = args.radius_fraction * float(x.norm(dim=-1).median())
-        sound = sound_lipschitz(surrogate, [x[i : i + 1] for i in range(len(x))], r)
+        sound = sound_lipschitz(
+            surrogate, [x[i : i + 1] for i in range(len(x))], r, shells=args.shells
+        )
         emp = empirical_lipschitz(
             surrogate,
             x[: args.empirical_prompts],

@@ -12,7 +12,7 @@ In this process (default data: 96 held-out prompts of 128 tokens):
 With --runs, as a user runs them (fresh caches): `train.py block=K surrogate.full_capacity=true`
 and `train.py blocks=all surrogate.full_capacity=true`, each with its wall time and peak RSS
 (ratio target <= 2); with --certify also `certify.py` over the blocks= run, and the total of
-train + certify (target <= 180 s).
+train + certify (target <= 180 s), certify's stage split from its report.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -186,6 +187,10 @@ def runs(model: str, block: int, certify: bool, overrides: list[str]) -> None:
             print(
                 f"python {' '.join(args)}: {wall:.1f} s wall (exit {code}), peak RSS {rss:.2f} GiB"
             )
+            report = Path(tmp, "report", "certify_report.json")
+            if report.is_file():
+                stages = json.loads(report.read_text()).get("timing_s", {})
+                print("certify stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
             total = results["blocks=all"][0] + wall
             print(f"train blocks=all + certify: {total:.1f} s (target <= 180 s)")
 

@@ -64,11 +64,13 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
         tmp, runs = full_capacity_runs
     else:
         tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", "surrogate.full_capacity=true")
-    proc, report = _certify(tmp, model, runs)
+    # every held-out prompt under the sound chain (the default covers the first 4)
+    proc, report = _certify(tmp, model, runs, "lipschitz.sound_prompts=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     stitched, bound = report["stitched"], report["bound"]
     assert report["certified_blocks"] == [0, 1, 2, 3]
     assert stitched["observed_final_max"] <= 1e-4
+    assert bound["n_prompts"] == 8 and bound["observed"] == stitched["observed_final_max"]
     assert bound["claimed"] >= stitched["observed_final_max"]
     assert abs(stitched["ppl_delta"]) <= 1e-4 and stitched["top1_agreement"] == 1.0
     for row in report["blocks"]:
@@ -83,11 +85,15 @@ def test_reduced_capacity_bound_covers_every_token(tmp_path):
     runs = _train(
         tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75"
     )
-    proc, report = _certify(tmp_path, "tiny_llama", runs)
+    proc, report = _certify(tmp_path, "tiny_llama", runs, "lipschitz.tube_shells=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["certified_blocks"] == [2, 3]
-    claimed = report["bound"]["claimed"]
-    assert claimed >= report["stitched"]["observed_final_max"] > 0
+    bound = report["bound"]
+    assert bound["tube_shells"] == 3
+    # the default sound chain covers the tubes of the first 4 of the 8 held-out prompts
+    assert bound["n_prompts"] == 4 and "first 4 of 8" in bound["prompts"]
+    assert 0 < bound["observed"] <= report["stitched"]["observed_final_max"]
+    assert bound["claimed"] >= bound["observed"]
     for row in report["blocks"]:
         assert row["bound_empirical"] >= row["observed"]
         if row["bound_sound"] is not None:
@@ -177,3 +183,6 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
     proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
+    proc, _ = _certify(tmp_path, "tiny_llama", runs, "lipschitz.sound_prompts=0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lipschitz.sound_prompts" in proc.stderr.strip().splitlines()[-1]

@@ -14,6 +14,7 @@ import torch
 
 from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
 from blockcert.cert.lipschitz_sound import (
     GELU_ARGMIN,
     GELU_CURVATURE,
@@ -129,13 +130,17 @@ def test_sound_dominates_independent_ascent_on_one_block(tiny_adapter, token_ids
 @pytest.mark.slow
 @pytest.mark.parametrize("fraction", RADIUS_FRACTIONS)
 def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids, fraction):
+    """The whole-tube bound and the shell-averaged one (tube cut into 4 shells) both hold."""
     for k in range(tiny_adapter.num_blocks):
         x = _inputs(tiny_adapter, token_ids, k)
         surrogate = extract_block(tiny_adapter, k)
         radius = fraction * float(x.norm(dim=-1).median())
         sound = sound_lipschitz(surrogate, [x], radius)
+        shells = sound_lipschitz(surrogate, [x], radius, shells=4)
         observed = independent_ascent(surrogate, x, radius)
         assert sound.value is not None and sound.value >= observed, (k, sound.value, observed)
+        assert observed <= shells.value <= sound.value, (k, shells.value, observed)
+        assert shells.parts["shells"] == 4 and sound.parts["shells"] == 1
 
 
 def test_saturation_bounds_moves_within_its_tube(tiny_adapter, token_ids):
@@ -148,11 +153,11 @@ def test_saturation_bounds_moves_within_its_tube(tiny_adapter, token_ids):
     small = x + torch.randn(x.shape, generator=gen) * 0.01 * float(x.norm(dim=-1).median())
     for y in [small, x * 50, -x, torch.randn(x.shape, generator=gen) * 100, x.flip(1), x * 1e-3]:
         radius = float((y - x).norm(dim=-1).max())
-        a = sound_lipschitz(surrogate, [x], radius).parts["saturation"]
         out = run_graph(surrogate.graph, surrogate.weights, y)
         lhs = (out - base).norm(dim=-1)
-        rhs = (y - x).norm(dim=-1) + a
-        assert (lhs <= rhs * (1 + 1e-5)).all()
+        for shells in (1, 4):  # the shells tighten the attention move the MLP tube reads
+            a = sound_lipschitz(surrogate, [x], radius, shells=shells).parts["saturation"]
+            assert (lhs <= ((y - x).norm(dim=-1) + a) * (1 + 1e-5)).all(), shells
     near = sound_lipschitz(surrogate, [x], 1e-3 * float(x.norm(dim=-1).median()))
     far = sound_lipschitz(surrogate, [x], 10 * float(x.norm(dim=-1).max()))
     assert near.parts["saturation"] < far.parts["saturation"]
@@ -249,3 +254,21 @@ def test_empirical_estimate_is_not_rounding_noise_at_tiny_radii(tiny_llama, toke
     moderate = empirical_lipschitz(surrogate, x, 1e-4 * median, 2, 6, seed=3, restarts=2).value
     assert tiny <= sound_lipschitz(surrogate, [x], 1e-9 * median).value
     assert abs(tiny - moderate) <= 0.1 * moderate
+
+
+def test_fp32_search_above_its_threshold_measures_what_float64_measures(tiny_llama, token_ids):
+    """Where the search runs in float32 (radius >= 1e-3 of the token norms) the ratios it
+    evaluates equal the float64 ones to 1e-3 (same random perturbations: no ascent, whose path
+    would fork on rounding); below the threshold it runs in float64."""
+    x = _inputs(tiny_llama, token_ids, 2)
+    surrogate = extract_block(tiny_llama, 2)
+    radius = 2 * FLOAT64_BELOW * float(x.norm(dim=-1).amax())
+    assert search_dtype(x, radius) == torch.float32
+    assert search_dtype(x, radius / 4) == torch.float64
+    runs = [
+        empirical_ascent(surrogate.graph, surrogate.weights, x, radius, 6, 0, 0, 7, dtype=dtype)
+        for dtype in (torch.float32, torch.float64)
+    ]
+    assert runs[0].method.endswith("in float32") and runs[1].method.endswith("in float64")
+    for fp32, fp64 in zip(runs[0].per_prompt, runs[1].per_prompt, strict=True):
+        assert abs(fp32 - fp64) <= 1e-3 * fp64

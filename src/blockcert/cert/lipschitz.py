@@ -59,19 +59,20 @@ class Lipschitz:
 
 
 def sound_lipschitz(
-    surrogate: Surrogate, inputs: Iterable[torch.Tensor], radius: float
+    surrogate: Surrogate, inputs: Iterable[torch.Tensor], radius: float, shells: int = 1
 ) -> Lipschitz:
     """Sound upper bound on Lip(g) over the tube of `radius` around `inputs` ([b, s, d] each).
 
     parts: saturation (a, finite at any radius), attention / mlp (max per-token sub-layer
     constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used Schatten
-    norms).
+    norms), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
+    transcoder blocks always use the whole tube, shells = 1).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
-    bound = sound_block_bound(surrogate, inputs, radius)
+    bound = sound_block_bound(surrogate, inputs, radius, shells=shells)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
-    parts = {**_shared_parts(bound), "refined": bound.refined}
+    parts = {**_shared_parts(bound), "refined": bound.refined, "shells": bound.shells}
     if value is None:
         parts["reason"] = SINGULAR_NORM
     return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)
@@ -96,7 +97,7 @@ def _transcoder_lipschitz(
     swap_tokens (tokens whose tube may hold a discontinuous top-k swap: value None if any)."""
     bound = transcoder_block_bound(surrogate, inputs, radius)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
-    parts = {**_shared_parts(bound), "swap_tokens": bound.swap_tokens}
+    parts = {**_shared_parts(bound), "swap_tokens": bound.swap_tokens, "shells": 1}
     if value is None:
         parts["reason"] = REASON_SWAP if bound.swap_tokens else SINGULAR_NORM
     return Lipschitz(value, "sound", radius, TRANSCODER_METHOD, parts)

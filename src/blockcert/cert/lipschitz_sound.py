@@ -23,9 +23,11 @@ Attention, head h reading kv head g, query t, sources s <= t (causal), at a tube
   key path    <= scale ||q_t|| sigma ||A_k,g|| sum_s p_ts ||W_o,h (v_s - vbar_t)|| lambda_s
   The centre values p, q, k, v are the actual ones; over the tube:
   |dq_t| <= sigma ||A_q|| lambda_t r, |dk_s| likewise,
-  |z'_ts - z_ts| <= Delta_t := scale max_s (dq_t (|k_s| + dk_s) + |q_t| dk_s), hence
-  p' in [p e^(-2 Delta), p e^(2 Delta)] and (Popoviciu: the mean absolute deviation of dz is at most
-  half its range) ||p' - p||_1 <= min(2, Delta_t); every centre factor is inflated by these.
+  |z'_ts - z_ts| <= Delta_ts (sound_attention has the per-source form), hence
+  p' in [p e^(-Delta_ts - Omega_t), p e^(Delta_ts + Omega_t)] with
+  Omega_t = log sum_s p_ts e^(Delta_ts) <= Delta_t = max_s Delta_ts (Jensen), and (Popoviciu: the
+  mean absolute deviation of dz is at most half its range) ||p' - p||_1 <= min(2, Delta_t); every
+  centre factor is inflated by these.
   Heads add (triangle inequality). GQA via kv_head_of_q; low-rank projections via W = up @ down.
 MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (gated) or
   W_down diag(gelu'(f)) A_fc J_n; the centre Jacobian bounded per token by its Frobenius norm
@@ -401,66 +403,119 @@ def _act_range(fn, lo: Tensor, hi: Tensor, f_min: float, argmin: float) -> tuple
 
 @dataclass
 class SoundBlockBound:
-    """lipschitz: max_t (1 + Latt_t)(1 + Lmlp_t) (inf when a norm is singular on the tube, which
-    needs eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y in the tube."""
+    """lipschitz: max_t of the per-token constant (1 + Latt_t)(1 + Lmlp_t), averaged over the
+    tube's shells when shells > 1 (inf when a norm is singular on the tube, which needs
+    eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y in the tube."""
 
     lipschitz: float
     saturation: float
-    attention: float  # max_t Latt_t
-    mlp: float  # max_t Lmlp_t
+    attention: float  # max_t Latt_t on the whole tube
+    mlp: float  # max_t Lmlp_t on the whole tube
     min_input_norm: float
     tokens: int
     prompts: int
     refined: int
+    shells: int
+
+
+@dataclass
+class _PromptRows:
+    """Per-token bounds of one prompt on each shell radius r i/n (rows i = 0..n-1)."""
+
+    latt: Tensor  # [n, T]
+    screen: Tensor  # [n, T] Lmlp before refinement
+    pert: Tensor  # [n, T] tube part of Lmlp, before lambda2
+    lam2: Tensor  # [n, T]
+    z: Tensor  # [T, k m] centre Jacobian coefficients
+    saturation: Tensor  # [T] on the whole tube
+    min_norm: Tensor
+
+
+def _prompt_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
+    """Shell i holds the points at distance <= r_i = r i/n from the centre. On the segment from
+    the centre to X' the points between distances r_(i-1) and r_i lie in shell i, so with the
+    running maximum Lt_i of the shell bounds, ||attn_out(X')_t - attn_out(X)_t|| <=
+    (r/n) sum_(j<=i) Lt_att,j (mean value theorem): a direct bound on how far the attention
+    output moves, tighter than Latt_i r_i when Latt grows over the tube."""
+    rows = {"latt": [], "screen": [], "pert": [], "lam2": []}
+    running, integral = None, None
+    for i in range(1, shells + 1):
+        radius = r * i / shells
+        latt, move, _ = _attention_rows(f, cen, radius)
+        running = latt if running is None else torch.maximum(running, latt)
+        part = running * (r / shells)
+        integral = part if integral is None else integral + part
+        move = torch.minimum(move, integral * (1 + REL_MARGIN))
+        r_y = radius + move
+        z, eta, lam2 = _mlp_state(f, cen, r_y)
+        frob, pert = _mlp_rows_screen(f, z, eta)
+        for key, value in (("latt", latt), ("screen", lam2 * (frob + pert)), ("pert", pert)):
+            rows[key].append(value)
+        rows["lam2"].append(lam2)
+    saturation = _saturation_rows(f, cen, move, lam2 * r_y)
+    stacked = {key: torch.stack(value) for key, value in rows.items()}
+    return _PromptRows(**stacked, z=z, saturation=saturation, min_norm=cen["xnorm"].min())
+
+
+def _shell_mean(total: Tensor) -> Tensor:
+    """[n, T] shell bounds -> [T]: the mean over shells of their running maximum, which bounds
+    d(g(X')_t, g(X)_t) / d(X', X) for every X' in the tube (mean value theorem along the segment
+    from the centre: the bound of shell i holds on the part of it between r_(i-1) and r_i, and
+    the mean of a non-decreasing step function over [0, rho] grows with rho); never above the
+    bound of the whole tube (the last shell), which holds as well."""
+    return torch.minimum(torch.cummax(total, dim=0).values.mean(0), total[-1])
 
 
 def sound_block_bound(
-    surrogate: Surrogate, inputs: Iterable[Tensor], radius: float, max_refine: int = 48
+    surrogate: Surrogate,
+    inputs: Iterable[Tensor],
+    radius: float,
+    max_refine: int = 48,
+    shells: int = 1,
 ) -> SoundBlockBound:
-    """Sound constants of `surrogate` on the tube of `radius` around `inputs` ([b, T, d] each)."""
+    """Sound constants of `surrogate` on the tube of `radius` around `inputs` ([b, T, d] each).
+
+    shells: cut the tube into that many shells (each costs one more evaluation of the per-token
+    bounds); 1 is the bound of the whole tube."""
+    if shells < 1:
+        raise ValueError(f"shells={shells}: cut the tube into at least 1 shell")
     view = block_view(surrogate)
     f = _folded(view)
     r = float(radius)
-    screens, latts, states, sats, norms = [], [], [], [], []
     with torch.no_grad():
-        for batch in inputs:
-            for x in batch.reshape(-1, *batch.shape[-2:]):
-                cen = forward64(view, x)
-                latt, move, r_y = _attention_rows(f, cen, r)
-                z, eta, lam2 = _mlp_state(f, cen, r_y)
-                frob, pert = _mlp_rows_screen(f, z, eta)
-                screens.append(lam2 * (frob + pert))
-                latts.append(latt)
-                states.append((z, pert, lam2))
-                sats.append(_saturation_rows(f, cen, move, lam2 * r_y))
-                norms.append(cen["xnorm"].min())
-        latt = torch.cat(latts)
-        lmlp = torch.cat(screens)
-        z = torch.cat([s[0] for s in states])
-        pert = torch.cat([s[1] for s in states])
-        lam2 = torch.cat([s[2] for s in states])
-        total = (1 + latt) * (1 + lmlp)
+        prompts = [
+            _prompt_rows(f, forward64(view, x), r, shells)
+            for batch in inputs
+            for x in batch.reshape(-1, *batch.shape[-2:])
+        ]
+        latt = torch.cat([p.latt for p in prompts], dim=1)  # [n, N]
+        lmlp = torch.cat([p.screen for p in prompts], dim=1)
+        pert = torch.cat([p.pert for p in prompts], dim=1)
+        lam2 = torch.cat([p.lam2 for p in prompts], dim=1)
+        z = torch.cat([p.z for p in prompts])
+        per_token = _shell_mean((1 + latt) * (1 + lmlp))
         refined = 0
-        if torch.isfinite(total).all():
+        if torch.isfinite(per_token).all():
             # branch and bound: refine the tokens that can decide the max, largest screen first
-            order = torch.argsort(total, descending=True)
+            order = torch.argsort(per_token, descending=True)
             best = 0.0
             while refined < min(max_refine, len(order)):
                 ids = order[refined : refined + REFINE_BATCH]
-                if float(total[ids[0]]) <= best:
+                if float(per_token[ids[0]]) <= best:
                     break
-                spec = _mlp_centre_spectral(f, z[ids])
-                lmlp[ids] = torch.minimum(lmlp[ids], lam2[ids] * (spec + pert[ids]))
-                total[ids] = (1 + latt[ids]) * (1 + lmlp[ids])
-                best = max(best, float(total[ids].max()))
+                spec = _mlp_centre_spectral(f, z[ids])  # the centre: the same on every shell
+                lmlp[:, ids] = torch.minimum(lmlp[:, ids], lam2[:, ids] * (spec + pert[:, ids]))
+                per_token[ids] = _shell_mean((1 + latt[:, ids]) * (1 + lmlp[:, ids]))
+                best = max(best, float(per_token[ids].max()))
                 refined += len(ids)
         return SoundBlockBound(
-            lipschitz=float(total.max()),
-            saturation=float(torch.cat(sats).max()),
-            attention=float(latt.max()),
-            mlp=float(lmlp.max()),
-            min_input_norm=float(torch.stack(norms).min()),
-            tokens=len(total),
-            prompts=len(norms),
+            lipschitz=float(per_token.max()),
+            saturation=float(torch.cat([p.saturation for p in prompts]).max()),
+            attention=float(latt[-1].max()),
+            mlp=float(lmlp[-1].max()),
+            min_input_norm=float(torch.stack([p.min_norm for p in prompts]).min()),
+            tokens=per_token.numel(),
+            prompts=len(prompts),
             refined=refined,
+            shells=shells,
         )

@@ -17,8 +17,9 @@ the row-sum (inf-2) norm of nfp. Over the tube every centre value is inflated so
 ||u'_s - u_s|| <= lambda_s r, so |z'_ts - z_ts| <= Delta_ts := scale sigma (||A_q^T R_t^T k_s||
 lambda_t r + ||A_k^T R_s^T q_t|| lambda_s r) + scale dq_t dk_s, where k_s may be centred at the
 centre's kbar_t on the query side (softmax ignores a shift common to all sources); with
-Delta = max_s Delta_ts, p'_ts / p_ts lies in [e^-(Delta_ts + Delta), e^(Delta_ts + Delta)],
-||p' - p||_1 <= min(2, Delta) (Popoviciu), and each norm moves by
+Omega_t = log sum_s p_ts e^(Delta_ts) (Jensen bounds the softmax normaliser's move by it, and it
+is at most Delta_t = max_s Delta_ts), p'_ts / p_ts lies in [e^-(Delta_ts + Omega_t),
+e^(Delta_ts + Omega_t)], ||p' - p||_1 <= min(2, Delta_t) (Popoviciu), and each norm moves by
 at most the product of the moved vector's bound and the other factor's spectral norm (interval
 view of Shi et al. 2020, "Robustness verification for transformers"). Value and key paths of
 all heads are combined per source through their Gram bound ||sum_i Z_i||^2 <= sum_ij ||Z_i^T Z_j||
@@ -87,11 +88,19 @@ def attention_rows(f, cen: dict, lam: Tensor, r: float) -> tuple[Tensor, Tensor]
     shift = scale * sigma * r * (query_dir * lam[None, :, None] + key_dir * lam[None, None, :])
     shift = shift + scale * dq[:, :, None] * dk[:, None, :]
     delta = shift.masked_fill(~causal, 0.0).amax(-1) * (1 + REL_MARGIN)  # [H, T]
-    # z' - z in [-Delta_ts, Delta_ts] and the softmax normaliser moves by at most e^(Delta_t),
-    # so p'_ts / p_ts lies in [1/grow_ts, grow_ts]
-    grow = torch.exp((shift * (1 + REL_MARGIN) + delta[..., None]).clamp_max(60.0))
-    pu = torch.minimum(p * grow, torch.ones_like(p)).masked_fill(~causal, 0.0)
-    moved_p = (p * (grow - 1.0)).masked_fill(~causal, 0.0)  # >= |p' - p|
+    # z' - z = e_ts in [-Delta_ts, Delta_ts], p'_ts / p_ts = e^(e_ts) / sum_u p_tu e^(e_tu), and
+    # by Jensen e^(-sum_u p_tu Delta_tu) <= sum_u p_tu e^(e_tu) <= e^(Omega_t) with
+    # Omega_t = log sum_u p_tu e^(Delta_tu) (>= the p-mean of Delta, <= its max), so
+    # p'_ts / p_ts lies in [1/grow_ts, grow_ts] with grow_ts = e^(Delta_ts + Omega_t)
+    # (in log space, so no exponent overflows; Omega >= 0 exactly, and the clamp and margins
+    # cover the float64 rounding of p, exp and log)
+    shift = shift.masked_fill(~causal, 0.0) * (1 + REL_MARGIN)
+    log_p = torch.log(p)  # -inf where p = 0
+    omega = torch.logsumexp(log_p + shift, dim=-1).clamp_min(0.0) * (1 + REL_MARGIN) + 1e-12
+    log_grow = shift + torch.minimum(omega, delta)[..., None]
+    pu = torch.exp((log_p + log_grow).clamp_max(0.0)).masked_fill(~causal, 0.0)  # >= p'
+    moved = torch.minimum(p * torch.expm1(log_grow), torch.ones_like(p))
+    moved_p = torch.where(p > 0, moved, 0.0).masked_fill(~causal, 0.0)  # >= |p' - p|
     dp1 = delta.clamp_max(2.0)  # ||p' - p||_1
     # ||W_o (v_s - vbar_t)|| at the centre, in the metric of W_o,h (plus its slack)
     vt = torch.einsum("hij,htj->hti", f.o_metric, v)

@@ -29,9 +29,10 @@ def render_markdown(report: dict) -> str:
         f"Certified blocks: {report['certified_blocks']} of {report['num_blocks']}; "
         f"held-out prompts: {report['data']['n_prompts']} ({report['data']['n_tokens']} tokens).",
         "",
-        f"**Global bound** B_L = {_fmt(out['claimed'])} (sound in exact arithmetic, measured "
-        f"fp32 allowance inside every eps_k); observed max deviation "
-        f"{s['observed_final_max']:.4g}; bound/observed = {_fmt(out['tightness'])}.",
+        f"**Global bound** B_L = {_fmt(out['claimed'])} on {out['prompts']} (sound in exact "
+        f"arithmetic, measured fp32 allowance inside every eps_k); observed max deviation there "
+        f"{out['observed']:.4g}; bound/observed = {_fmt(out['tightness'])}; on all held-out "
+        f"prompts {s['observed_final_max']:.4g}.",
         f"Empirical chain (lower-estimate constants, for comparison): {_fmt(out['empirical'])}.",
         f"**Lean**: {report['lean']['status']} — {report['lean']['message']}",
         "",
@@ -44,7 +45,7 @@ def render_markdown(report: dict) -> str:
     lines += [
         "",
         "| block | certified | eps measured | fp32 allowance (h, s) | eps_k composed | L_k sound "
-        "| a_k | L_k empirical | B_k sound | B_k empirical | observed e_k |",
+        "| a_k | L_k empirical | B_k sound | B_k empirical | observed e_k (bound's prompts) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in report["blocks"]:

@@ -43,6 +43,7 @@ def teacher_trajectory(
 class StitchedResult:
     block_deviation: list[float]  # e_k for k = 1..L (after block k-1, 0-based)
     final_token_deviation: torch.Tensor  # ||h~_L - h_L|| per token, flattened
+    prompt_deviation: torch.Tensor  # [n_prompts, L]: e_k of each prompt
     ppl_baseline: float
     ppl_stitched: float
     kl_mean: float  # mean over positions of KL(baseline || stitched), nats
@@ -113,23 +114,24 @@ def stitched_evaluation(
     batch_size: int,
 ) -> StitchedResult:
     """Run the stitched model and compare it with the teacher trajectory and logits."""
-    deviation = torch.zeros(adapter.num_blocks, dtype=torch.float64)
-    final, nll_base, nll_stitched, kl, agree, count = [], 0.0, 0.0, 0.0, 0, 0
+    deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         batch = _stitched_batch(
             adapter, surrogates, input_ids[rows], [s[rows] for s in teacher_states]
         )
-        deviation = torch.maximum(deviation, batch.deviation.amax(0))
+        deviation.append(batch.deviation)
         final.append(batch.final_gap.flatten())
         nll_base += float(batch.nll_baseline.sum())
         nll_stitched += float(batch.nll_stitched.sum())
         kl += float(batch.kl.sum())
         agree += int(batch.agree.sum())
         count += batch.n_targets * len(batch.agree)
+    per_prompt = torch.cat(deviation)
     return StitchedResult(
-        block_deviation=deviation.tolist(),
+        block_deviation=per_prompt.amax(0).tolist(),
         final_token_deviation=torch.cat(final),
+        prompt_deviation=per_prompt,
         ppl_baseline=float(torch.tensor(nll_base / count).exp()),
         ppl_stitched=float(torch.tensor(nll_stitched / count).exp()),
         kl_mean=kl / count,
