@@ -384,9 +384,8 @@ def certify(cfg: DictConfig) -> CertifyResult:
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
     # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
-    allowance = {k: a.total for k, a in composition.fp_allowance.items()}
     prompt_lines, prompt_violations = run_prompt_stages(
-        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, allowance, report
+        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, report
     )
     clock.done("prompts and statistics")
     report["lean"] = prove(cfg, verified, composition)
