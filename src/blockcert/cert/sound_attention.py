@@ -185,7 +185,8 @@ def _query_norm(f, cen, rot, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tens
     size = (p @ (vt.norm(dim=-1) * k.norm(dim=-1)).unsqueeze(-1))[..., 0]
     rounding = 1e-10 * size  # of the uncentred sums above
     exact = spectral_norm_upper_batched((cov @ rot[None]) @ f.q_metric.transpose(-1, -2)[:, None])
-    plain = spectral_norm_upper_batched(cov) + rounding
+    # q_slack is eigendecomposition rounding (~1e-8 relative): Frobenius (>= spectral) suffices
+    plain = torch.linalg.matrix_norm(cov) * (1 + REL_MARGIN) + rounding
     raw = (p * torch.cdist(kbar, k) * torch.cdist(p @ v, v)).sum(-1)  # >= ||Cov_t||
     centre = exact + f.q_slack[:, None] * plain
     centre = centre + f.c_q[:, None] * (rounding + f.o_slack[:, None] * raw)
