@@ -183,6 +183,7 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
     proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
-    proc, _ = _certify(tmp_path, "tiny_llama", runs, "lipschitz.sound_prompts=0")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "lipschitz.sound_prompts" in proc.stderr.strip().splitlines()[-1]
+    for option in ("lipschitz.sound_prompts=0", "lipschitz.tube_shells=0"):
+        proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert option.split("=")[0] in proc.stderr.strip().splitlines()[-1]

@@ -177,7 +177,7 @@ def compose(
         lip.ascent_steps,
         min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
         restarts=lip.restarts,
-        tube_shells=lip.get("tube_shells", 1),
+        tube_shells=lip.tube_shells,
     )
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
@@ -185,16 +185,25 @@ def compose(
     return Composition(chain, round_up(chain.final_sound), allowance, n_prompts)
 
 
+def _count_option(cfg: DictConfig, key: str, nullable: bool) -> int | None:
+    value = cfg.lipschitz.get(key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        hint = " (null: all)" if nullable else ""
+        raise BlockCertError(f"lipschitz.{key}={value!r}: give a whole number >= 1{hint}.")
+    return value
+
+
 def sound_prompt_count(cfg: DictConfig) -> int | None:
     """lipschitz.sound_prompts: the composed bound covers the first N held-out prompts."""
-    wanted = cfg.lipschitz.get("sound_prompts")
-    if wanted is not None and (
-        isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1
-    ):
-        raise BlockCertError(
-            f"lipschitz.sound_prompts={wanted!r}: give a number of prompts >= 1 (null: all)."
-        )
-    return wanted
+    return _count_option(cfg, "sound_prompts", nullable=True)
+
+
+def check_lipschitz_options(cfg: DictConfig) -> None:
+    """Reject bad lipschitz.* counts with one line, before the model loads."""
+    sound_prompt_count(cfg)
+    _count_option(cfg, "tube_shells", nullable=False)
 
 
 def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
@@ -309,7 +318,7 @@ def build_report(
             "sound": None if chain.final_sound is None else float(chain.final_sound),
             "empirical": float(chain.final_empirical),
             "n_prompts": n,
-            "tube_shells": cfg.lipschitz.get("tube_shells", 1),
+            "tube_shells": cfg.lipschitz.tube_shells,
             "prompts": f"the first {n} of {len(verified.heldout)} held-out prompts (their tubes); "
             "other prompts: the statistical statements",
             "observed": final_observed,
@@ -352,7 +361,7 @@ class StageClock:
 
 def certify(cfg: DictConfig) -> CertifyResult:
     """Run every stage; returns the report (also written under cfg.out) and summary lines."""
-    sound_prompt_count(cfg)  # a bad option fails before the model loads
+    check_lipschitz_options(cfg)  # a bad option fails before the model loads
     clock = StageClock()
     teacher = load_teacher(cfg)
     clock.done("load")
