@@ -24,6 +24,8 @@ from blockcert.cert.lipschitz_sound import (
     SILU_CURVATURE,
     SILU_MIN,
     SILU_SLOPE,
+    _shell_mean,
+    _shell_radii,
     forward64,
 )
 from blockcert.cert.spectral import spectral_norm_upper_batched
@@ -272,3 +274,22 @@ def test_fp32_search_above_its_threshold_measures_what_float64_measures(tiny_lla
     assert runs[0].method.endswith("in float32") and runs[1].method.endswith("in float64")
     for fp32, fp64 in zip(runs[0].per_prompt, runs[1].per_prompt, strict=True):
         assert abs(fp32 - fp64) <= 1e-3 * fp64
+
+
+@pytest.mark.parametrize("r", [0.1, 0.7, 1e-6, 3.3])
+def test_shells_cover_the_whole_tube(r):
+    """The last shell is the tube itself (r * n / n may round below r), the widths are the
+    radii's differences, and the shell mean weighs each running maximum by its width."""
+    for n in (1, 3, 7, 10):
+        radii, widths = _shell_radii(r, n)
+        assert radii[-1] == r and all(w >= 0 for w in widths)
+        assert all(b > a for a, b in zip(radii, radii[1:], strict=False))
+        assert abs(sum(widths) - r) <= 1e-15 * r
+    total = torch.tensor([[1.0, 5.0], [4.0, 2.0], [2.0, 6.0]], dtype=torch.float64)
+    radii, widths = _shell_radii(r, 3)
+    mean = _shell_mean(total, r)
+    running = torch.tensor([[1.0, 5.0], [4.0, 5.0], [4.0, 6.0]], dtype=torch.float64)
+    expected = (running * torch.tensor(widths, dtype=torch.float64)[:, None]).sum(0) / r
+    assert torch.allclose(mean, torch.minimum(expected, total[-1]), rtol=1e-8)
+    assert (mean <= total[-1]).all() and (mean >= total.min(0).values).all()
+    assert torch.equal(_shell_mean(total[:1], r), total[0])

@@ -439,11 +439,10 @@ def _prompt_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
     output moves, tighter than Latt_i r_i when Latt grows over the tube."""
     rows = {"latt": [], "screen": [], "pert": [], "lam2": []}
     running, integral = None, None
-    for i in range(1, shells + 1):
-        radius = r * i / shells
+    for radius, width in zip(*_shell_radii(r, shells), strict=True):
         latt, move, _ = _attention_rows(f, cen, radius)
         running = latt if running is None else torch.maximum(running, latt)
-        part = running * (r / shells)
+        part = running * width
         integral = part if integral is None else integral + part
         move = torch.minimum(move, integral * (1 + REL_MARGIN))
         r_y = radius + move
@@ -457,13 +456,26 @@ def _prompt_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
     return _PromptRows(**stacked, z=z, saturation=saturation, min_norm=cen["xnorm"].min())
 
 
-def _shell_mean(total: Tensor) -> Tensor:
+def _shell_radii(r: float, shells: int) -> tuple[list[float], list[float]]:
+    """(outer radius, width) of every shell; the last radius is r itself (r * n / n may round
+    below r), and the widths are the differences of the radii actually used."""
+    radii = [r * i / shells for i in range(1, shells)] + [r]
+    widths = [radii[0]] + [b - a for a, b in zip(radii, radii[1:], strict=False)]
+    return radii, widths
+
+
+def _shell_mean(total: Tensor, r: float) -> Tensor:
     """[n, T] shell bounds -> [T]: the mean over shells of their running maximum, which bounds
     d(g(X')_t, g(X)_t) / d(X', X) for every X' in the tube (mean value theorem along the segment
     from the centre: the bound of shell i holds on the part of it between r_(i-1) and r_i, and
     the mean of a non-decreasing step function over [0, rho] grows with rho); never above the
     bound of the whole tube (the last shell), which holds as well."""
-    return torch.minimum(torch.cummax(total, dim=0).values.mean(0), total[-1])
+    if len(total) == 1 or r <= 0:
+        return total[-1]
+    _, widths = _shell_radii(r, len(total))
+    weights = torch.tensor(widths, dtype=total.dtype)[:, None] / r
+    mean = (torch.cummax(total, dim=0).values * weights).sum(0) * (1 + REL_MARGIN)
+    return torch.minimum(mean, total[-1])
 
 
 def sound_block_bound(
@@ -493,7 +505,7 @@ def sound_block_bound(
         pert = torch.cat([p.pert for p in prompts], dim=1)
         lam2 = torch.cat([p.lam2 for p in prompts], dim=1)
         z = torch.cat([p.z for p in prompts])
-        per_token = _shell_mean((1 + latt) * (1 + lmlp))
+        per_token = _shell_mean((1 + latt) * (1 + lmlp), r)
         refined = 0
         if torch.isfinite(per_token).all():
             # branch and bound: refine the tokens that can decide the max, largest screen first
@@ -505,7 +517,7 @@ def sound_block_bound(
                     break
                 spec = _mlp_centre_spectral(f, z[ids])  # the centre: the same on every shell
                 lmlp[:, ids] = torch.minimum(lmlp[:, ids], lam2[:, ids] * (spec + pert[:, ids]))
-                per_token[ids] = _shell_mean((1 + latt[:, ids]) * (1 + lmlp[:, ids]))
+                per_token[ids] = _shell_mean((1 + latt[:, ids]) * (1 + lmlp[:, ids]), r)
                 best = max(best, float(per_token[ids].max()))
                 refined += len(ids)
         return SoundBlockBound(
