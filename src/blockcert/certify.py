@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockcert.cert.metrics import ErrorReport
-from blockcert.compose.chain import Chain, compose_chain
+from blockcert.compose.chain import Chain, compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
@@ -156,9 +156,7 @@ def compose(
     wanted = sound_prompt_count(cfg)
     n_prompts = len(states[0]) if wanted is None else min(wanted, len(states[0]))
     states = [s[:n_prompts] for s in states]
-    allowance = chain_allowance(
-        chain_ir, lambda k: [states[k][i : i + batch] for i in range(0, len(states[k]), batch)]
-    )
+    allowance = chain_allowance(chain_ir, lambda k: input_batches(states[k], batch))
     if clock is not None:
         log.info(
             "stage fp32 allowance on %d prompt(s) (%.1f s)", n_prompts, clock.done("fp32 allowance")
@@ -393,8 +391,18 @@ def certify(cfg: DictConfig) -> CertifyResult:
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
     # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
+    # the statistics need the fp32 allowance on every held-out prompt: reuse the bound's when
+    # it covered them all
+    covers_all = composition.n_prompts == len(verified.heldout)
     prompt_lines, prompt_violations = run_prompt_stages(
-        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, report
+        cfg,
+        teacher.adapter,
+        teacher.model.tokenizer,
+        verified,
+        states,
+        chain_ir,
+        report,
+        composition.fp_allowance if covers_all else None,
     )
     clock.done("prompts and statistics")
     report["lean"] = prove(cfg, verified, composition)

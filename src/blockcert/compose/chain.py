@@ -74,7 +74,7 @@ class Chain:
         return eps, [link.lipschitz_empirical for link in self.links], sats
 
 
-def _batches(states: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> list:
+def input_batches(states: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> list:
     """Batches [b, s, d] of one block's inputs: a tensor is cut, a list (ragged prompts) kept."""
     if isinstance(states, torch.Tensor):
         return [states[start : start + batch_size] for start in range(0, len(states), batch_size)]
@@ -110,7 +110,7 @@ def compose_chain(
     bound_empirical = Fraction(0)
     for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
         eps_q = round_up(eps)
-        batches = _batches(x, batch_size)
+        batches = input_batches(x, batch_size)
         # the tube must contain every point within B_{k-1}: round the float radius up
         sound = sound_lipschitz(surrogate, batches, radius_up(bound_sound), shells=tube_shells)
         lip_sound = None if sound.value is None else round_up(sound.value)

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from blockcert.compose.chain import compose_chain
-from blockcert.evaluate.fp_allowance import chain_allowance
+from blockcert.compose.chain import compose_chain, input_batches
+from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.prompt_sets import PromptSet, check_split
 from blockcert.evaluate.statistics import (
     LipschitzOptions,
@@ -367,11 +367,13 @@ def run_prompt_stages(
     states: list[torch.Tensor],
     chain: Sequence[tuple[int, Surrogate]],
     report: dict,
+    allowance: Mapping[int, Allowance] | None = None,
 ) -> tuple[list[str], list[str]]:
     """certify's stage after the stitched evaluation: `prompts=` and `statistics:`.
 
     verified: certify's Verified (blocks[k].surrogate / .certificate, heldout, first). Adds
     report["prompts"] and report["statistics"]; returns (summary lines, sound violations).
+    allowance: the fp32 allowance of `chain` on every held-out prompt, if already measured.
     """
     from blockcert.evaluate.prompt_sets import context_length, load_prompt_set
 
@@ -395,12 +397,9 @@ def run_prompt_stages(
         lines += section["table"]
     stats = cfg.get("statistics")
     if stats is not None and stats.enabled:
-        # the fp32 allowance on every held-out prompt (the composed bound measured it on the
-        # first lipschitz.sound_prompts only): the statements are about all of them
-        batch = cfg.batch_size
-        allowance = chain_allowance(
-            chain, lambda k: [states[k][i : i + batch] for i in range(0, len(states[k]), batch)]
-        )
+        # the statements are about every held-out prompt: so is their fp32 allowance
+        if allowance is None:
+            allowance = chain_allowance(chain, lambda k: input_batches(states[k], cfg.batch_size))
         slack = {k: a.total for k, a in allowance.items()}
         section = fresh_prompt_statistics(
             adapter,
