@@ -50,7 +50,10 @@ class SurrogateLayer(nn.Module):
         return {key: getattr(self, f"w{i}") for i, key in enumerate(self.keys)}
 
     def _check(self, hidden: torch.Tensor, kwargs: Mapping) -> None:
-        cache = kwargs.get("past_key_values") or kwargs.get("layer_past")
+        # the cache keyword by transformers release: cache (5.x), past_key_values, layer_past
+        cache = next(
+            (kwargs[k] for k in ("cache", "past_key_values", "layer_past") if kwargs.get(k)), None
+        )
         if kwargs.get("use_cache") or (cache is not None and cache.get_seq_length() > 0):
             raise BlockCertError(
                 f"block {self.block} runs a surrogate without KV cache; call the stitched model "

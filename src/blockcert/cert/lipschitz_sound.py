@@ -4,7 +4,8 @@ Block (blockcert.surrogate.view): u = norm1(x); y = x + A(u); out = y + M(norm2(
 Distance d(X, Y) = max_t ||X_t - Y_t||_2; tube T_r = {X' : d(X', X) <= r} around each evaluated
 teacher input X (convex). For X' in T_r the mean value theorem along the segment X -> X' gives
 d(g(X'), g(X)) <= sup_{Z in T_r} ||J_g(Z)||_{inf,2} d(X', X), where the operator norm in d is
-the row sum max_t sum_s ||dg_t/dx_s||_2 (the block-row-sum bound of nfp; the per-source
+max_t max_(||u||=1) sum_s ||(dg_t/dx_s)^T u||, at most the row sum max_t sum_s
+||dg_t/dx_s||_2 (the block-row-sum bound of nfp; the per-source
 attention Jacobian follows Kim et al. 2021, "The Lipschitz constant of self-attention", and the
 interval/linear-relaxation view of Shi et al. 2020, "Robustness verification for transformers").
 Each line below is an upper bound that holds at every Z in the tube.
@@ -33,8 +34,11 @@ MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (
   W_down diag(gelu'(f)) A_fc J_n; the centre Jacobian bounded per token by its Frobenius norm
   (screen) or a Schatten-2p upper bound (refined, for the tokens that decide the max); the tube
   adds intervals: |g' - g| <= ||A_gate,i|| lambda2_t r_y, |silu''| <= 1/2, |silu'| <= 1.0999, and
-  the perturbation W_down diag(e) A is bounded by sqrt(eta^T |H| eta), H = W_d^T W_d (.) A A^T.
-Combination per token: ||dy_t|| <= (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) with move_t
+  the perturbation W_down diag(e) A is bounded by sqrt(eta^T |H| eta), H = W_d^T W_d (.) A A^T,
+  and (product form, _mlp_product_pert) by ||diag(colnorms W_d) e|| ||A|| with e linear in A dw,
+  so the input move enters as ||diag(c) A dw|| <= ||diag(c) A|| rho rather than neuron by neuron.
+Combination per token (Latt_t bounds the row's operator norm, sound_attention): ||dy_t|| <=
+  (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) with move_t
   a direct bound on how far attn_out_t moves on the tube,
   ||dout_t|| <= (1 + Lmlp_t) ||dy_t||, so L = max_t (1 + Latt_t)(1 + Lmlp_t).
 Saturation (on the tube, what the composition theorem's hypothesis asks): the attention output
@@ -78,6 +82,7 @@ GELU_ARGMIN = -0.7525
 ROPE_SLACK = 1.0 + 1e-6  # cos^2 + sin^2 of fp32 RoPE tables is 1 within 1e-6
 REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
 REFINE_BATCH = 8
+ALIGNED_TOKENS = 24  # per prompt: tokens whose attention rows get the aligned bounds
 
 
 @dataclass
@@ -110,6 +115,9 @@ class _Folded:
     down_gram_abs: Tensor  # [m, m] |W_d^T W_d|
     down_norm: float
     mlp_in_norms: list[float]  # ||A_j||
+    down_cols: Tensor  # [m] column norms of W_d
+    weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
+    gate_gram_abs: Tensor | None  # [m, m] |A_gate A_gate^T| (gated MLP)
 
 
 def _fold(norm: Norm, proj_matrix: Tensor) -> Tensor:
@@ -218,6 +226,9 @@ def _folded(view: BlockView) -> _Folded:
         down_gram_abs=g_down.abs(),
         down_norm=spectral_norm_upper(w_down),
         mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
+        down_cols=w_down.norm(dim=0) * (1 + REL_MARGIN),
+        weighted_in_norms=[spectral_norm_upper(w_down.norm(dim=0)[:, None] * ai) for ai in mlp_in],
+        gate_gram_abs=(mlp_in[0] @ mlp_in[0].T).abs() if mlp.kind == "gated_silu" else None,
     )
 
 
@@ -294,12 +305,14 @@ def _lam(norm_c: Tensor, radius: Tensor | float, d: int, eps: float) -> Tensor:
     return (low.pow(2) / d + eps).rsqrt() * (1 + REL_MARGIN)
 
 
-def _attention_rows(f: _Folded, cen: dict, r: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(Latt_t, move_t, r_y,t) [T]: sum_s ||d attn_out_t / d x_s|| bounded over the tube of
+def _attention_rows(
+    f: _Folded, cen: dict, r: float, aligned: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(Latt_t, move_t, r_y,t) [T]: the attention Jacobian's row norm bounded over the tube of
     radius r, how far attn_out_t moves on it, and the radius of the tube the MLP reads:
-    ||y'_t - y_t|| <= r + min(Latt_t r, move_t)."""
+    ||y'_t - y_t|| <= r + min(Latt_t r, move_t). aligned: rows with the costlier bounds."""
     lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)
-    latt, move = attention_rows(f, cen, lam, r)
+    latt, move = attention_rows(f, cen, lam, r, aligned)
     move = torch.minimum(latt * r, move)
     return latt, move, r + move
 
@@ -333,8 +346,48 @@ def _quad(mat: Tensor, z: Tensor) -> Tensor:
     return ((z @ mat) * z).sum(-1).clamp_min(0.0)
 
 
-def _mlp_rows_screen(f: _Folded, z: Tensor, eta: Tensor) -> tuple[Tensor, Tensor]:
-    """(Frobenius bound of the centre Jacobian, tube perturbation) per token, before lambda2."""
+def _weighted_gate_norms(f: _Folded, up: Tensor, iterations: int = 8) -> Tensor:
+    """[T] >= ||diag(down_cols |up_t|) A_gate|| per token.
+
+    With D = diag(s), ||D A||^2 = lambda_max(D A A^T D) <= rho(D |A A^T| D) = rho(|A A^T| D^2),
+    and for the non-negative matrix B = |A A^T| D^2 and ANY positive y, rho(B) <= max_i
+    (B y)_i / y_i (Collatz-Wielandt); a few power steps make y near the Perron vector.
+    """
+    s2 = (f.down_cols[None, :] * up.abs()).pow(2)  # [T, m]
+    y = torch.ones_like(s2)
+    for _ in range(iterations):
+        y = (s2 * y) @ f.gate_gram_abs
+        y = y / y.amax(-1, keepdim=True).clamp_min(1e-300) + 1e-12
+    ratio = ((s2 * y) @ f.gate_gram_abs) / y
+    return (ratio.amax(-1) * (1 + 1e-9)).sqrt()
+
+
+def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
+    """[T] >= ||J_M(w') - J_M(w)|| for ||w' - w|| <= rho_t (normalised MLP inputs), before lambda2.
+
+    J_M(w') - J_M(w) = W_d (diag(e_a) A_gate + diag(e_b) A_up) with, per neuron,
+    |e_a| <= SILU_SLOPE |A_up,i dw| + SILU_CURVATURE |up_i| |A_gate,i dw| and
+    |e_b| <= SILU_SLOPE |A_gate,i dw| (GELU: |e| <= GELU_CURVATURE |A_i dw|), and
+    ||W_d diag(e) A|| <= ||W_d diag(e)||_F ||A|| = ||diag(down_cols) e|| ||A||: the input
+    perturbation enters through ||diag(c) A dw|| <= ||diag(c) A|| rho, not neuron by neuron.
+    """
+    norms, weighted = f.mlp_in_norms, f.weighted_in_norms
+    if f.gate_gram_abs is None:
+        per_rho = torch.full_like(rho, GELU_CURVATURE * norms[0] * weighted[0])
+    else:
+        curved = cen.get("weighted_gate")
+        if curved is None:
+            curved = cen["weighted_gate"] = _weighted_gate_norms(f, cen["pre"][1])
+        per_rho = norms[0] * (SILU_SLOPE * weighted[1] + SILU_CURVATURE * curved)
+        per_rho = per_rho + norms[1] * SILU_SLOPE * weighted[0]
+    return per_rho * rho * (1 + REL_MARGIN)
+
+
+def _mlp_rows_screen(
+    f: _Folded, cen: dict, z: Tensor, eta: Tensor, rho: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(Frobenius bound of the centre Jacobian, tube perturbation) per token, before lambda2;
+    rho [T] bounds how far the normalised MLP input moves."""
     margin = 4e-13 * f.gram_abs_rowsum * (z * z).sum(-1)
     frob = (_quad(f.h_mat, z) + margin).sqrt()
     pert = (_quad(f.h_abs, eta) * (1 + 1e-12)).sqrt()
@@ -343,6 +396,7 @@ def _mlp_rows_screen(f: _Folded, z: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
         eta[:, j * m : (j + 1) * m].amax(-1) * norm for j, norm in enumerate(f.mlp_in_norms)
     )
     pert = torch.minimum(pert, f.down_norm * product * (1 + REL_MARGIN))
+    pert = torch.minimum(pert, _mlp_product_pert(f, cen, rho))
     return frob * (1 + REL_MARGIN), pert
 
 
@@ -431,23 +485,26 @@ class _PromptRows:
     min_norm: Tensor
 
 
-def _prompt_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
+def _prompt_rows(
+    f: _Folded, cen: dict, r: float, shells: int, aligned: Tensor | None = None
+) -> _PromptRows:
     """Shell i holds the points at distance <= r_i = r i/n from the centre. On the segment from
     the centre to X' the points between distances r_(i-1) and r_i lie in shell i, so with the
     running maximum Lt_i of the shell bounds, ||attn_out(X')_t - attn_out(X)_t|| <=
     (r/n) sum_(j<=i) Lt_att,j (mean value theorem): a direct bound on how far the attention
-    output moves, tighter than Latt_i r_i when Latt grows over the tube."""
+    output moves, tighter than Latt_i r_i when Latt grows over the tube. aligned: the tokens
+    whose attention rows get the costlier aligned bounds (sound_attention.attention_rows)."""
     rows = {"latt": [], "screen": [], "pert": [], "lam2": []}
     running, integral = None, None
     for radius, width in zip(*_shell_radii(r, shells), strict=True):
-        latt, move, _ = _attention_rows(f, cen, radius)
+        latt, move, _ = _attention_rows(f, cen, radius, aligned)
         running = latt if running is None else torch.maximum(running, latt)
         part = running * width
         integral = part if integral is None else integral + part
         move = torch.minimum(move, integral * (1 + REL_MARGIN))
         r_y = radius + move
         z, eta, lam2 = _mlp_state(f, cen, r_y)
-        frob, pert = _mlp_rows_screen(f, z, eta)
+        frob, pert = _mlp_rows_screen(f, cen, z, eta, lam2 * r_y)
         for key, value in (("latt", latt), ("screen", lam2 * (frob + pert)), ("pert", pert)):
             rows[key].append(value)
         rows["lam2"].append(lam2)
@@ -495,11 +552,17 @@ def sound_block_bound(
     f = _folded(view)
     r = float(radius)
     with torch.no_grad():
-        prompts = [
-            _prompt_rows(f, forward64(view, x), r, shells)
-            for batch in inputs
-            for x in batch.reshape(-1, *batch.shape[-2:])
+        centres = [
+            forward64(view, x) for batch in inputs for x in batch.reshape(-1, *batch.shape[-2:])
         ]
+        prompts = [_prompt_rows(f, cen, r, shells) for cen in centres]
+        # second pass: the aligned attention bounds on the tokens that can decide the max
+        for i, (cen, rows) in enumerate(zip(centres, prompts, strict=True)):
+            score = _shell_mean((1 + rows.latt) * (1 + rows.screen), r)
+            top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]
+            if len(top) and torch.isfinite(score[top]).all():
+                # the same bounds with extra minima: every row is at most the first pass's
+                prompts[i] = _prompt_rows(f, cen, r, shells, top)
         latt = torch.cat([p.latt for p in prompts], dim=1)  # [n, N]
         lmlp = torch.cat([p.screen for p in prompts], dim=1)
         pert = torch.cat([p.pert for p in prompts], dim=1)

@@ -1,4 +1,8 @@
-"""Sound row-sum bound of the attention sub-layer's Jacobian over a tube (exact arithmetic).
+"""Sound bound of the attention sub-layer's Jacobian rows over a tube (exact arithmetic).
+
+The quantity bounded is the operator norm of row t for the block metric (max over tokens of
+l2): ||J_t||_(inf,2) = sup_(||dx_s|| <= 1) ||sum_s J_ts dx_s|| = max_(||u|| = 1) sum_s ||J_ts^T u||,
+at most the row sum sum_s ||J_ts|| of nfp.
 
 Notation of blockcert.cert.lipschitz_sound: u_s = xhat_s (normalised input, gamma folded into
 A_q, A_k, A_v), lambda_s >= 1/rho on the tube, sigma = rope_scaling, R_t the RoPE rotation at
@@ -24,7 +28,12 @@ at most the product of the moved vector's bound and the other factor's spectral 
 view of Shi et al. 2020, "Robustness verification for transformers"). Value and key paths of
 all heads are combined per source through their Gram bound ||sum_i Z_i||^2 <= sum_ij ||Z_i^T Z_j||
 (heads write to nearly orthogonal subspaces, so this is far below the sum over heads); the
-query path (s = t only) adds per head.
+query path (s = t only) adds per head. On the tokens that can decide the max (the `aligned`
+rows), value and key paths are also bounded apart: the value path per source by the same Gram
+bound, and the rank-one key terms jointly over heads and sources by Cauchy-Schwarz in the output
+direction u (_key_path_aligned): sum_(h,s) c_hs |u . w_hs| <= sqrt(sum c) sqrt(lambda_max(sum c
+w w^T)) (deviations w_hs = W_o,h (v_s - vbar_t) point in many directions, so this is well below
+sum c ||w||); the reweighting part of the output's move gets the same treatment with |p' - p|.
 
 Norms of the form ||A^T w|| use a square metric M (M^T M = A A^T, blockcert.cert.lipschitz_sound
 ._metric): ||A^T w|| <= ||M w|| + s ||w||, with s covering the eigendecomposition's rounding.
@@ -67,22 +76,23 @@ def rotated_norms(metric: Tensor, slack: Tensor, vec: Tensor, rot: Tensor) -> Te
     )
 
 
-def attention_rows(f, cen: dict, lam: Tensor, r: float) -> tuple[Tensor, Tensor]:
-    """(Latt_t, move_t) [T]: Latt_t >= sum_s ||d attn_out_t / d x_s|| at every point of the tube
-    of radius r, and move_t >= ||attn_out(X')_t - attn_out(X)_t|| for every X' in it.
+def attention_rows(
+    f, cen: dict, lam: Tensor, r: float, aligned: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(Latt_t, move_t) [T]: Latt_t >= max_(||u|| = 1) sum_s ||(d attn_out_t / d x_s)^T u|| (the
+    operator norm of row t from max_s ||dx_s|| to ||.||; at most the row sum of norms) at every
+    point of the tube of radius r, and move_t >= ||attn_out(X')_t - attn_out(X)_t|| for every X'
+    in it.
 
-    f: the folded block (lipschitz_sound._Folded), cen: its float64 centre values, lam [T].
+    f: the folded block (lipschitz_sound._Folded), cen: its float64 centre values, lam [T];
+    aligned: the query rows t that also get the Cauchy-Schwarz bounds of _key_path_aligned
+    (costlier; the others keep the per-source bounds, which hold as well).
     """
     a = f.view.attention
-    p, q, k, v = cen["p"], cen["q"], cen["k"], cen["v"]
-    T = p.shape[-1]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    c = _centre(f, cen)
+    p, v = cen["p"], cen["v"]
+    causal, key_dir, query_dir, a_ts = c["causal"], c["key_dir"], c["query_dir"], c["a_ts"]
     scale, sigma = abs(a.scale), f.sigma
-    rot = rope_matrices(a.inv_freq, T, a.head_dim)
-    key_dir = rotated_norms(f.k_metric, f.k_slack, q, rot).transpose(-1, -2)  # [H, t, s]
-    # softmax ignores a shift of z_t. shared by all sources, so the query side of dz_ts only
-    # needs ||A_q^T R_t^T (k_s - kbar_t)||
-    query_dir = _centred_query_dir(f, k, p @ k, rot).masked_fill(~causal, 0.0)  # [H, t, s]
     dq = sigma * f.c_q[:, None] * lam[None, :] * r  # [H, T] ||q'_t - q_t||
     dk = sigma * f.c_k[:, None] * lam[None, :] * r  # [H, T] ||k'_s - k_s||
     shift = scale * sigma * r * (query_dir * lam[None, :, None] + key_dir * lam[None, None, :])
@@ -102,14 +112,6 @@ def attention_rows(f, cen: dict, lam: Tensor, r: float) -> tuple[Tensor, Tensor]
     moved = torch.minimum(p * torch.expm1(log_grow), torch.ones_like(p))
     moved_p = torch.where(p > 0, moved, 0.0).masked_fill(~causal, 0.0)  # >= |p' - p|
     dp1 = delta.clamp_max(2.0)  # ||p' - p||_1
-    # ||W_o (v_s - vbar_t)|| at the centre, in the metric of W_o,h (plus its slack)
-    vt = torch.einsum("hij,htj->hti", f.o_metric, v)
-    vbar_t = p @ vt
-    spread_v = torch.cdist(p @ v, v, compute_mode="donot_use_mm_for_euclid_dist")
-    a_ts = torch.cdist(vbar_t, vt, compute_mode="donot_use_mm_for_euclid_dist")
-    a_ts = ((a_ts + f.o_slack[:, None, None] * spread_v) * (1 + REL_MARGIN)).masked_fill(
-        ~causal, 0.0
-    )
     lam_s = lam[None, None, :]
     # how far W_o (v_s - vbar_t) moves on the tube
     ev_s = f.c_ov[:, None, None] * lam_s * r
@@ -120,18 +122,138 @@ def attention_rows(f, cen: dict, lam: Tensor, r: float) -> tuple[Tensor, Tensor]
     a_up = a_ts + e_ts
     beta = pu * scale * sigma * (key_dir + f.c_k[:, None, None] * dq[:, :, None])  # key coef
     triangle = (f.c_ov[:, None] * mean_lam).sum(0) + (beta * a_up * lam_s).sum(-1).sum(0)
-    gram = _value_key_gram(f, cen["p"], v, pu, beta, a_ts, e_ts)
+    gram = _value_key_gram(f, c, pu, beta, a_ts, e_ts)
     value_key = torch.minimum(triangle, (gram.sqrt() * lam[None, :]).sum(-1))
+    # per source, value and key paths apart: ||J_ts^T u|| <= ||sum_h p'_hts B_h|| lambda_s +
+    # sum_h coef_hts |u . W_o,h (v'_s - vbar'_t)|, the second aligned over (h, s) below
+    value = (torch.einsum("hts,hg,gts->ts", pu, f.ov_gram, pu) * (1 + REL_MARGIN)).sqrt()
+    values_move = torch.minimum((f.c_ov[:, None] * mean_lam).sum(0), (value * lam_s[0]).sum(-1)) * r
+    move = ev_bar.sum(0)
+    if aligned is not None and len(aligned):
+        coef = (beta * lam_s)[:, aligned]  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
+        p_rows = cen["p"][:, aligned]
+        key = _key_path_aligned(f, v, p_rows, coef) + (coef * e_ts[:, aligned]).sum((0, -1))
+        value_key[aligned] = torch.minimum(
+            value_key[aligned], (value[aligned] * lam[None, :]).sum(-1) + key
+        )
+        # the output moves by sum_h W_o,h [sum_s p'_ts (v'_s - v_s) + sum_s (p'_ts - p_ts)
+        # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
+        reweight = _key_path_aligned(f, v, p_rows, moved_p[:, aligned])
+        move[aligned] = torch.minimum(move[aligned], values_move[aligned] + reweight)
     query = (
         scale
         * sigma
         * lam[None, :]
-        * _query_norm(f, cen, rot, query_dir, pu, moved_p, delta, a_ts, a_up, dk)
+        * _query_norm(f, c, query_dir, pu, moved_p, delta, a_ts, a_up, dk)
     )
-    return (value_key + query.sum(0)) * (1 + REL_MARGIN), ev_bar.sum(0) * (1 + REL_MARGIN)
+    return (value_key + query.sum(0)) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
 
 
-def _value_key_gram(f, p, v, pu, beta, a_ts, e_ts) -> Tensor:
+def _centre(f, cen: dict) -> dict:
+    """The radius-free parts of the bounds at one prompt's centre, computed once and kept in
+    cen (every shell and both passes of lipschitz_sound reuse them)."""
+    if "attention" in cen:
+        return cen["attention"]
+    a = f.view.attention
+    p, q, k, v = cen["p"], cen["q"], cen["k"], cen["v"]
+    T = p.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    rot = rope_matrices(a.inv_freq, T, a.head_dim)
+    # ||W_o (v_s - vbar_t)|| at the centre, in the metric of W_o,h (plus its slack)
+    vt = torch.einsum("hij,htj->hti", f.o_metric, v)
+    spread_v = torch.cdist(p @ v, v, compute_mode="donot_use_mm_for_euclid_dist")
+    a_ts = torch.cdist(p @ vt, vt, compute_mode="donot_use_mm_for_euclid_dist")
+    a_ts = (a_ts + f.o_slack[:, None, None] * spread_v) * (1 + REL_MARGIN)
+    cen["attention"] = {
+        "causal": causal,
+        "key_dir": rotated_norms(f.k_metric, f.k_slack, q, rot).transpose(-1, -2),  # [H, t, s]
+        # softmax ignores a shift of z_t. shared by all sources, so the query side of dz_ts
+        # only needs ||A_q^T R_t^T (k_s - kbar_t)||
+        "query_dir": _centred_query_dir(f, k, p @ k, rot).masked_fill(~causal, 0.0),
+        "a_ts": a_ts.masked_fill(~causal, 0.0),
+        "query_centre": _query_centre(f, cen, vt, rot),
+        **_gram_centre(f, p, v),
+    }
+    return cen["attention"]
+
+
+def _key_path_aligned(f, v: Tensor, p: Tensor, coef: Tensor) -> Tensor:
+    """[T] >= max_(||u|| = 1) sum_(h, s) coef_hts |u . W_o,h (v_s - vbar_t)| (centre vectors).
+
+    Cauchy-Schwarz over the pairs (h, s): <= sqrt(C_t lambda_max(G_t)), C_t = sum coef_hts and
+    G_t = sum_h W_o,h S_h,t W_o,h^T with S_h,t = sum_s coef_hts (v_s - vbar_t)(v_s - vbar_t)^T.
+    G_t is the Gram matrix of the blocks W_o,h S_h^(1/2), so lambda_max(G_t) <= lambda_max(N_t)
+    with N_hg >= ||S_h^(1/2) K_hg S_g^(1/2)|| (K_hg = W_o,h^T W_o,g): the diagonal through the
+    metric of W_o,h, the rest by Frobenius (tr(S_h K_hg S_g K_hg^T)); lambda_max(N_t) <=
+    max_h (N_t x)_h / x_h for any positive x (Collatz-Wielandt). Heads write to nearly
+    orthogonal subspaces and the sources' deviations point in many directions, so this is far
+    below the row sum sum_(h, s) coef_hts ||W_o,h (v_s - vbar_t)||.
+    """
+    n, T = coef.shape[0], coef.shape[1]
+    hd = v.shape[-1]
+    vbar = p @ v  # [H, T, hd]
+    outer = (v[..., :, None] * v[..., None, :]).flatten(-2)  # [H, s, hd*hd]
+    weight = coef.sum(-1)  # [H, t]
+    first = coef @ v  # [H, t, hd] sum_s coef v_s
+    scat = (coef @ outer).view(n, T, hd, hd)
+    scat = (
+        scat - first[..., :, None] * vbar[..., None, :] - vbar[..., :, None] * first[..., None, :]
+    )
+    scat = scat + weight[..., None, None] * vbar[..., :, None] * vbar[..., None, :]
+    scat = 0.5 * (scat + scat.transpose(-1, -2))
+    size = coef @ (v.norm(dim=-1) + vbar.norm(dim=-1).amax(-1, keepdim=True)).pow(2).unsqueeze(-1)
+    rounding = 1e-10 * size[..., 0]  # [H, t] of the expanded sums above
+    metric = f.o_metric[:, None]  # [H, 1, hd, hd]
+    diag = spectral_norm_upper_batched(metric @ scat @ metric.transpose(-1, -2), squarings=4)
+    trace = torch.diagonal(scat, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0) + rounding
+    diag = (diag + rounding * torch.linalg.matrix_norm(f.o_metric).pow(2)[:, None]).sqrt()
+    diag = (diag + f.o_slack[:, None] * trace.sqrt()).pow(2)  # [H, t]
+    cross = torch.cat([_cross_traces(f.o_cross, part) for part in scat.split(32, dim=1)])
+    eye = torch.eye(n, dtype=torch.bool)
+    mat = torch.where(eye, diag.T[:, :, None].expand(T, n, n), cross)  # [t, h, g]
+    mat = torch.maximum(mat, mat.transpose(-1, -2))
+    x = torch.ones(T, n, 1, dtype=torch.float64)
+    for _ in range(20):
+        x = mat @ x
+        x = x / x.amax(-2, keepdim=True).clamp_min(1e-300) + 1e-12
+    top = ((mat @ x) / x).amax((-2, -1))  # [t]
+    return (weight.sum(0) * top).clamp_min(0.0).sqrt() * (1 + 1e-8)
+
+
+def _cross_traces(o_cross: Tensor, scat: Tensor) -> Tensor:
+    """[t, h, g] >= ||S_h^(1/2) K_hg S_g^(1/2)||_F = sqrt(tr(S_h K_hg S_g K_gh)), scat: S [H, t, .].
+
+    With L_hg = S_h K_hg (one matrix product per head against all K_h. at once), the trace is
+    sum_ij (L_hg)_ij (L_gh)_ji. The products run in float32 (memory-bound) and the sum in
+    float64: the error is below 64 x 2^-24 ||S_h||_F ||S_g||_F ||K_hg||_F^2 per product and
+    their rounding, covered by the margin of 1e-4 of that size."""
+    n, t, hd = scat.shape[0], scat.shape[1], scat.shape[-1]
+    wide = o_cross.permute(0, 2, 1, 3).reshape(n, hd, n * hd).float()  # [h, i, (g, j)] = K_hg
+    left = (scat.float() @ wide[:, None]).view(n, t, hd, n, hd)  # [h, t, i, g, j] = (L_hg)_ij
+    partner = left.permute(3, 1, 4, 0, 2).contiguous()  # [h, t, i, g, j] = (L_gh)_ji
+    tr = (left * partner).sum((2, 4), dtype=torch.float64)  # [h, t, g], summed in float64
+    s_f = torch.linalg.matrix_norm(scat)  # [h, t]
+    size = s_f[:, :, None] * s_f.T[None] * torch.linalg.matrix_norm(o_cross).pow(2)[:, None]
+    return (tr + 1e-4 * size).clamp_min(0.0).sqrt().permute(1, 0, 2)
+
+
+def _gram_centre(f, p: Tensor, v: Tensor) -> dict:
+    """Radius-free terms of _value_key_gram: per h, |w_h . w_g| and ||B_h^T w_g|| bounds at the
+    centre ([g, t, s] each, w_h = W_o,h (v_s - vbar_t))."""
+    vbar = p @ v  # [H, T, hd]
+    size = vbar.norm(dim=-1)[:, :, None] + v.norm(dim=-1)[:, None, :]  # >= ||v_s - vbar_t||
+    dots, crosses = [], []
+    for h in range(p.shape[0]):  # every g at once
+        rounding = 1e-12 * size[h][None] * size  # [g, t, s]
+        dot = _centred_form(f.o_cross[h], v[h][None], vbar[h][None], v, vbar)
+        dots.append(dot.abs() + rounding * torch.linalg.matrix_norm(f.o_cross[h])[:, None, None])
+        quad = _centred_form(f.ov_cross[h], v, vbar, v, vbar).clamp_min(0.0)
+        quad = quad + rounding * torch.linalg.matrix_norm(f.ov_cross[h])[:, None, None]
+        crosses.append(quad.sqrt() + f.ov_cross_slack[h][:, None, None] * size)
+    return {"gram_dot": dots, "gram_cross": crosses}
+
+
+def _value_key_gram(f, c: dict, pu, beta, a_ts, e_ts) -> Tensor:
     """[t, s] >= ||sum_h (value_h + key_h)||^2 on the tube, heads combined per source.
 
     Components X_h = p'_h W_o,h A_v,h (value) and Y_h = beta_h w'_h u_h^T (key, w_h =
@@ -139,19 +261,10 @@ def _value_key_gram(f, p, v, pu, beta, a_ts, e_ts) -> Tensor:
     <= sum_ij ||Z_i^T Z_j||, with ||X_h^T X_g|| <= p'_h p'_g N_hg, ||X_h^T Y_g|| <= p'_h beta_g
     ||B_h^T w'_g|| and ||Y_h^T Y_g|| <= beta_h beta_g |w'_h . w'_g|. Tube: ||w'_h - w_h|| <= e_h.
     """
-    n = p.shape[0]
-    vbar = p @ v  # [H, T, hd]
-    vn, vbn = v.norm(dim=-1), vbar.norm(dim=-1)
-    size = vbn[:, :, None] + vn[:, None, :]  # [H, t, s] >= ||v_s - vbar_t||
     total = torch.einsum("hts,hg,gts->ts", pu, f.ov_gram, pu)
-    for h in range(n):  # every g at once
-        rounding = 1e-12 * size[h][None] * size  # [g, t, s]
-        dot = _centred_form(f.o_cross[h], v[h][None], vbar[h][None], v, vbar)
-        dot = dot.abs() + rounding * torch.linalg.matrix_norm(f.o_cross[h])[:, None, None]
+    for h, (dot, cross) in enumerate(zip(c["gram_dot"], c["gram_cross"], strict=True)):
         dot = dot + e_ts[h][None] * a_ts + a_ts[h][None] * e_ts + e_ts[h][None] * e_ts
-        quad = _centred_form(f.ov_cross[h], v, vbar, v, vbar).clamp_min(0.0)
-        quad = quad + rounding * torch.linalg.matrix_norm(f.ov_cross[h])[:, None, None]
-        cross = quad.sqrt() + f.ov_cross_slack[h][:, None, None] * size + f.c_ov[h] * e_ts
+        cross = cross + f.c_ov[h] * e_ts
         total = total + beta[h] * (beta * dot).sum(0) + 2 * pu[h] * (beta * cross).sum(0)
     return total * (1 + REL_MARGIN)
 
@@ -169,15 +282,9 @@ def _centred_form(mat: Tensor, v1: Tensor, vbar1: Tensor, v2: Tensor, vbar2: Ten
     )
 
 
-def _query_norm(f, cen, rot, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tensor:
-    """[H, T] >= ||W_o,h Cov'_t R_t A_q,h|| on the tube.
-
-    Cov'_t = sum_s p'_ts (v'_s - vbar'_t)(k'_s - kbar_t)^T for the CENTRE mean kbar_t (the
-    weights (v' - vbar') sum to zero under p'), so every source contributes a rank-one term
-    whose A_q side is ||A_q^T R_t^T (k_s - kbar_t)|| (+ ||A_q|| ||k'_s - k_s||).
-    """
+def _query_centre(f, cen: dict, vt: Tensor, rot: Tensor) -> Tensor:
+    """[H, T] >= ||W_o,h Cov_t R_t A_q,h|| at the centre (vt: v in the metric of W_o,h)."""
     p, k, v = cen["p"], cen["k"], cen["v"]
-    vt = torch.einsum("hij,htj->hti", f.o_metric, v)
     vbar_t, kbar = p @ vt, p @ k
     outer = (vt[..., :, None] * k[..., None, :]).flatten(-2)  # [H, T, hd*hd]
     cov = (p @ outer).view(*p.shape[:2], vt.shape[-1], k.shape[-1])
@@ -189,14 +296,23 @@ def _query_norm(f, cen, rot, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tens
     plain = torch.linalg.matrix_norm(cov) * (1 + REL_MARGIN) + rounding
     raw = (p * torch.cdist(kbar, k) * torch.cdist(p @ v, v)).sum(-1)  # >= ||Cov_t||
     centre = exact + f.q_slack[:, None] * plain
-    centre = centre + f.c_q[:, None] * (rounding + f.o_slack[:, None] * raw)
+    return centre + f.c_q[:, None] * (rounding + f.o_slack[:, None] * raw)
+
+
+def _query_norm(f, c: dict, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tensor:
+    """[H, T] >= ||W_o,h Cov'_t R_t A_q,h|| on the tube.
+
+    Cov'_t = sum_s p'_ts (v'_s - vbar'_t)(k'_s - kbar_t)^T for the CENTRE mean kbar_t (the
+    weights (v' - vbar') sum to zero under p'), so every source contributes a rank-one term
+    whose A_q side is ||A_q^T R_t^T (k_s - kbar_t)|| (+ ||A_q|| ||k'_s - k_s||).
+    """
     aq = a_ts * q_side
     reweight = torch.minimum(delta.clamp_max(2.0) * aq.amax(-1), (moved_p * aq).sum(-1))
     e_ts = a_up - a_ts
     k_move = f.c_q[:, None, None] * dk[:, None, :]
     moved = reweight + (pu * (e_ts * q_side + a_up * k_move)).sum(-1)
     direct = (pu * a_up * (q_side + k_move)).sum(-1)
-    return torch.minimum(centre + moved, direct)
+    return torch.minimum(c["query_centre"] + moved, direct)
 
 
 def _centred_query_dir(f, k: Tensor, kbar: Tensor, rot: Tensor) -> Tensor:

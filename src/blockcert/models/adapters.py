@@ -6,10 +6,18 @@ All tensors are `[batch, seq, d_model]`; every prompt starts at position 0 (no p
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.masking_utils import create_causal_mask
 
 from blockcert.models.teacher import Teacher
+
+# transformers renamed the mask builder's cache argument (past_key_values -> cache); passing the
+# old name to a new release prints a deprecation warning on every block call
+_CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+)
 
 
 class BlockAdapter:
@@ -35,8 +43,8 @@ class BlockAdapter:
             config=self.config,
             inputs_embeds=h,
             attention_mask=None,
-            past_key_values=None,
             position_ids=positions,
+            **{_CACHE_ARG: None},
         )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""The aligned attention bounds and the MLP tube perturbation against exact computations.
+
+Each bound is compared with the quantity it bounds, computed directly: autograd Jacobians in
+float64, explicit per-source vectors, dense spectral norms, and the best directions found by
+alternating maximisation (a lower estimate of the maximum, so `bound >= estimate` can fail).
+"""
+
+import pytest
+import torch
+
+import blockcert.cert.lipschitz_sound as sound
+from blockcert.cert.lipschitz_sound import (
+    _attention_rows,
+    _folded,
+    _mlp_product_pert,
+    _weighted_gate_norms,
+    forward64,
+)
+from blockcert.cert.sound_attention import _cross_traces, _key_path_aligned
+from blockcert.surrogate.extract import extract_block
+from blockcert.surrogate.view import block_view
+
+
+def _best_aligned_sum(vectors: torch.Tensor, steps: int = 200, seed: int = 0) -> float:
+    """Lower estimate of max_(||u|| = 1) sum_i ||vectors_i^T u|| (vectors [n, d, m])."""
+    gen = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(4):
+        u = torch.randn(vectors.shape[1], generator=gen, dtype=torch.float64)
+        u = u / u.norm()
+        for _ in range(steps):
+            g = torch.einsum("ndm,d->nm", vectors, u)
+            best = max(best, float(g.norm(dim=-1).sum()))
+            w = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            u = torch.einsum("ndm,nm->d", vectors, w)
+            u = u / u.norm()
+    return best
+
+
+@pytest.fixture
+def block(tiny_llama, token_ids):
+    x, _ = tiny_llama.block_pair(token_ids, 1)
+    view = block_view(extract_block(tiny_llama, 1))
+    return view, _folded(view), x[0].double()
+
+
+def test_cross_traces_equal_the_traces_they_bound():
+    gen = torch.Generator().manual_seed(0)
+    n, t, hd = 3, 5, 4
+    half = torch.randn(n, t, hd, hd, generator=gen, dtype=torch.float64)
+    scat = half @ half.transpose(-1, -2)  # PSD, as the scatter matrices are
+    o = torch.randn(n, 7, hd, generator=gen, dtype=torch.float64)  # W_o,h: [d, hd]
+    o_cross = torch.einsum("hdi,gdj->hgij", o, o)
+    got = _cross_traces(o_cross, scat)  # [t, h, g]
+    for h in range(n):
+        for g in range(n):
+            exact = torch.einsum("tij,tji->t", scat[h] @ o_cross[h, g], scat[g] @ o_cross[g, h])
+            assert (got[:, h, g] >= exact.sqrt()).all()
+            assert (got[:, h, g] <= exact.sqrt() * 1.01 + 1e-2 * got.max()).all()
+
+
+def test_aligned_key_path_bounds_the_best_direction(block):
+    view, f, x = block
+    cen = forward64(view, x)
+    p, v = cen["p"], cen["v"]
+    n, T = p.shape[0], p.shape[-1]
+    gen = torch.Generator().manual_seed(1)
+    coef = torch.rand(n, T, T, generator=gen, dtype=torch.float64).tril()
+    bound = _key_path_aligned(f, v, p, coef)  # [T]
+    a = view.attention
+    wo = a.o.matrix()
+    for t in (0, T // 2, T - 1):
+        vecs = []  # coef_hts W_o,h (v_s - vbar_t) as [d, 1] blocks
+        for h in range(n):
+            w_o = wo[:, h * a.head_dim : (h + 1) * a.head_dim]
+            dev = v[h] - p[h, t] @ v[h]  # [s, hd]
+            vecs.append((coef[h, t, :, None] * dev) @ w_o.T)
+        stacked = torch.cat(vecs)[:, :, None]  # [(h, s), d, 1]
+        best = _best_aligned_sum(stacked)
+        rowsum = float(stacked.norm(dim=(1, 2)).sum())
+        assert float(bound[t]) >= best, (t, float(bound[t]), best)
+        assert float(bound[t]) <= 1.5 * rowsum + 1e-4  # never far above the per-source sum
+
+
+def test_attention_rows_bound_the_exact_row_operator_norm(block):
+    """Latt_t >= max_u sum_s ||(d attn_out_t / d x_s)^T u|| of the float64 block, at the centre
+    and at random points of the tube; move_t >= how far attn_out_t moved there."""
+    view, f, x = block
+    r = 0.05 * float(x.norm(dim=-1).median())
+    cen = forward64(view, x)
+    T = x.shape[0]
+    rows = torch.arange(T)
+    latt, move, _ = _attention_rows(f, cen, r, aligned=rows)
+    gen = torch.Generator().manual_seed(2)
+
+    def attn(z):
+        return forward64(view, z)["y"] - z
+
+    base = attn(x)
+    for trial in range(3):
+        step = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        point = x if trial == 0 else x + r * step / step.norm(dim=-1, keepdim=True)
+        assert float((attn(point) - base).norm(dim=-1).sub(move).max()) <= 0
+        jac = torch.autograd.functional.jacobian(attn, point)  # [T, d, T, d]
+        for t in (1, T // 2, T - 1):
+            blocks = jac[t].permute(1, 0, 2)  # [s, d_out, d_in]
+            assert float(latt[t]) >= _best_aligned_sum(blocks)
+
+
+def test_weighted_gate_norms_bound_the_exact_spectral_norm(block):
+    view, f, x = block
+    cen = forward64(view, x)
+    up = cen["pre"][1]
+    got = _weighted_gate_norms(f, up)
+    for t in range(0, x.shape[0], 5):
+        s = f.down_cols * up[t].abs()
+        exact = float(torch.linalg.matrix_norm(s[:, None] * f.mlp_in[0], 2))
+        frob = float((s[:, None] * f.mlp_in[0]).norm())
+        assert exact <= float(got[t]) <= frob * (1 + 1e-6)
+
+
+def test_mlp_product_pert_bounds_jacobian_moves(block):
+    """||J_M(w') - J_M(w)|| <= pert for normalised inputs w' within rho of w, on directions that
+    load single neurons (rows of A_gate, A_up) and random ones."""
+    view, f, x = block
+    cen = forward64(view, x)
+    g_in, u_in = f.mlp_in
+    c_g, c_u = f.mlp_const
+
+    def jac(w):
+        g, u = w @ g_in.T + c_g, w @ u_in.T + c_u
+        sg = torch.sigmoid(g)
+        slope = sg * (1 + g * (1 - sg))
+        return f.w_down @ (
+            (slope * u)[:, None] * g_in + torch.nn.functional.silu(g)[:, None] * u_in
+        )
+
+    xhat, _ = sound._normalise(view.mlp_norm, cen["y"])
+    rho = torch.full((x.shape[0],), 0.3, dtype=torch.float64)
+    pert = _mlp_product_pert(f, cen, rho)
+    gen = torch.Generator().manual_seed(3)
+    for t in (0, x.shape[0] - 1):
+        base = jac(xhat[t])
+        loud = torch.argsort(cen["pre"][1][t].abs(), descending=True)[:4]
+        dirs = [g_in[i] for i in loud] + [u_in[i] for i in loud]
+        dirs += [torch.randn(x.shape[-1], generator=gen, dtype=torch.float64) for _ in range(4)]
+        for d in dirs:
+            for sign in (1.0, -1.0):
+                moved = jac(xhat[t] + sign * 0.3 * d / d.norm())
+                change = float(torch.linalg.matrix_norm(moved - base, 2))
+                assert change <= float(pert[t]), (t, change, float(pert[t]))
+
+
+def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, monkeypatch):
+    """With the aligned bounds on only a few tokens per prompt, the block bound still holds."""
+    from tests.test_lipschitz import independent_ascent
+
+    monkeypatch.setattr(sound, "ALIGNED_TOKENS", 3)
+    x, _ = tiny_llama.block_pair(token_ids, 0)
+    surrogate = extract_block(tiny_llama, 0)
+    r = 1e-2 * float(x.norm(dim=-1).median())
+    few = sound.sound_block_bound(surrogate, [x], r)
+    monkeypatch.setattr(sound, "ALIGNED_TOKENS", 10_000)
+    every = sound.sound_block_bound(surrogate, [x], r)
+    assert every.lipschitz <= few.lipschitz * (1 + 1e-8)
+    assert every.lipschitz >= independent_ascent(surrogate, x, r, restarts=2, steps=30)
