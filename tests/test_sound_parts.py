@@ -164,3 +164,70 @@ def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, mo
     every = sound.sound_block_bound(surrogate, [x], r)
     assert every.lipschitz <= few.lipschitz * (1 + 1e-8)
     assert every.lipschitz >= independent_ascent(surrogate, x, r, restarts=2, steps=30)
+
+
+def test_aligned_query_move_bounds_explicit_moves(block):
+    """Reweighting moves |p' - p| <= moved_p (summing to zero) and value moves of norm <= e_ts
+    (random and all aligned to one direction) stay within _query_move_aligned, per head."""
+    from blockcert.cert.sound_attention import _query_move_aligned, rope_matrices
+
+    view, f, x = block
+    cen = forward64(view, x)
+    p, k, v = cen["p"], cen["k"], cen["v"]
+    a = view.attention
+    n, T, hd = p.shape[0], p.shape[-1], a.head_dim
+    gen = torch.Generator().manual_seed(4)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    moved_p = (0.3 * p).masked_fill(~causal, 0.0)
+    pu = (1.3 * p).clamp_max(1.0)
+    e_ts = torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0.0)
+    rot = rope_matrices(a.inv_freq, T, hd)
+    bound = _query_move_aligned(f, rot, k, v, p, moved_p, pu, e_ts)  # [H, T]
+    wo, wq = a.o.matrix(), view.attention.q.matrix() * view.attn_norm.weight.double()[None]
+    worst = 0.0
+    for h in range(n):
+        w_o = wo[:, h * hd : (h + 1) * hd]
+        a_q = wq[h * hd : (h + 1) * hd]
+        for t in (T // 2, T - 1):
+            src = slice(0, t + 1)
+            b = (k[h, src] - p[h, t, src] @ k[h, src]) @ rot[t] @ a_q  # rows b_s^T [s, d]
+            dev = (v[h, src] - p[h, t, src] @ v[h, src]) @ w_o.T  # rows a_s^T [s, d]
+            sign = torch.randint(0, 2, (t + 1,), generator=gen).double() * 2 - 1
+            change = sign * moved_p[h, t, src]  # |p' - p| <= moved_p
+            reweight = dev.T @ (change[:, None] * b)
+            u = torch.randn(wo.shape[0], generator=gen, dtype=torch.float64)
+            for xs in (
+                torch.randn(t + 1, wo.shape[0], generator=gen, dtype=torch.float64),
+                u.expand(t + 1, -1).clone(),
+            ):
+                xs = xs * (e_ts[h, t, src] / xs.norm(dim=-1))[:, None]
+                values = xs.T @ (pu[h, t, src, None] * b)
+                exact = float(torch.linalg.matrix_norm(reweight + values, 2))
+                assert exact <= float(bound[h, t]), (h, t, exact, float(bound[h, t]))
+                worst = max(worst, exact / float(bound[h, t]))
+    assert worst > 0.05  # the bound is not vacuous on these moves
+
+
+def test_heads_combined_query_centre_bounds_the_exact_sum(block):
+    """||sum_h W_o,h Cov_h,t R_t A_q,h|| <= the combined bound <= the per-head sum."""
+    from blockcert.cert.sound_attention import _centre, _query_combined
+
+    view, f, x = block
+    cen = forward64(view, x)
+    c = _centre(f, cen)
+    p, k, v = cen["p"], cen["k"], cen["v"]
+    a = view.attention
+    n, T, hd = p.shape[0], p.shape[-1], a.head_dim
+    rows = torch.arange(T)
+    combined = _query_combined(f, c, cen, rows)
+    wo, wq = a.o.matrix(), a.q.matrix() * view.attn_norm.weight.double()[None]
+    for t in range(1, T, 3):
+        total = 0
+        for h in range(n):
+            dev_v, dev_k = v[h] - p[h, t] @ v[h], k[h] - p[h, t] @ k[h]
+            cov = (p[h, t, :, None] * dev_v).T @ dev_k  # sum_s p (v_s - vbar)(k_s - kbar)^T
+            total = (
+                total + wo[:, h * hd : (h + 1) * hd] @ cov @ c["rot"][t] @ wq[h * hd : (h + 1) * hd]
+            )
+        exact = float(torch.linalg.matrix_norm(total, 2))
+        assert exact <= float(combined[t]) <= float(c["query_centre"][:, t].sum()) * 1.001 + 1e-9

@@ -82,7 +82,7 @@ GELU_ARGMIN = -0.7525
 ROPE_SLACK = 1.0 + 1e-6  # cos^2 + sin^2 of fp32 RoPE tables is 1 within 1e-6
 REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
 REFINE_BATCH = 8
-ALIGNED_TOKENS = 24  # per prompt: tokens whose attention rows get the aligned bounds
+ALIGNED_TOKENS = 64  # per prompt: tokens whose attention rows get the aligned bounds
 
 
 @dataclass
@@ -513,6 +513,18 @@ def _prompt_rows(
     return _PromptRows(**stacked, z=z, saturation=saturation, min_norm=cen["xnorm"].min())
 
 
+def _two_pass_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
+    """The prompt's bounds, then again with the aligned attention bounds on the ALIGNED_TOKENS
+    tokens with the largest first-pass constant (the same bounds with extra minima, so every
+    row is at most the first pass's)."""
+    rows = _prompt_rows(f, cen, r, shells)
+    score = _shell_mean((1 + rows.latt) * (1 + rows.screen), r)
+    top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]
+    if len(top) and torch.isfinite(score[top]).all():
+        rows = _prompt_rows(f, cen, r, shells, top)
+    return rows
+
+
 def _shell_radii(r: float, shells: int) -> tuple[list[float], list[float]]:
     """(outer radius, width) of every shell; the last radius is r itself (r * n / n may round
     below r), and the widths are the differences of the radii actually used."""
@@ -552,17 +564,12 @@ def sound_block_bound(
     f = _folded(view)
     r = float(radius)
     with torch.no_grad():
-        centres = [
-            forward64(view, x) for batch in inputs for x in batch.reshape(-1, *batch.shape[-2:])
+        # one prompt at a time: its centre values and cached terms are dropped before the next
+        prompts = [
+            _two_pass_rows(f, forward64(view, x), r, shells)
+            for batch in inputs
+            for x in batch.reshape(-1, *batch.shape[-2:])
         ]
-        prompts = [_prompt_rows(f, cen, r, shells) for cen in centres]
-        # second pass: the aligned attention bounds on the tokens that can decide the max
-        for i, (cen, rows) in enumerate(zip(centres, prompts, strict=True)):
-            score = _shell_mean((1 + rows.latt) * (1 + rows.screen), r)
-            top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]
-            if len(top) and torch.isfinite(score[top]).all():
-                # the same bounds with extra minima: every row is at most the first pass's
-                prompts[i] = _prompt_rows(f, cen, r, shells, top)
         latt = torch.cat([p.latt for p in prompts], dim=1)  # [n, N]
         lmlp = torch.cat([p.screen for p in prompts], dim=1)
         pert = torch.cat([p.pert for p in prompts], dim=1)

@@ -140,13 +140,64 @@ def attention_rows(
         # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
         reweight = _key_path_aligned(f, v, p_rows, moved_p[:, aligned])
         move[aligned] = torch.minimum(move[aligned], values_move[aligned] + reweight)
-    query = (
-        scale
-        * sigma
-        * lam[None, :]
-        * _query_norm(f, c, query_dir, pu, moved_p, delta, a_ts, a_up, dk)
-    )
-    return (value_key + query.sum(0)) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
+    # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
+    q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
+    if aligned is not None and len(aligned):
+        rows = (slice(None), aligned)
+        k_move = f.c_q[:, None, None] * dk[:, None, :]
+        keys_moved = (pu[rows] * a_up[rows] * k_move).sum(-1)
+        moved = _query_move_aligned(
+            f, c["rot"][aligned], cen["k"], v, p[rows], moved_p[rows], pu[rows], e_ts[rows]
+        )
+        q_moved[rows] = torch.minimum(q_moved[rows], moved + keys_moved)
+    query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [T]
+    if aligned is not None and len(aligned):
+        # heads combined at the centre: ||sum_h Q'_h|| <= ||sum_h Q_h|| + sum_h ||Q'_h - Q_h||
+        combined = _query_combined(f, c, cen, aligned) + q_moved[:, aligned].sum(0)
+        query[aligned] = torch.minimum(query[aligned], combined)
+    query = scale * sigma * lam * query
+    return (value_key + query) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
+
+
+def _query_combined(f, c: dict, cen: dict, rows: Tensor) -> Tensor:
+    """[t] >= ||sum_h W_o,h Cov_h,t R_t A_q,h|| at the centre for the query rows t = rows.
+
+    ||sum_h Q_h||^2 = ||sum_hg Q_h^T Q_g|| <= sum_hg N_hg with N_hh = ||Q_h||^2 (the per-head
+    centre bound) and, for h != g, Q_h^T Q_g = A_q,h^T Z_hg A_q,g, Z_hg = (C_h R_t)^T K_hg
+    (C_g R_t) with C the p-weighted covariance of (v, k) and K_hg = W_o,h^T W_o,g:
+    N_hg <= ||M_h Z M_g^T||_F (+ the metrics' slack and C's rounding) = sqrt(tr(P_h K_hg P_g
+    K_gh)) with P_h = U_h U_h^T, U_h = C_h R_t M_h^T (_cross_traces). The heads' query terms point
+    in different directions, so this is well below the per-head sum. Cached per row set.
+    """
+    key = ("query_combined", tuple(rows.tolist()))
+    if key in c:
+        return c[key]
+    p, k, v = cen["p"][:, rows], cen["k"], cen["v"]
+    n, t, hd = p.shape[0], p.shape[1], k.shape[-1]
+    outer = (v[..., :, None] * k[..., None, :]).flatten(-2)  # [H, s, hd*hd]
+    cov = (p @ outer).view(n, t, hd, hd) - (p @ v)[..., :, None] * (p @ k)[..., None, :]
+    rc = 1e-10 * (p @ (v.norm(dim=-1) * k.norm(dim=-1))[..., None])[..., 0]  # [H, t] rounding
+    turned = cov @ c["rot"][rows][None]  # [H, t, hd, hd] C R_t
+    u = turned @ f.q_metric[:, None].transpose(-1, -2)  # U_h = C R_t M_h^T
+    cross = torch.cat(
+        [_cross_traces(f.o_cross, part) for part in (u @ u.transpose(-1, -2)).split(32, dim=1)]
+    )  # [t, h, g]
+    # slack of the metrics, C's rounding (moves Z by (rc_h ||C_g|| + rc_g ||C_h|| + rc_h rc_g)
+    # ||K_hg||) and the float64 products (relative 1e-12), all through Frobenius norms
+    t_f = (torch.linalg.matrix_norm(turned) + rc).T  # [t, H] >= ||C R_t||_F of the exact C
+    k_f = torch.linalg.matrix_norm(f.o_cross)  # [H, H]
+    m_f = torch.linalg.matrix_norm(f.q_metric) + f.q_slack  # [H]
+    rc = rc.T
+    z_f = t_f[:, :, None] * k_f * t_f[:, None, :]  # >= ||Z_hg||_F
+    dz = (rc[:, :, None] * t_f[:, None, :] + t_f[:, :, None] * rc[:, None, :]) * k_f
+    dz = dz + rc[:, :, None] * rc[:, None, :] * k_f + 1e-12 * z_f
+    slack = f.q_slack[:, None] * m_f[None, :] + m_f[:, None] * f.q_slack[None, :]
+    cross = cross + slack * z_f + m_f[:, None] * m_f[None, :] * dz
+    eye = torch.eye(n, dtype=torch.bool)
+    cross = cross.masked_fill(eye, 0.0)  # the diagonal is the per-head bound, squared below
+    total = cross.sum((-2, -1)) + c["query_centre"][:, rows].pow(2).sum(0)
+    c[key] = total.sqrt() * (1 + REL_MARGIN)
+    return c[key]
 
 
 def _centre(f, cen: dict) -> dict:
@@ -166,6 +217,7 @@ def _centre(f, cen: dict) -> dict:
     a_ts = (a_ts + f.o_slack[:, None, None] * spread_v) * (1 + REL_MARGIN)
     cen["attention"] = {
         "causal": causal,
+        "rot": rot,
         "key_dir": rotated_norms(f.k_metric, f.k_slack, q, rot).transpose(-1, -2),  # [H, t, s]
         # softmax ignores a shift of z_t. shared by all sources, so the query side of dz_ts
         # only needs ||A_q^T R_t^T (k_s - kbar_t)||
@@ -190,24 +242,8 @@ def _key_path_aligned(f, v: Tensor, p: Tensor, coef: Tensor) -> Tensor:
     below the row sum sum_(h, s) coef_hts ||W_o,h (v_s - vbar_t)||.
     """
     n, T = coef.shape[0], coef.shape[1]
-    hd = v.shape[-1]
-    vbar = p @ v  # [H, T, hd]
-    outer = (v[..., :, None] * v[..., None, :]).flatten(-2)  # [H, s, hd*hd]
-    weight = coef.sum(-1)  # [H, t]
-    first = coef @ v  # [H, t, hd] sum_s coef v_s
-    scat = (coef @ outer).view(n, T, hd, hd)
-    scat = (
-        scat - first[..., :, None] * vbar[..., None, :] - vbar[..., :, None] * first[..., None, :]
-    )
-    scat = scat + weight[..., None, None] * vbar[..., :, None] * vbar[..., None, :]
-    scat = 0.5 * (scat + scat.transpose(-1, -2))
-    size = coef @ (v.norm(dim=-1) + vbar.norm(dim=-1).amax(-1, keepdim=True)).pow(2).unsqueeze(-1)
-    rounding = 1e-10 * size[..., 0]  # [H, t] of the expanded sums above
-    metric = f.o_metric[:, None]  # [H, 1, hd, hd]
-    diag = spectral_norm_upper_batched(metric @ scat @ metric.transpose(-1, -2), squarings=4)
-    trace = torch.diagonal(scat, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0) + rounding
-    diag = (diag + rounding * torch.linalg.matrix_norm(f.o_metric).pow(2)[:, None]).sqrt()
-    diag = (diag + f.o_slack[:, None] * trace.sqrt()).pow(2)  # [H, t]
+    scat, rounding = _scatter(coef, v, p @ v)
+    diag = _metric_top(f.o_metric, f.o_slack, scat, rounding)  # [H, t]
     cross = torch.cat([_cross_traces(f.o_cross, part) for part in scat.split(32, dim=1)])
     eye = torch.eye(n, dtype=torch.bool)
     mat = torch.where(eye, diag.T[:, :, None].expand(T, n, n), cross)  # [t, h, g]
@@ -217,21 +253,69 @@ def _key_path_aligned(f, v: Tensor, p: Tensor, coef: Tensor) -> Tensor:
         x = mat @ x
         x = x / x.amax(-2, keepdim=True).clamp_min(1e-300) + 1e-12
     top = ((mat @ x) / x).amax((-2, -1))  # [t]
-    return (weight.sum(0) * top).clamp_min(0.0).sqrt() * (1 + 1e-8)
+    return (coef.sum((0, -1)) * top).clamp_min(0.0).sqrt() * (1 + 1e-8)
+
+
+def _scatter(coef: Tensor, x: Tensor, xbar: Tensor) -> tuple[Tensor, Tensor]:
+    """(S, rounding): S_h,t = sum_s coef_hts (x_s - xbar_t)(x_s - xbar_t)^T [H, t, hd, hd] for
+    coef >= 0 (x [H, s, hd], xbar [H, t, hd]), expanded into matrix products, and a bound
+    [H, t] on the float64 rounding of that expansion (in spectral norm)."""
+    n, T, hd = coef.shape[0], coef.shape[1], x.shape[-1]
+    outer = (x[..., :, None] * x[..., None, :]).flatten(-2)  # [H, s, hd*hd]
+    weight = coef.sum(-1)  # [H, t]
+    first = coef @ x  # [H, t, hd] sum_s coef x_s
+    scat = (coef @ outer).view(n, T, hd, hd)
+    scat = (
+        scat - first[..., :, None] * xbar[..., None, :] - xbar[..., :, None] * first[..., None, :]
+    )
+    scat = scat + weight[..., None, None] * xbar[..., :, None] * xbar[..., None, :]
+    scat = 0.5 * (scat + scat.transpose(-1, -2))
+    size = coef @ (x.norm(dim=-1) + xbar.norm(dim=-1).amax(-1, keepdim=True)).pow(2).unsqueeze(-1)
+    return scat, 1e-10 * size[..., 0]
+
+
+def _metric_top(metric: Tensor, slack: Tensor, scat: Tensor, rounding: Tensor) -> Tensor:
+    """[H, t] >= lambda_max(A S_h,t A^T) = ||A S^(1/2)||^2 for a PSD scatter S (up to the
+    rounding bound) and A with ||A y|| <= ||M y|| + slack_h ||y|| (metric M: [H, hd, hd], or
+    [H, t, hd, hd] when it varies with t)."""
+    m = metric if metric.dim() == 4 else metric[:, None]
+    top = spectral_norm_upper_batched(m @ scat @ m.transpose(-1, -2), squarings=4)
+    trace = torch.diagonal(scat, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0) + rounding
+    top = (top + rounding * torch.linalg.matrix_norm(m).pow(2)).sqrt()
+    return (top + slack[:, None] * trace.sqrt()).pow(2)
+
+
+def _query_move_aligned(f, rot: Tensor, k: Tensor, v: Tensor, p, moved_p, pu, e_ts) -> Tensor:
+    """[H, t] >= the tube move of ||W_o,h Cov'_t R_t A_q,h|| from reweighting and from the values,
+    for rows t (rot [t, hd, hd] = R_t; p, moved_p, pu, e_ts [H, t, s]; k, v [H, s, hd]), by
+    Cauchy-Schwarz on its sums of rank-one terms: ||sum_s c_s a_s b_s^T|| <=
+    sqrt(lambda_max(sum c a a^T) lambda_max(sum c b b^T)) with a_s = W_o,h (v_s - vbar_t),
+    b_s = A_q,h^T R_t^T (k_s - kbar_t) and c = |p' - p| (reweighting), and
+    ||sum_s p'_s x_s b_s^T|| <= sqrt(sum p'_s e_ts^2) sqrt(lambda_max(sum p' b b^T)) for the
+    value moves ||x_s|| <= e_ts (the p'-weighted deviations sum to zero, so kbar_t may stay the
+    centre's)."""
+    turn = f.q_metric[:, None] @ rot.transpose(-1, -2)[None]  # [H, t, hd, hd] M_q R_t^T
+    kbar = p @ k
+    q_moved = _metric_top(turn, f.q_slack, *_scatter(moved_p, k, kbar))
+    q_weighted = _metric_top(turn, f.q_slack, *_scatter(pu, k, kbar))
+    o_moved = _metric_top(f.o_metric, f.o_slack, *_scatter(moved_p, v, p @ v))
+    values = (pu * e_ts.pow(2)).sum(-1) * q_weighted
+    return ((o_moved * q_moved).sqrt() + values.sqrt()) * (1 + 1e-8)
 
 
 def _cross_traces(o_cross: Tensor, scat: Tensor) -> Tensor:
     """[t, h, g] >= ||S_h^(1/2) K_hg S_g^(1/2)||_F = sqrt(tr(S_h K_hg S_g K_gh)), scat: S [H, t, .].
 
     With L_hg = S_h K_hg (one matrix product per head against all K_h. at once), the trace is
-    sum_ij (L_hg)_ij (L_gh)_ji. The products run in float32 (memory-bound) and the sum in
-    float64: the error is below 64 x 2^-24 ||S_h||_F ||S_g||_F ||K_hg||_F^2 per product and
-    their rounding, covered by the margin of 1e-4 of that size."""
+    sum_ij (L_hg)_ij (L_gh)_ji. The products and the inner sums (64 terms) run in float32
+    (memory-bound), the outer sum in float64: the error is below (2 x 64 + 64) x 2^-24
+    ||S_h||_F ||S_g||_F ||K_hg||_F^2, covered by the margin of 1e-4 of that size."""
     n, t, hd = scat.shape[0], scat.shape[1], scat.shape[-1]
     wide = o_cross.permute(0, 2, 1, 3).reshape(n, hd, n * hd).float()  # [h, i, (g, j)] = K_hg
     left = (scat.float() @ wide[:, None]).view(n, t, hd, n, hd)  # [h, t, i, g, j] = (L_hg)_ij
     partner = left.permute(3, 1, 4, 0, 2).contiguous()  # [h, t, i, g, j] = (L_gh)_ji
-    tr = (left * partner).sum((2, 4), dtype=torch.float64)  # [h, t, g], summed in float64
+    # 64-term float32 sums, then float64 across them
+    tr = (left * partner).sum(-1).sum(2, dtype=torch.float64)  # [h, t, g]
     s_f = torch.linalg.matrix_norm(scat)  # [h, t]
     size = s_f[:, :, None] * s_f.T[None] * torch.linalg.matrix_norm(o_cross).pow(2)[:, None]
     return (tr + 1e-4 * size).clamp_min(0.0).sqrt().permute(1, 0, 2)
@@ -299,8 +383,9 @@ def _query_centre(f, cen: dict, vt: Tensor, rot: Tensor) -> Tensor:
     return centre + f.c_q[:, None] * (rounding + f.o_slack[:, None] * raw)
 
 
-def _query_norm(f, c: dict, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tensor:
-    """[H, T] >= ||W_o,h Cov'_t R_t A_q,h|| on the tube.
+def _query_moves(f, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> tuple[Tensor, Tensor]:
+    """([H, T], [H, T]): how far ||W_o,h Cov_t R_t A_q,h|| can move on the tube, and a direct
+    bound of its tube value (per source, no centre term).
 
     Cov'_t = sum_s p'_ts (v'_s - vbar'_t)(k'_s - kbar_t)^T for the CENTRE mean kbar_t (the
     weights (v' - vbar') sum to zero under p'), so every source contributes a rank-one term
@@ -312,7 +397,7 @@ def _query_norm(f, c: dict, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> Tenso
     k_move = f.c_q[:, None, None] * dk[:, None, :]
     moved = reweight + (pu * (e_ts * q_side + a_up * k_move)).sum(-1)
     direct = (pu * a_up * (q_side + k_move)).sum(-1)
-    return torch.minimum(c["query_centre"] + moved, direct)
+    return moved, direct
 
 
 def _centred_query_dir(f, k: Tensor, kbar: Tensor, rot: Tensor) -> Tensor:
