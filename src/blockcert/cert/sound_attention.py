@@ -34,6 +34,9 @@ bound, and the rank-one key terms jointly over heads and sources by Cauchy-Schwa
 direction u (_key_path_aligned): sum_(h,s) c_hs |u . w_hs| <= sqrt(sum c) sqrt(lambda_max(sum c
 w w^T)) (deviations w_hs = W_o,h (v_s - vbar_t) point in many directions, so this is well below
 sum c ||w||); the reweighting part of the output's move gets the same treatment with |p' - p|.
+The query path on those rows: its tube move by Cauchy-Schwarz on the rank-one sums of Cov'_t
+(_query_move_aligned), and its centre with the heads combined through the Gram bound
+||sum_h Q_h||^2 <= sum_hg ||Q_h^T Q_g|| (_query_combined) instead of the per-head sum.
 
 Norms of the form ||A^T w|| use a square metric M (M^T M = A A^T, blockcert.cert.lipschitz_sound
 ._metric): ||A^T w|| <= ||M w|| + s ||w||, with s covering the eigendecomposition's rounding.
