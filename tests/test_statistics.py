@@ -1,6 +1,7 @@
 """Statements about fresh prompts: order statistics = Clopper-Pearson, and the check split."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -47,6 +48,11 @@ def _perturbed(adapter, k, scale):
     return dataclasses.replace(surrogate, weights=weights)
 
 
+def _binomial_tail(n: int, p: float, k: int) -> float:
+    """P(Binomial(n, p) >= k)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
 @pytest.mark.slow
 def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     split = build_prompts(
@@ -82,5 +88,8 @@ def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     misses = event_misses(chain, check_traj, check_eval, range(len(check)), comp, options)
     result = comp.check(misses, check_eval.final_deviation)
     assert result["within"], (comp.statement(), result)
-    assert result["any_event_fraction"] <= comp.joint_upper
+    # the check split is itself a sample: its count of prompts with any event must not be
+    # significantly above the stated joint rate (binomial tail, level 1e-3)
+    n_check, n_any = len(check), round(result["any_event_fraction"] * len(check))
+    assert _binomial_tail(n_check, comp.joint_upper, n_any) >= 1e-3, (n_any, comp.joint_upper)
     assert result["beyond_bound_fraction"] == 0.0
