@@ -16,7 +16,7 @@ from blockcert.cert.lipschitz_sound import (
     _weighted_gate_norms,
     forward64,
 )
-from blockcert.cert.sound_attention import _cross_traces, _key_path_aligned
+from blockcert.cert.sound_attention import _cross_traces, _key_path_aligned, _output_spread
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.view import block_view
 
@@ -66,7 +66,7 @@ def test_aligned_key_path_bounds_the_best_direction(block):
     n, T = p.shape[0], p.shape[-1]
     gen = torch.Generator().manual_seed(1)
     coef = torch.rand(n, T, T, generator=gen, dtype=torch.float64).tril()
-    bound = _key_path_aligned(f, v, p, coef)  # [T]
+    bound = _key_path_aligned(f, coef, _output_spread(f, v, p, coef))  # [T]
     a = view.attention
     wo = a.o.matrix()
     for t in (0, T // 2, T - 1):
@@ -182,7 +182,8 @@ def test_aligned_query_move_bounds_explicit_moves(block):
     pu = (1.3 * p).clamp_max(1.0)
     e_ts = torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0.0)
     rot = rope_matrices(a.inv_freq, T, hd)
-    bound = _query_move_aligned(f, rot, k, v, p, moved_p, pu, e_ts)  # [H, T]
+    o_moved = _output_spread(f, v, p, moved_p)[1]
+    bound = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts)  # [H, T]
     wo, wq = a.o.matrix(), view.attention.q.matrix() * view.attn_norm.weight.double()[None]
     worst = 0.0
     for h in range(n):

@@ -63,6 +63,7 @@ import torch
 
 from blockcert.cert.sound_attention import attention_rows
 from blockcert.cert.spectral import (
+    perron_root_upper,
     spectral_norm_upper,
     spectral_norm_upper_batched,
 )
@@ -196,6 +197,7 @@ def _folded(view: BlockView) -> _Folded:
     mlp_const = [_const(n2, p.matrix(), p.bias) for p in mlp.inputs]
     w_down = mlp.down.matrix()
     g_down = w_down.T @ w_down
+    down_cols = w_down.norm(dim=0)
     blocks = [[g_down * (ai @ aj.T) for aj in mlp_in] for ai in mlp_in]
     h_mat = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
     sigma = a.rope_scaling * ROPE_SLACK if a.inv_freq is not None else 1.0
@@ -226,8 +228,8 @@ def _folded(view: BlockView) -> _Folded:
         down_gram_abs=g_down.abs(),
         down_norm=spectral_norm_upper(w_down),
         mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
-        down_cols=w_down.norm(dim=0) * (1 + REL_MARGIN),
-        weighted_in_norms=[spectral_norm_upper(w_down.norm(dim=0)[:, None] * ai) for ai in mlp_in],
+        down_cols=down_cols * (1 + REL_MARGIN),
+        weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
         gate_gram_abs=(mlp_in[0] @ mlp_in[0].T).abs() if mlp.kind == "gated_silu" else None,
     )
 
@@ -354,12 +356,8 @@ def _weighted_gate_norms(f: _Folded, up: Tensor, iterations: int = 8) -> Tensor:
     (B y)_i / y_i (Collatz-Wielandt); a few power steps make y near the Perron vector.
     """
     s2 = (f.down_cols[None, :] * up.abs()).pow(2)  # [T, m]
-    y = torch.ones_like(s2)
-    for _ in range(iterations):
-        y = (s2 * y) @ f.gate_gram_abs
-        y = y / y.amax(-1, keepdim=True).clamp_min(1e-300) + 1e-12
-    ratio = ((s2 * y) @ f.gate_gram_abs) / y
-    return (ratio.amax(-1) * (1 + 1e-9)).sqrt()
+    root = perron_root_upper(lambda y: (s2 * y) @ f.gate_gram_abs, torch.ones_like(s2), iterations)
+    return (root * (1 + 1e-9)).sqrt()
 
 
 def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from blockcert.cert.spectral import spectral_norm_upper_batched
+from blockcert.cert.spectral import perron_root_upper, spectral_norm_upper_batched
 
 Tensor = torch.Tensor
 
@@ -132,31 +132,34 @@ def attention_rows(
     value = (torch.einsum("hts,hg,gts->ts", pu, f.ov_gram, pu) * (1 + REL_MARGIN)).sqrt()
     values_move = torch.minimum((f.c_ov[:, None] * mean_lam).sum(0), (value * lam_s[0]).sum(-1)) * r
     move = ev_bar.sum(0)
-    if aligned is not None and len(aligned):
-        coef = (beta * lam_s)[:, aligned]  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
-        p_rows = cen["p"][:, aligned]
-        key = _key_path_aligned(f, v, p_rows, coef) + (coef * e_ts[:, aligned]).sum((0, -1))
+    # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
+    q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
+    has_rows = aligned is not None and len(aligned) > 0
+    if has_rows:
+        rows = (slice(None), aligned)
+        p_rows, moved_rows = p[rows], moved_p[rows]
+        coef = (beta * lam_s)[rows]  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
+        key = _key_path_aligned(f, coef, _output_spread(f, v, p_rows, coef))
+        key = key + (coef * e_ts[rows]).sum((0, -1))
         value_key[aligned] = torch.minimum(
             value_key[aligned], (value[aligned] * lam[None, :]).sum(-1) + key
         )
         # the output moves by sum_h W_o,h [sum_s p'_ts (v'_s - v_s) + sum_s (p'_ts - p_ts)
         # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
-        reweight = _key_path_aligned(f, v, p_rows, moved_p[:, aligned])
+        moved_spread = _output_spread(f, v, p_rows, moved_rows)
+        reweight = _key_path_aligned(f, moved_rows, moved_spread)
         move[aligned] = torch.minimum(move[aligned], values_move[aligned] + reweight)
-    # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
-    q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
-    if aligned is not None and len(aligned):
-        rows = (slice(None), aligned)
         k_move = f.c_q[:, None, None] * dk[:, None, :]
         keys_moved = (pu[rows] * a_up[rows] * k_move).sum(-1)
-        moved = _query_move_aligned(
-            f, c["rot"][aligned], cen["k"], v, p[rows], moved_p[rows], pu[rows], e_ts[rows]
+        rot_rows = c["rot"][aligned]
+        q_aligned = _query_move_aligned(
+            f, rot_rows, cen["k"], p_rows, moved_rows, moved_spread[1], pu[rows], e_ts[rows]
         )
-        q_moved[rows] = torch.minimum(q_moved[rows], moved + keys_moved)
+        q_moved[rows] = torch.minimum(q_moved[rows], q_aligned + keys_moved)
     query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [T]
-    if aligned is not None and len(aligned):
+    if has_rows:
         # heads combined at the centre: ||sum_h Q'_h|| <= ||sum_h Q_h|| + sum_h ||Q'_h - Q_h||
-        combined = _query_combined(f, c, cen, aligned) + q_moved[:, aligned].sum(0)
+        combined = _query_combined(f, c, cen, aligned) + q_moved[rows].sum(0)
         query[aligned] = torch.minimum(query[aligned], combined)
     query = scale * sigma * lam * query
     return (value_key + query) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
@@ -182,9 +185,7 @@ def _query_combined(f, c: dict, cen: dict, rows: Tensor) -> Tensor:
     rc = 1e-10 * (p @ (v.norm(dim=-1) * k.norm(dim=-1))[..., None])[..., 0]  # [H, t] rounding
     turned = cov @ c["rot"][rows][None]  # [H, t, hd, hd] C R_t
     u = turned @ f.q_metric[:, None].transpose(-1, -2)  # U_h = C R_t M_h^T
-    cross = torch.cat(
-        [_cross_traces(f.o_cross, part) for part in (u @ u.transpose(-1, -2)).split(32, dim=1)]
-    )  # [t, h, g]
+    cross = _cross_traces(f.o_cross, u @ u.transpose(-1, -2))  # [t, h, g]
     # slack of the metrics, C's rounding (moves Z by (rc_h ||C_g|| + rc_g ||C_h|| + rc_h rc_g)
     # ||K_hg||) and the float64 products (relative 1e-12), all through Frobenius norms
     t_f = (torch.linalg.matrix_norm(turned) + rc).T  # [t, H] >= ||C R_t||_F of the exact C
@@ -232,8 +233,9 @@ def _centre(f, cen: dict) -> dict:
     return cen["attention"]
 
 
-def _key_path_aligned(f, v: Tensor, p: Tensor, coef: Tensor) -> Tensor:
-    """[T] >= max_(||u|| = 1) sum_(h, s) coef_hts |u . W_o,h (v_s - vbar_t)| (centre vectors).
+def _key_path_aligned(f, coef: Tensor, spread: tuple[Tensor, Tensor]) -> Tensor:
+    """[T] >= max_(||u|| = 1) sum_(h, s) coef_hts |u . W_o,h (v_s - vbar_t)| (centre vectors);
+    spread: _output_spread of coef.
 
     Cauchy-Schwarz over the pairs (h, s): <= sqrt(C_t lambda_max(G_t)), C_t = sum coef_hts and
     G_t = sum_h W_o,h S_h,t W_o,h^T with S_h,t = sum_s coef_hts (v_s - vbar_t)(v_s - vbar_t)^T.
@@ -244,19 +246,22 @@ def _key_path_aligned(f, v: Tensor, p: Tensor, coef: Tensor) -> Tensor:
     orthogonal subspaces and the sources' deviations point in many directions, so this is far
     below the row sum sum_(h, s) coef_hts ||W_o,h (v_s - vbar_t)||.
     """
-    n, T = coef.shape[0], coef.shape[1]
-    scat, rounding = _scatter(coef, v, p @ v)
-    diag = _metric_top(f.o_metric, f.o_slack, scat, rounding)  # [H, t]
-    cross = torch.cat([_cross_traces(f.o_cross, part) for part in scat.split(32, dim=1)])
+    scat, diag = spread
+    n, T = diag.shape
+    cross = _cross_traces(f.o_cross, scat)
     eye = torch.eye(n, dtype=torch.bool)
     mat = torch.where(eye, diag.T[:, :, None].expand(T, n, n), cross)  # [t, h, g]
     mat = torch.maximum(mat, mat.transpose(-1, -2))
-    x = torch.ones(T, n, 1, dtype=torch.float64)
-    for _ in range(20):
-        x = mat @ x
-        x = x / x.amax(-2, keepdim=True).clamp_min(1e-300) + 1e-12
-    top = ((mat @ x) / x).amax((-2, -1))  # [t]
+    start = torch.ones(T, n, dtype=torch.float64)
+    top = perron_root_upper(lambda x: (mat @ x[..., None])[..., 0], start, 20)  # [t]
     return (coef.sum((0, -1)) * top).clamp_min(0.0).sqrt() * (1 + 1e-8)
+
+
+def _output_spread(f, v: Tensor, p: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """(S, top): the scatter S_h,t of the value deviations v_s - vbar_t weighted by coef
+    [H, t, hd, hd], and top [H, t] >= lambda_max(W_o,h S_h,t W_o,h^T)."""
+    scat, rounding = _scatter(coef, v, p @ v)
+    return scat, _metric_top(f.o_metric, f.o_slack, scat, rounding)
 
 
 def _scatter(coef: Tensor, x: Tensor, xbar: Tensor) -> tuple[Tensor, Tensor]:
@@ -288,9 +293,10 @@ def _metric_top(metric: Tensor, slack: Tensor, scat: Tensor, rounding: Tensor) -
     return (top + slack[:, None] * trace.sqrt()).pow(2)
 
 
-def _query_move_aligned(f, rot: Tensor, k: Tensor, v: Tensor, p, moved_p, pu, e_ts) -> Tensor:
+def _query_move_aligned(f, rot: Tensor, k: Tensor, p, moved_p, o_moved, pu, e_ts) -> Tensor:
     """[H, t] >= the tube move of ||W_o,h Cov'_t R_t A_q,h|| from reweighting and from the values,
-    for rows t (rot [t, hd, hd] = R_t; p, moved_p, pu, e_ts [H, t, s]; k, v [H, s, hd]), by
+    for rows t (rot [t, hd, hd] = R_t; p, moved_p, pu, e_ts [H, t, s]; k [H, s, hd]; o_moved
+    [H, t] >= lambda_max(sum_s moved_p a_s a_s^T), from _output_spread), by
     Cauchy-Schwarz on its sums of rank-one terms: ||sum_s c_s a_s b_s^T|| <=
     sqrt(lambda_max(sum c a a^T) lambda_max(sum c b b^T)) with a_s = W_o,h (v_s - vbar_t),
     b_s = A_q,h^T R_t^T (k_s - kbar_t) and c = |p' - p| (reweighting), and
@@ -301,7 +307,6 @@ def _query_move_aligned(f, rot: Tensor, k: Tensor, v: Tensor, p, moved_p, pu, e_
     kbar = p @ k
     q_moved = _metric_top(turn, f.q_slack, *_scatter(moved_p, k, kbar))
     q_weighted = _metric_top(turn, f.q_slack, *_scatter(pu, k, kbar))
-    o_moved = _metric_top(f.o_metric, f.o_slack, *_scatter(moved_p, v, p @ v))
     values = (pu * e_ts.pow(2)).sum(-1) * q_weighted
     return ((o_moved * q_moved).sqrt() + values.sqrt()) * (1 + 1e-8)
 
@@ -312,7 +317,10 @@ def _cross_traces(o_cross: Tensor, scat: Tensor) -> Tensor:
     With L_hg = S_h K_hg (one matrix product per head against all K_h. at once), the trace is
     sum_ij (L_hg)_ij (L_gh)_ji. The products and the inner sums (64 terms) run in float32
     (memory-bound), the outer sum in float64: the error is below (2 x 64 + 64) x 2^-24
-    ||S_h||_F ||S_g||_F ||K_hg||_F^2, covered by the margin of 1e-4 of that size."""
+    ||S_h||_F ||S_g||_F ||K_hg||_F^2, covered by the margin of 1e-4 of that size. Rows t go
+    in chunks of 32, which bounds the [H, t, hd, H, hd] intermediate."""
+    if scat.shape[1] > 32:
+        return torch.cat([_cross_traces(o_cross, part) for part in scat.split(32, dim=1)])
     n, t, hd = scat.shape[0], scat.shape[1], scat.shape[-1]
     wide = o_cross.permute(0, 2, 1, 3).reshape(n, hd, n * hd).float()  # [h, i, (g, j)] = K_hg
     left = (scat.float() @ wide[:, None]).view(n, t, hd, n, hd)  # [h, t, i, g, j] = (L_hg)_ij

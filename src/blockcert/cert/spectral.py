@@ -45,6 +45,18 @@ def spectral_norm_estimate(weight: torch.Tensor, iterations: int = 50) -> float:
     return float((w @ v).norm())
 
 
+def perron_root_upper(apply, start: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Upper bounds on the spectral radius of non-negative matrices B (batched over all but the
+    last dimension; apply(y) = B y on [..., n]): rho(B) <= max_i (B y)_i / y_i for ANY positive
+    y (Collatz-Wielandt). A few power steps from `start` make y near the Perron vector; the floor
+    keeps every entry positive."""
+    y = start
+    for _ in range(iterations):
+        y = apply(y)
+        y = y / y.amax(-1, keepdim=True).clamp_min(1e-300) + 1e-12
+    return (apply(y) / y).amax(-1)
+
+
 def spectral_norm_upper_batched(mats: torch.Tensor, squarings: int = 4) -> torch.Tensor:
     """Upper bounds on ||M_i||_2 for a batch mats [..., m, n], in float64.
 
