@@ -6,7 +6,9 @@ For every block k: g_k = extract_block(adapter, k), inputs h_k on held-out Shake
 (capture.prompts.build_prompts, conf/data/shakespeare.yaml), r = radius_fraction * median ||h_k||.
 Prints sound L (exact-arithmetic upper bound), empirical L (gradient-ascent lower estimate), their
 ratio, the saturation constant a_k, and the measured fp32-vs-float64 error at the tube centre.
---shells N cuts each tube into N shells (blockcert.cert.lipschitz_sound: tighter, N times the cost).
+--shells N cuts each tube into N shells (blockcert.cert.lipschitz_sound: tighter, N times the cost);
+--refine-tokens N caps the tokens per prompt whose MLP bound uses the spectral norm (default: all
+that can decide the max).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--shells", type=int, default=1, help="tube shells of the sound bound")
+    ap.add_argument("--refine-tokens", type=int, default=None, help="spectral MLP bound cap")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -61,7 +64,7 @@ def main() -> None:
         surrogate = extract_block(adapter, k)
         r = args.radius_fraction * float(x.norm(dim=-1).median())
         sound = sound_lipschitz(
-            surrogate, [x[i : i + 1] for i in range(len(x))], r, shells=args.shells
+            surrogate, [x[i : i + 1] for i in range(len(x))], r, args.shells, args.refine_tokens
         )
         emp = empirical_lipschitz(
             surrogate,

@@ -183,7 +183,11 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
     proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
-    for option in ("lipschitz.sound_prompts=0", "lipschitz.tube_shells=0"):
+    for option in (
+        "lipschitz.sound_prompts=0",
+        "lipschitz.tube_shells=0",
+        "lipschitz.refine_tokens=0",
+    ):
         proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert option.split("=")[0] in proc.stderr.strip().splitlines()[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import blockcert.cert.spectral as spectral
 from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
@@ -28,7 +29,7 @@ from blockcert.cert.lipschitz_sound import (
     _shell_radii,
     forward64,
 )
-from blockcert.cert.spectral import spectral_norm_upper_batched
+from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
 from blockcert.compose.bound import bound_trajectory
 from blockcert.compose.chain import compose_chain
 from blockcert.surrogate.capacity import Capacity, reduce
@@ -105,6 +106,44 @@ def test_batched_spectral_upper_bound_is_sound():
     assert (upper >= exact).all() and (upper <= 1.2 * exact).all()
 
 
+def _with_spectrum(values: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
+    """Matrices [n, rows, k] with the given singular values [n, k] (random orthogonal factors)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, k = values.shape
+    left, _ = torch.linalg.qr(torch.randn(n, rows, k, generator=gen, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(n, k, k, generator=gen, dtype=torch.float64))
+    return left @ torch.diag_embed(values) @ right.transpose(-1, -2)
+
+
+def test_certified_spectral_norm_is_an_upper_bound_within_1e_3():
+    gen = torch.Generator().manual_seed(1)
+    flat = torch.rand(6, 48, generator=gen, dtype=torch.float64) + 0.5  # no gap at the top
+    tied = torch.cat([torch.full((6, 3), 2.0, dtype=torch.float64), flat[:, 3:]], dim=1)
+    decaying = 10.0 ** -torch.linspace(0, 6, 48, dtype=torch.float64).expand(6, 48)
+    low_rank = torch.cat([flat[:, :5], torch.zeros(6, 43, dtype=torch.float64)], dim=1)
+    for seed, values in enumerate((flat, tied, decaying, low_rank)):
+        mats = _with_spectrum(values, 60, seed)
+        exact = torch.linalg.matrix_norm(mats, 2)
+        for m in (mats, mats.transpose(-1, -2)):
+            upper = spectral_norm_certified_batched(m)
+            assert (upper >= exact).all() and (upper <= exact * (1 + 1e-3)).all()
+    assert float(spectral_norm_certified_batched(torch.zeros(2, 5, 5)).max()) == 0.0
+
+
+def test_certified_spectral_norm_holds_when_its_estimate_is_far_too_low(monkeypatch):
+    """The Cholesky test, not the estimate, makes the bound: an estimate of half (or zero) of
+    lambda_max fails the factorisation, the margins grow, and the Schatten fallback takes what
+    is left, so the result still bounds the exact norm."""
+    mats = _with_spectrum(torch.rand(4, 30, dtype=torch.float64) + 1.0, 40, 7)
+    exact = torch.linalg.matrix_norm(mats, 2)
+    real = spectral._top_eigenvalue_estimate
+    for factor in (0.5, 0.0):
+        monkeypatch.setattr(spectral, "_top_eigenvalue_estimate", lambda g, f=factor: f * real(g))
+        upper = spectral_norm_certified_batched(mats)
+        assert (upper >= exact).all()
+        assert (upper <= 1.2 * exact).all()  # Schatten-64 at worst
+
+
 def test_float64_forward_matches_the_interpreter(tiny_adapter, token_ids):
     x = _inputs(tiny_adapter, token_ids, 1)
     surrogate = extract_block(tiny_adapter, 1)
@@ -132,17 +171,21 @@ def test_sound_dominates_independent_ascent_on_one_block(tiny_adapter, token_ids
 @pytest.mark.slow
 @pytest.mark.parametrize("fraction", RADIUS_FRACTIONS)
 def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids, fraction):
-    """The whole-tube bound and the shell-averaged one (tube cut into 4 shells) both hold."""
+    """The whole-tube bound and the shell-averaged one (tube cut into 4 shells) both hold, and
+    so does the bound with the spectral MLP norm on one token per prompt only (the others keep
+    the Frobenius screen)."""
     for k in range(tiny_adapter.num_blocks):
         x = _inputs(tiny_adapter, token_ids, k)
         surrogate = extract_block(tiny_adapter, k)
         radius = fraction * float(x.norm(dim=-1).median())
         sound = sound_lipschitz(surrogate, [x], radius)
         shells = sound_lipschitz(surrogate, [x], radius, shells=4)
+        capped = sound_lipschitz(surrogate, [x], radius, refine_tokens=1)
         observed = independent_ascent(surrogate, x, radius)
         assert sound.value is not None and sound.value >= observed, (k, sound.value, observed)
         assert observed <= shells.value <= sound.value, (k, shells.value, observed)
         assert shells.parts["shells"] == 4 and sound.parts["shells"] == 1
+        assert capped.value >= observed and capped.parts["refined"] <= len(x)
 
 
 def test_saturation_bounds_moves_within_its_tube(tiny_adapter, token_ids):

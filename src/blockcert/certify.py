@@ -176,6 +176,7 @@ def compose(
         min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
         restarts=lip.restarts,
         tube_shells=lip.tube_shells,
+        refine_tokens=lip.refine_tokens,
     )
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
@@ -202,6 +203,7 @@ def check_lipschitz_options(cfg: DictConfig) -> None:
     """Reject bad lipschitz.* counts with one line, before the model loads."""
     sound_prompt_count(cfg)
     _count_option(cfg, "tube_shells", nullable=False)
+    _count_option(cfg, "refine_tokens", nullable=True)
 
 
 def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
@@ -317,6 +319,7 @@ def build_report(
             "empirical": float(chain.final_empirical),
             "n_prompts": n,
             "tube_shells": cfg.lipschitz.tube_shells,
+            "refine_tokens": cfg.lipschitz.refine_tokens,
             "prompts": f"the first {n} of {len(verified.heldout)} held-out prompts (their tubes); "
             "other prompts: the statistical statements",
             "observed": final_observed,

@@ -32,7 +32,8 @@ __all__ = ["Lipschitz", "empirical_lipschitz", "sound_lipschitz"]
 SOUND_METHOD = (
     "sound in exact arithmetic: per-token row sums of the Jacobian over the tube (gamma folded, "
     "lambda_t = 1/sqrt((|x_t|-r)^2/d+eps), attention value/query/key paths with actual p, q, k, v "
-    "inflated to the tube, per-token MLP Jacobian with intervals), Schatten-2p/Frobenius norms"
+    "inflated to the tube, per-token MLP Jacobian with intervals), Cholesky-certified spectral or "
+    "Frobenius norms"
 )
 
 TRANSCODER_METHOD = (
@@ -59,18 +60,24 @@ class Lipschitz:
 
 
 def sound_lipschitz(
-    surrogate: Surrogate, inputs: Iterable[torch.Tensor], radius: float, shells: int = 1
+    surrogate: Surrogate,
+    inputs: Iterable[torch.Tensor],
+    radius: float,
+    shells: int = 1,
+    refine_tokens: int | None = None,
 ) -> Lipschitz:
     """Sound upper bound on Lip(g) over the tube of `radius` around `inputs` ([b, s, d] each).
 
     parts: saturation (a, finite at any radius), attention / mlp (max per-token sub-layer
-    constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used Schatten
-    norms), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
-    transcoder blocks always use the whole tube, shells = 1).
+    constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used the
+    spectral norm; refine_tokens caps them per prompt, None: every token that can decide the
+    max), shells
+    (how many shells the tube was cut into: blockcert.cert.lipschitz_sound; transcoder blocks
+    always use the whole tube, shells = 1).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
-    bound = sound_block_bound(surrogate, inputs, radius, shells=shells)
+    bound = sound_block_bound(surrogate, inputs, radius, refine_tokens, shells)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
     parts = {**_shared_parts(bound), "refined": bound.refined, "shells": bound.shells}
     if value is None:

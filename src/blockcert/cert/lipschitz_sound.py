@@ -32,7 +32,9 @@ Attention, head h reading kv head g, query t, sources s <= t (causal), at a tube
   Heads add (triangle inequality). GQA via kv_head_of_q; low-rank projections via W = up @ down.
 MLP (per token): J = W_down (diag(silu'(g) u) A_gate + diag(silu(g)) A_up) J_n (gated) or
   W_down diag(gelu'(f)) A_fc J_n; the centre Jacobian bounded per token by its Frobenius norm
-  (screen) or a Schatten-2p upper bound (refined, for the tokens that decide the max); the tube
+  (screen) or its spectral norm (refined: a Cholesky-certified upper bound, blockcert.cert.
+  spectral, on the tokens that can decide the max, largest first, up to a cap per prompt; the
+  screen is ~5x the spectral norm, so uncapped that is nearly every token); the tube
   adds intervals: |g' - g| <= ||A_gate,i|| lambda2_t r_y, |silu''| <= 1/2, |silu'| <= 1.0999, and
   the perturbation W_down diag(e) A is bounded by sqrt(eta^T |H| eta), H = W_d^T W_d (.) A A^T,
   and (product form, _mlp_product_pert) by ||diag(colnorms W_d) e|| ||A|| with e linear in A dw,
@@ -64,6 +66,7 @@ import torch
 from blockcert.cert.sound_attention import attention_rows
 from blockcert.cert.spectral import (
     perron_root_upper,
+    spectral_norm_certified_batched,
     spectral_norm_upper,
     spectral_norm_upper_batched,
 )
@@ -82,7 +85,7 @@ GELU_MIN = -0.17005  # min gelu_tanh(a) = -0.170041 at a = -0.7525
 GELU_ARGMIN = -0.7525
 ROPE_SLACK = 1.0 + 1e-6  # cos^2 + sin^2 of fp32 RoPE tables is 1 within 1e-6
 REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
-REFINE_BATCH = 8
+REFINE_BATCH = 16
 ALIGNED_TOKENS = 64  # per prompt: tokens whose attention rows get the aligned bounds
 
 
@@ -308,14 +311,23 @@ def _lam(norm_c: Tensor, radius: Tensor | float, d: int, eps: float) -> Tensor:
 
 
 def _attention_rows(
-    f: _Folded, cen: dict, r: float, aligned: Tensor | None = None
+    f: _Folded,
+    cen: dict,
+    r: float,
+    aligned: Tensor | None = None,
+    first: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(Latt_t, move_t, r_y,t) [T]: the attention Jacobian's row norm bounded over the tube of
     radius r, how far attn_out_t moves on it, and the radius of the tube the MLP reads:
-    ||y'_t - y_t|| <= r + min(Latt_t r, move_t). aligned: rows with the costlier bounds."""
+    ||y'_t - y_t|| <= r + min(Latt_t r, move_t). aligned: only these rows, with the costlier
+    bounds ([len(aligned)] outputs), put into a copy of `first` ([T] each) when given."""
     lam = _lam(cen["xnorm"], r, f.d, f.view.attn_norm.eps)
     latt, move = attention_rows(f, cen, lam, r, aligned)
     move = torch.minimum(latt * r, move)
+    if first is not None:
+        full_latt, full_move = first[0].clone(), first[1].clone()
+        full_latt[aligned], full_move[aligned] = latt, move
+        latt, move = full_latt, full_move
     return latt, move, r + move
 
 
@@ -399,11 +411,13 @@ def _mlp_rows_screen(
 
 
 def _mlp_centre_spectral(f: _Folded, z: Tensor) -> Tensor:
-    """Schatten-2p upper bounds on ||W_d (sum_j diag(z_j) A_j)|| for a few tokens z: [n, k m]."""
+    """Upper bounds on ||W_d (sum_j diag(z_j) A_j)|| for a few tokens z: [n, k m]."""
     m = f.w_down.shape[1]
-    mats = sum(z[:, j * m : (j + 1) * m, None] * a_j[None] for j, a_j in enumerate(f.mlp_in))
+    mats = z[:, :m, None] * f.mlp_in[0][None]
+    for j, a_j in enumerate(f.mlp_in[1:], start=1):
+        mats.addcmul_(z[:, j * m : (j + 1) * m, None], a_j[None])
     jac = f.w_down[None] @ mats  # [n, d, d]
-    return spectral_norm_upper_batched(jac, squarings=5) * (1 + REL_MARGIN)
+    return spectral_norm_certified_batched(jac) * (1 + REL_MARGIN)
 
 
 def _saturation_rows(f: _Folded, cen: dict, move: Tensor, spread: Tensor) -> Tensor:
@@ -475,6 +489,7 @@ class _PromptRows:
     """Per-token bounds of one prompt on each shell radius r i/n (rows i = 0..n-1)."""
 
     latt: Tensor  # [n, T]
+    move: Tensor  # [n, T] how far attn_out_t moves on each shell (before the shell integral)
     screen: Tensor  # [n, T] Lmlp before refinement
     pert: Tensor  # [n, T] tube part of Lmlp, before lambda2
     lam2: Tensor  # [n, T]
@@ -484,18 +499,26 @@ class _PromptRows:
 
 
 def _prompt_rows(
-    f: _Folded, cen: dict, r: float, shells: int, aligned: Tensor | None = None
+    f: _Folded,
+    cen: dict,
+    r: float,
+    shells: int,
+    aligned: Tensor | None = None,
+    first: _PromptRows | None = None,
 ) -> _PromptRows:
     """Shell i holds the points at distance <= r_i = r i/n from the centre. On the segment from
     the centre to X' the points between distances r_(i-1) and r_i lie in shell i, so with the
     running maximum Lt_i of the shell bounds, ||attn_out(X')_t - attn_out(X)_t|| <=
     (r/n) sum_(j<=i) Lt_att,j (mean value theorem): a direct bound on how far the attention
     output moves, tighter than Latt_i r_i when Latt grows over the tube. aligned: the tokens
-    whose attention rows get the costlier aligned bounds (sound_attention.attention_rows)."""
-    rows = {"latt": [], "screen": [], "pert": [], "lam2": []}
+    whose attention rows get the costlier aligned bounds (sound_attention.attention_rows); the
+    other rows keep those of `first` (the pass without them)."""
+    rows = {"latt": [], "move": [], "screen": [], "pert": [], "lam2": []}
     running, integral = None, None
-    for radius, width in zip(*_shell_radii(r, shells), strict=True):
-        latt, move, _ = _attention_rows(f, cen, radius, aligned)
+    for i, (radius, width) in enumerate(zip(*_shell_radii(r, shells), strict=True)):
+        base = None if first is None else (first.latt[i], first.move[i])
+        latt, move, _ = _attention_rows(f, cen, radius, aligned, base)
+        rows["move"].append(move)
         running = latt if running is None else torch.maximum(running, latt)
         part = running * width
         integral = part if integral is None else integral + part
@@ -511,16 +534,56 @@ def _prompt_rows(
     return _PromptRows(**stacked, z=z, saturation=saturation, min_norm=cen["xnorm"].min())
 
 
-def _two_pass_rows(f: _Folded, cen: dict, r: float, shells: int) -> _PromptRows:
-    """The prompt's bounds, then again with the aligned attention bounds on the ALIGNED_TOKENS
-    tokens with the largest first-pass constant (the same bounds with extra minima, so every
-    row is at most the first pass's)."""
+def _two_pass_rows(
+    f: _Folded, cen: dict, r: float, shells: int, refine: int | None, floor: float
+) -> tuple[_PromptRows, Tensor, Tensor]:
+    """(rows, lmlp, spec) of one prompt: the per-source bounds; the spectral MLP bound on the
+    tokens that can decide the max (_refine_rows); the aligned attention bounds on the
+    ALIGNED_TOKENS tokens with the largest constant after that (the same bounds with extra
+    minima, so every row is at most the first pass's; the other rows are not recomputed); then
+    the spectral bound again on any token that can now decide the max."""
     rows = _prompt_rows(f, cen, r, shells)
-    score = _shell_mean((1 + rows.latt) * (1 + rows.screen), r)
+    spec = torch.full((rows.z.shape[0],), math.inf, dtype=torch.float64)
+    budget = rows.z.shape[0] if refine is None else refine
+    budget -= _refine_rows(f, rows, r, spec, budget, floor)
+    score = _shell_mean((1 + rows.latt) * (1 + _mlp_rows(rows, spec)), r)
     top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]
     if len(top) and torch.isfinite(score[top]).all():
-        rows = _prompt_rows(f, cen, r, shells, top)
-    return rows
+        rows = _prompt_rows(f, cen, r, shells, top, rows)
+        _refine_rows(f, rows, r, spec, budget, floor)
+    return rows, _mlp_rows(rows, spec), spec
+
+
+def _mlp_rows(rows: _PromptRows, spec: Tensor) -> Tensor:
+    """[n, T] Lmlp per shell: the screen, or lambda2 (||J_M(centre)|| + tube part) where the
+    centre's spectral bound spec [T] is known (inf elsewhere)."""
+    return torch.minimum(rows.screen, rows.lam2 * (spec[None, :] + rows.pert))
+
+
+def _refine_rows(
+    f: _Folded, rows: _PromptRows, r: float, spec: Tensor, budget: int, floor: float
+) -> int:
+    """Fill spec [T] (inf: not computed) with spectral bounds of the centre MLP Jacobian by
+    branch and bound: unrefined tokens in order of their constant, until `budget` tokens are
+    done or the next one's constant is at most the largest refined one or `floor` (a constant
+    some token already has): such tokens cannot decide the max. Returns how many were done."""
+    per_token = _shell_mean((1 + rows.latt) * (1 + _mlp_rows(rows, spec)), r)
+    if not torch.isfinite(per_token).all():
+        return 0
+    done = torch.isfinite(spec)
+    best = max(floor, float(per_token[done].max()) if done.any() else 0.0)
+    order = torch.argsort(per_token.masked_fill(done, -math.inf), descending=True)
+    order = order[: max(0, min(int((~done).sum()), budget))]
+    for start in range(0, len(order), REFINE_BATCH):
+        ids = order[start : start + REFINE_BATCH]
+        if float(per_token[ids[0]]) <= best:
+            break
+        spec[ids] = _mlp_centre_spectral(f, rows.z[ids])  # the centre: the same on every shell
+        lmlp = torch.minimum(
+            rows.screen[:, ids], rows.lam2[:, ids] * (spec[ids] + rows.pert[:, ids])
+        )
+        best = max(best, float(_shell_mean((1 + rows.latt[:, ids]) * (1 + lmlp), r).max()))
+    return int(torch.isfinite(spec).sum() - done.sum())
 
 
 def _shell_radii(r: float, shells: int) -> tuple[list[float], list[float]]:
@@ -549,13 +612,15 @@ def sound_block_bound(
     surrogate: Surrogate,
     inputs: Iterable[Tensor],
     radius: float,
-    max_refine: int = 48,
+    max_refine: int | None = None,
     shells: int = 1,
 ) -> SoundBlockBound:
     """Sound constants of `surrogate` on the tube of `radius` around `inputs` ([b, T, d] each).
 
     shells: cut the tube into that many shells (each costs one more evaluation of the per-token
-    bounds); 1 is the bound of the whole tube."""
+    bounds); 1 is the bound of the whole tube. max_refine: at most that many tokens per prompt
+    get the spectral MLP bound (~15 ms each on SmolLM2; None: every token that can decide the
+    max); the other tokens keep the Frobenius screen, which holds as well."""
     if shells < 1:
         raise ValueError(f"shells={shells}: cut the tube into at least 1 shell")
     view = block_view(surrogate)
@@ -563,39 +628,28 @@ def sound_block_bound(
     r = float(radius)
     with torch.no_grad():
         # one prompt at a time: its centre values and cached terms are dropped before the next
-        prompts = [
-            _two_pass_rows(f, forward64(view, x), r, shells)
-            for batch in inputs
-            for x in batch.reshape(-1, *batch.shape[-2:])
-        ]
-        latt = torch.cat([p.latt for p in prompts], dim=1)  # [n, N]
-        lmlp = torch.cat([p.screen for p in prompts], dim=1)
-        pert = torch.cat([p.pert for p in prompts], dim=1)
-        lam2 = torch.cat([p.lam2 for p in prompts], dim=1)
-        z = torch.cat([p.z for p in prompts])
-        per_token = _shell_mean((1 + latt) * (1 + lmlp), r)
-        refined = 0
-        if torch.isfinite(per_token).all():
-            # branch and bound: refine the tokens that can decide the max, largest screen first
-            order = torch.argsort(per_token, descending=True)
-            best = 0.0
-            while refined < min(max_refine, len(order)):
-                ids = order[refined : refined + REFINE_BATCH]
-                if float(per_token[ids[0]]) <= best:
-                    break
-                spec = _mlp_centre_spectral(f, z[ids])  # the centre: the same on every shell
-                lmlp[:, ids] = torch.minimum(lmlp[:, ids], lam2[:, ids] * (spec + pert[:, ids]))
-                per_token[ids] = _shell_mean((1 + latt[:, ids]) * (1 + lmlp[:, ids]), r)
-                best = max(best, float(per_token[ids].max()))
-                refined += len(ids)
+        latt, lmlp, sat, norms, per_token, refined = [], [], [], [], [], 0
+        for batch in inputs:
+            for x in batch.reshape(-1, *batch.shape[-2:]):
+                floor = max((float(t.max()) for t in per_token), default=0.0)
+                rows, mlp, spec = _two_pass_rows(
+                    f, forward64(view, x), r, shells, max_refine, floor
+                )
+                latt.append(rows.latt[-1])
+                lmlp.append(mlp[-1])
+                sat.append(rows.saturation)
+                norms.append(rows.min_norm)
+                per_token.append(_shell_mean((1 + rows.latt) * (1 + mlp), r))
+                refined += int(torch.isfinite(spec).sum())
+        per_token = torch.cat(per_token)
         return SoundBlockBound(
             lipschitz=float(per_token.max()),
-            saturation=float(torch.cat([p.saturation for p in prompts]).max()),
-            attention=float(latt[-1].max()),
-            mlp=float(lmlp[-1].max()),
-            min_input_norm=float(torch.stack([p.min_norm for p in prompts]).min()),
+            saturation=float(torch.cat(sat).max()),
+            attention=float(torch.cat(latt).max()),
+            mlp=float(torch.cat(lmlp).max()),
+            min_input_norm=float(torch.stack(norms).min()),
             tokens=per_token.numel(),
-            prompts=len(prompts),
+            prompts=len(latt),
             refined=refined,
             shells=shells,
         )

@@ -82,23 +82,27 @@ def rotated_norms(metric: Tensor, slack: Tensor, vec: Tensor, rot: Tensor) -> Te
 def attention_rows(
     f, cen: dict, lam: Tensor, r: float, aligned: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """(Latt_t, move_t) [T]: Latt_t >= max_(||u|| = 1) sum_s ||(d attn_out_t / d x_s)^T u|| (the
+    """(Latt_t, move_t) [t]: Latt_t >= max_(||u|| = 1) sum_s ||(d attn_out_t / d x_s)^T u|| (the
     operator norm of row t from max_s ||dx_s|| to ||.||; at most the row sum of norms) at every
     point of the tube of radius r, and move_t >= ||attn_out(X')_t - attn_out(X)_t|| for every X'
     in it.
 
     f: the folded block (lipschitz_sound._Folded), cen: its float64 centre values, lam [T];
-    aligned: the query rows t that also get the Cauchy-Schwarz bounds of _key_path_aligned
-    (costlier; the others keep the per-source bounds, which hold as well).
+    aligned: None for every query row with the per-source bounds, or the query rows t to bound
+    (outputs [len(aligned)]), which also get the costlier Cauchy-Schwarz bounds of
+    _key_path_aligned (the per-source bounds hold as well; each row takes the smaller).
     """
     a = f.view.attention
     c = _centre(f, cen)
-    p, v = cen["p"], cen["v"]
+    if aligned is not None:
+        c = _query_rows(c, aligned)
+    p, v = c["p"], cen["v"]
     causal, key_dir, query_dir, a_ts = c["causal"], c["key_dir"], c["query_dir"], c["a_ts"]
     scale, sigma = abs(a.scale), f.sigma
-    dq = sigma * f.c_q[:, None] * lam[None, :] * r  # [H, T] ||q'_t - q_t||
-    dk = sigma * f.c_k[:, None] * lam[None, :] * r  # [H, T] ||k'_s - k_s||
-    shift = scale * sigma * r * (query_dir * lam[None, :, None] + key_dir * lam[None, None, :])
+    lam_t = lam if aligned is None else lam[aligned]
+    dq = sigma * f.c_q[:, None] * lam_t[None, :] * r  # [H, t] ||q'_t - q_t||
+    dk = sigma * f.c_k[:, None] * lam[None, :] * r  # [H, s] ||k'_s - k_s||
+    shift = scale * sigma * r * (query_dir * lam_t[None, :, None] + key_dir * lam[None, None, :])
     shift = shift + scale * dq[:, :, None] * dk[:, None, :]
     delta = shift.masked_fill(~causal, 0.0).amax(-1) * (1 + REL_MARGIN)  # [H, T]
     # z' - z = e_ts in [-Delta_ts, Delta_ts], p'_ts / p_ts = e^(e_ts) / sum_u p_tu e^(e_tu), and
@@ -136,32 +140,27 @@ def attention_rows(
     q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
     has_rows = aligned is not None and len(aligned) > 0
     if has_rows:
-        rows = (slice(None), aligned)
-        p_rows, moved_rows = p[rows], moved_p[rows]
-        coef = (beta * lam_s)[rows]  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
-        key = _key_path_aligned(f, coef, _output_spread(f, v, p_rows, coef))
-        key = key + (coef * e_ts[rows]).sum((0, -1))
-        value_key[aligned] = torch.minimum(
-            value_key[aligned], (value[aligned] * lam[None, :]).sum(-1) + key
-        )
+        coef = beta * lam_s  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
+        key = _key_path_aligned(f, coef, _output_spread(f, v, p, coef))
+        key = key + (coef * e_ts).sum((0, -1))
+        value_key = torch.minimum(value_key, (value * lam[None, :]).sum(-1) + key)
         # the output moves by sum_h W_o,h [sum_s p'_ts (v'_s - v_s) + sum_s (p'_ts - p_ts)
         # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
-        moved_spread = _output_spread(f, v, p_rows, moved_rows)
-        reweight = _key_path_aligned(f, moved_rows, moved_spread)
-        move[aligned] = torch.minimum(move[aligned], values_move[aligned] + reweight)
+        moved_spread = _output_spread(f, v, p, moved_p)
+        reweight = _key_path_aligned(f, moved_p, moved_spread)
+        move = torch.minimum(move, values_move + reweight)
         k_move = f.c_q[:, None, None] * dk[:, None, :]
-        keys_moved = (pu[rows] * a_up[rows] * k_move).sum(-1)
-        rot_rows = c["rot"][aligned]
+        keys_moved = (pu * a_up * k_move).sum(-1)
         q_aligned = _query_move_aligned(
-            f, rot_rows, cen["k"], p_rows, moved_rows, moved_spread[1], pu[rows], e_ts[rows]
+            f, c["rot"], cen["k"], p, moved_p, moved_spread[1], pu, e_ts
         )
-        q_moved[rows] = torch.minimum(q_moved[rows], q_aligned + keys_moved)
-    query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [T]
+        q_moved = torch.minimum(q_moved, q_aligned + keys_moved)
+    query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [t]
     if has_rows:
         # heads combined at the centre: ||sum_h Q'_h|| <= ||sum_h Q_h|| + sum_h ||Q'_h - Q_h||
-        combined = _query_combined(f, c, cen, aligned) + q_moved[rows].sum(0)
-        query[aligned] = torch.minimum(query[aligned], combined)
-    query = scale * sigma * lam * query
+        combined = _query_combined(f, _centre(f, cen), cen, aligned) + q_moved.sum(0)
+        query = torch.minimum(query, combined)
+    query = scale * sigma * lam_t * query
     return (value_key + query) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
 
 
@@ -220,6 +219,7 @@ def _centre(f, cen: dict) -> dict:
     a_ts = torch.cdist(p @ vt, vt, compute_mode="donot_use_mm_for_euclid_dist")
     a_ts = (a_ts + f.o_slack[:, None, None] * spread_v) * (1 + REL_MARGIN)
     cen["attention"] = {
+        "p": p,
         "causal": causal,
         "rot": rot,
         "key_dir": rotated_norms(f.k_metric, f.k_slack, q, rot).transpose(-1, -2),  # [H, t, s]
@@ -231,6 +231,19 @@ def _centre(f, cen: dict) -> dict:
         **_gram_centre(f, p, v),
     }
     return cen["attention"]
+
+
+def _query_rows(c: dict, rows: Tensor) -> dict:
+    """The centre terms of the query rows `rows` only (every [.., t, s] term indexed on t)."""
+    out = dict(c)
+    out["p"] = c["p"][:, rows]
+    out["causal"], out["rot"] = c["causal"][rows], c["rot"][rows]
+    for key in ("key_dir", "query_dir", "a_ts"):
+        out[key] = c[key][:, rows]
+    out["query_centre"] = c["query_centre"][:, rows]
+    out["gram_dot"] = [term[:, rows] for term in c["gram_dot"]]
+    out["gram_cross"] = [term[:, rows] for term in c["gram_cross"]]
+    return out
 
 
 def _key_path_aligned(f, coef: Tensor, spread: tuple[Tensor, Tensor]) -> Tensor:

@@ -4,6 +4,10 @@ Power iteration gives a LOWER estimate of ||W||_2, so it cannot go into a sound 
 use the Schatten-2p norm, which is always >= ||W||_2: ||W||_2^(2p) <= tr((W W^T)^p), computed by
 repeated squaring of the Gram matrix in float64 (p = 2^squarings). For a matrix of rank r it
 overestimates by at most r^(1/2p): 1.2% at p = 256 and r = 2^12. The Frobenius norm caps it.
+
+spectral_norm_certified_batched is tighter and cheaper for square-ish matrices: a subspace-
+iteration estimate mu of lambda_max(M^T M), proven an upper bound (with a small rounding slack)
+by a Cholesky factorisation of mu I - M^T M that runs to completion in floating point.
 """
 
 from __future__ import annotations
@@ -76,3 +80,81 @@ def spectral_norm_upper_batched(mats: torch.Tensor, squarings: int = 4) -> torch
     trace = (s * s).sum((-2, -1))  # tr(S^(2^squarings)), S symmetric
     factor = trace.clamp_min(0.0) ** (1.0 / 2 ** (squarings + 1))
     return torch.minimum(frob * factor, frob) * SAFETY
+
+
+CHOLESKY_STEPS = (1e-4, 2e-3, 3e-2, 0.3)  # relative margins tried above the estimate of lambda_max
+BISECTIONS = 5  # halvings of the gap between a failed and a certified margin
+SUBSPACE = 8  # vectors of the subspace iteration
+SUBSPACE_STEPS = 12
+UNIT_ROUNDOFF = 2.0**-53
+
+
+def spectral_norm_certified_batched(mats: torch.Tensor) -> torch.Tensor:
+    """Upper bounds on ||M_i||_2 for a batch mats [n, a, b] (float64), within about 1e-4 of the
+    truth for most matrices.
+
+    S = M^T M (the smaller side). Subspace iteration with Rayleigh-Ritz gives an estimate of
+    lambda_max(S) (from below); mu above it is then an upper bound once the Cholesky
+    factorisation of A = mu I - S completes in floating point: the computed factor satisfies
+    R^T R = A + E with |E| <= g |R^T| |R|, g = gamma_(k+1) = (k+1)u / (1 - (k+1)u) (Higham,
+    Accuracy and Stability of Numerical Algorithms, Thm 10.3; here 16x that, for blocked orders
+    of summation), so ||E|| <= g ||R||_F^2 = g tr(A + E), i.e. ||E|| <= g tr(A) / (1 - g), and
+    A + ||E|| I >= R^T R >= 0. The slack also covers the rounding of S (||fl(S) - S|| <=
+    gamma_a ||M||_F^2) and of A's diagonal. mu climbs through CHOLESKY_STEPS above the estimate
+    until the factorisation completes, then bisects towards the last failed value; any matrix
+    left uncertified falls back to the Schatten bound, and the Frobenius norm caps everything.
+    """
+    m = mats.detach().double()
+    if m.shape[-2] < m.shape[-1]:
+        m = m.transpose(-1, -2)
+    rows, k = m.shape[-2], m.shape[-1]
+    gram = m.transpose(-1, -2) @ m  # [n, k, k]
+    frob2 = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+    estimate = _top_eigenvalue_estimate(gram).clamp_min(0.0)
+    floor = frob2 / k * 1e-12 + 1e-300  # keeps mu > 0 for (near) zero matrices
+    low, high = estimate.clone(), torch.full_like(frob2, math.inf)
+    for margin in CHOLESKY_STEPS:
+        ids = torch.isinf(high).nonzero()[:, 0]
+        if len(ids) == 0:
+            break
+        mu = estimate[ids] * (1 + margin) + margin * frob2[ids] / k + floor[ids]
+        done = _shift_factors(gram[ids], mu)
+        high[ids[done]] = mu[done]
+        low[ids[~done]] = mu[~done]
+    for _ in range(BISECTIONS):
+        ids = (torch.isfinite(high) & (high > low * (1 + 5e-4))).nonzero()[:, 0]
+        if len(ids) == 0:
+            break
+        mid = 0.5 * (low[ids] + high[ids])
+        done = _shift_factors(gram[ids], mid)
+        high[ids[done]] = mid[done]
+        low[ids[~done]] = mid[~done]
+    g = 16 * (k + 1) * UNIT_ROUNDOFF
+    trace = (k * high - frob2).clamp_min(0.0)
+    diag = 2 * UNIT_ROUNDOFF * (high + torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1))
+    gram_slack = 16 * (rows + 1) * UNIT_ROUNDOFF * frob2 / (1 - 16 * (rows + 1) * UNIT_ROUNDOFF)
+    out = (high + g * trace / (1 - g) + diag + gram_slack).sqrt()
+    pending = torch.isinf(high)
+    if pending.any():
+        out[pending] = spectral_norm_upper_batched(m[pending], squarings=5)
+    return torch.minimum(out * SAFETY, frob2.sqrt() * SAFETY)
+
+
+def _shift_factors(gram: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """[n] bool: the floating-point Cholesky factorisation of mu I - S completes."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
+    _, info = torch.linalg.cholesky_ex(mu[:, None, None] * eye - gram)
+    return info == 0
+
+
+def _top_eigenvalue_estimate(gram: torch.Tensor) -> torch.Tensor:
+    """Rayleigh-Ritz estimate of lambda_max of symmetric PSD matrices [n, k, k] after a few
+    steps of subspace iteration (a lower estimate; the caller proves an upper bound)."""
+    n, k = gram.shape[0], gram.shape[-1]
+    width = min(SUBSPACE, k)
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(n, k, width, dtype=torch.float64, generator=gen)
+    for _ in range(SUBSPACE_STEPS):
+        basis, _ = torch.linalg.qr(gram @ basis)
+    ritz = basis.transpose(-1, -2) @ gram @ basis
+    return torch.linalg.eigvalsh(ritz)[..., -1]

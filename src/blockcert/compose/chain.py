@@ -102,6 +102,7 @@ def compose_chain(
     min_radius: float,
     restarts: int = 8,
     tube_shells: int = 1,
+    refine_tokens: int | None = None,
 ) -> Chain:
     """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i],
     one tensor [n, s, d] or a list of batches (prompts of different lengths)."""
@@ -112,7 +113,8 @@ def compose_chain(
         eps_q = round_up(eps)
         batches = input_batches(x, batch_size)
         # the tube must contain every point within B_{k-1}: round the float radius up
-        sound = sound_lipschitz(surrogate, batches, radius_up(bound_sound), shells=tube_shells)
+        tube = radius_up(bound_sound)
+        sound = sound_lipschitz(surrogate, batches, tube, tube_shells, refine_tokens)
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
         radius = max(float(bound_empirical), min_radius)

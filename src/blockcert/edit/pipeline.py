@@ -231,6 +231,7 @@ def edit(cfg: DictConfig) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
         lipschitz_search=dict(cert_cfg.get("lipschitz_search") or {}),
         sound_prompts=cert_cfg.get("sound_prompts"),
+        refine_tokens=cert_cfg.get("refine_tokens"),
     )
     t_certify = time.perf_counter() - started
     eps = certificate["metrics"]["eps_max"]

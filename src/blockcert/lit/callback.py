@@ -45,13 +45,14 @@ class CertificateCallback(L.Callback):
         lipschitz_search: dict | None = None,
         resolved_config: dict | None = None,
         sound_prompts: int | None = None,
+        refine_tokens: int | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.taus_abs, self.taus_rel, self.delta = list(taus_abs), list(taus_rel), delta
         self.radius, self.lipschitz_prompts = radius, lipschitz_prompts
         # the empirical search at train time is informational: certify.py recomputes it
         self.lipschitz_search = dict(lipschitz_search or {})
-        self.sound_prompts = sound_prompts
+        self.sound_prompts, self.refine_tokens = sound_prompts, refine_tokens
         self.config = resolved_config or {}
         self.certificate: dict | None = None
 
@@ -76,6 +77,7 @@ class CertificateCallback(L.Callback):
             config=self.config,
             lipschitz_search=self.lipschitz_search,
             sound_prompts=self.sound_prompts,
+            refine_tokens=self.refine_tokens,
         )
         log_to_wandb(trainer, self.certificate, self.run_dir)
 
@@ -126,12 +128,15 @@ def certify_block(
     config: dict,
     lipschitz_search: dict | None = None,
     sound_prompts: int | None = None,
+    refine_tokens: int | None = None,
 ) -> dict:
     """Measure, hash and write the certificate of `surrogate` for `datamodule.block`.
 
     sound_prompts: the sound constant over the first N held-out prompts only (None: all). It is
     informational either way (certify.py recomputes it on every evaluated prompt) and costs
     about a second per prompt, so whole-model runs may cut it; the count is in its parts.
+    refine_tokens: tokens per prompt whose MLP bound uses the spectral norm (None: all that can
+    decide the max).
     """
     teacher = datamodule.adapter.teacher
     heldout = datamodule.prompts.heldout
@@ -144,7 +149,8 @@ def certify_block(
     # The tube radius defaults to this block's own eps_max: the deviation one upstream block of
     # similar quality would feed in. certify.py recomputes L at the composed radius.
     tube = radius if radius is not None else max(report.eps_max, 1e-6)
-    sound = sound_lipschitz(surrogate, _sound_inputs(datamodule, sound_prompts), tube)
+    sound_inputs = _sound_inputs(datamodule, sound_prompts)
+    sound = sound_lipschitz(surrogate, sound_inputs, tube, refine_tokens=refine_tokens)
     empirical = empirical_lipschitz(
         surrogate,
         _lipschitz_inputs(datamodule, lipschitz_prompts),

@@ -55,5 +55,6 @@ def recertify(
             radius=cert_cfg.get("radius"),
             lipschitz_prompts=cert_cfg.get("lipschitz_prompts", 4),
             config=block_config,
+            refine_tokens=cert_cfg.get("refine_tokens"),
         )
     return certificates
