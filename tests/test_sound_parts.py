@@ -151,6 +151,36 @@ def test_mlp_product_pert_bounds_jacobian_moves(block):
                 assert change <= float(pert[t]), (t, change, float(pert[t]))
 
 
+def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
+    """||W_d [s_a o (A_u dw) o (A_g x) + s_b o (A_g dw) o (A_u x)]|| <= paired_slope for unit
+    dw, x and slopes in silu's range [SILU_SLOPE_MIN, SILU_SLOPE]: alternating maximisation over
+    the output direction, the slopes (a vertex of the box), dw and x from random starts never
+    exceeds it."""
+    _, f, _ = block
+    g_in, u_in = f.mlp_in
+    gen = torch.Generator().manual_seed(5)
+    unit = lambda v: v / v.norm()  # noqa: E731
+
+    def vertex(gain):  # the slope in range that makes each neuron's term largest
+        return torch.where(gain > 0, sound.SILU_SLOPE, sound.SILU_SLOPE_MIN).double()
+
+    best = 0.0
+    for _ in range(20):
+        dw, x = (unit(torch.randn(g_in.shape[1], generator=gen, dtype=torch.float64)) for _ in "ab")
+        y = unit(torch.randn(f.w_down.shape[0], generator=gen, dtype=torch.float64))
+        for _ in range(40):
+            back = f.w_down.T @ y
+            s_a = vertex(back * (u_in @ dw) * (g_in @ x))
+            s_b = vertex(back * (g_in @ dw) * (u_in @ x))
+            dw = unit(u_in.T @ (back * s_a * (g_in @ x)) + g_in.T @ (back * s_b * (u_in @ x)))
+            x = unit(g_in.T @ (back * s_a * (u_in @ dw)) + u_in.T @ (back * s_b * (g_in @ dw)))
+            out = f.w_down @ (s_a * (u_in @ dw) * (g_in @ x) + s_b * (g_in @ dw) * (u_in @ x))
+            y = unit(out)
+            best = max(best, float(out.norm()))
+    assert best <= f.paired_slope
+    assert f.paired_slope <= 10 * best, (f.paired_slope, best)  # not vacuous
+
+
 def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, monkeypatch):
     """With the aligned bounds on only a few tokens per prompt, the block bound still holds."""
     from tests.test_lipschitz import independent_ascent

@@ -76,6 +76,7 @@ from blockcert.surrogate.view import BlockView, Norm, block_view
 Tensor = torch.Tensor
 
 SILU_SLOPE = 1.0999  # max |silu'(a)| = 1.09984 (a = 2.3994)
+SILU_SLOPE_MIN = -0.0999  # min silu'(a) = -0.09984 (a = -2.3994)
 SILU_CURVATURE = 0.5001  # max |silu''(a)| = silu''(0) = 0.5
 SILU_MIN = -0.27847  # min silu(a) = -0.278465 at a = -1.27846
 SILU_ARGMIN = -1.27846
@@ -122,6 +123,53 @@ class _Folded:
     down_cols: Tensor  # [m] column norms of W_d
     weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
     gate_gram_abs: Tensor | None  # [m, m] |A_gate A_gate^T| (gated MLP)
+    paired_slope: float  # _paired_slope: the tube move of J_M's slope terms per unit rho
+
+
+def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]]) -> float:
+    """P >= ||W_d [diag(s_a) (A_u dw o A_g x) + diag(s_b) (A_g dw o A_u x)]|| for unit x and
+    ||dw|| <= 1 and ANY slopes s in silu's slope range [SILU_SLOPE_MIN, SILU_SLOPE] (gated;
+    GELU: ||W_d diag(s) (A dw o A x)||, |s| <= GELU_CURVATURE): the parts of J_M(w') - J_M(w)
+    that the slopes carry.
+
+    A dw o B x = (A kr B)(dw (x) x), rows a_i (x) b_i (Khatri-Rao), ||dw (x) x|| <= 1, so the
+    term is at most ||W~ diag(s~) M||, M the stacked Khatri-Rao rows, W~ = [W_d, W_d]. Split
+    s = c + e around the range's midpoint c (|e| <= h, its half-width): ||W~ M|| exactly
+    (lambda_max of W_d (sum of K's blocks) W_d^T, K = M M^T) times |c|, plus the uncertain part:
+    y^T diag(e) K diag(e) y <= h^2 sum_ij |K_ij| |y_i y_j| <= h^2 sum_i y_i^2 sum_j |K_ij|
+    (AM-GM), so ||W~ diag(e) M||^2 <= h^2 lambda_max(W_d diag(D) W_d^T) with D the row sums of
+    |K| (summed over the blocks that meet W_d's columns). K's blocks: (A_u A_u^T) o (A_g A_g^T)
+    on the diagonal, (A_u A_g^T) o (A_g A_u^T) across (GELU: (A A^T) o (A A^T)). The products'
+    float64 rounding is below 1e-12 ||a_i|| ||b_i|| ||a_j|| ||b_j|| per entry, added to D and,
+    through ||W_d||^2 ||E||_F, to the exact part. Per-block: no cost per token.
+    """
+    norms = [a.norm(dim=1) for a in mlp_in]
+    if len(mlp_in) == 1:
+        (gram,) = grams[0]
+        kron = gram * gram
+        size = norms[0] * norms[0]
+        low, high = -GELU_CURVATURE, GELU_CURVATURE
+        rows, total, terms = kron.abs().sum(1), kron, 1
+    else:
+        (gg, gu), (ug, uu) = grams
+        size = norms[0] * norms[1]
+        low, high = SILU_SLOPE_MIN, SILU_SLOPE
+        diag = uu * gg
+        cross = ug * gu  # (A_u A_g^T)_ij (A_g A_u^T)_ij
+        # both stacked blocks meet column i
+        rows = 2 * diag.abs().sum(1) + cross.abs().sum(1) + cross.abs().sum(0)
+        total, terms = 2 * diag + cross + cross.T, 4
+    rounding = 1e-12 * terms * size[:, None] * size[None, :]
+    rows = rows + rounding.sum(1)
+    mid, half = (high + low) / 2, (high - low) / 2
+    uncertain = half * spectral_norm_upper(w_down * rows.sqrt()[None, :])
+    if mid == 0.0:
+        return uncertain * (1 + REL_MARGIN)
+    d_norm = spectral_norm_upper(w_down)
+    # ||W_d T W_d^T|| for the PSD T = total, plus its rounding (and the product's: far below)
+    exact = spectral_norm_upper(w_down @ total @ w_down.T)
+    exact += d_norm**2 * float(rounding.norm()) * (1 + 1e-9) + 1e-12 * exact
+    return (abs(mid) * exact**0.5 + uncertain) * (1 + REL_MARGIN)
 
 
 def _fold(norm: Norm, proj_matrix: Tensor) -> Tensor:
@@ -201,7 +249,8 @@ def _folded(view: BlockView) -> _Folded:
     w_down = mlp.down.matrix()
     g_down = w_down.T @ w_down
     down_cols = w_down.norm(dim=0)
-    blocks = [[g_down * (ai @ aj.T) for aj in mlp_in] for ai in mlp_in]
+    grams = [[ai @ aj.T for aj in mlp_in] for ai in mlp_in]
+    blocks = [[g_down * gram for gram in row] for row in grams]
     h_mat = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
     sigma = a.rope_scaling * ROPE_SLACK if a.inv_freq is not None else 1.0
     return _Folded(
@@ -233,7 +282,8 @@ def _folded(view: BlockView) -> _Folded:
         mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
         down_cols=down_cols * (1 + REL_MARGIN),
         weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
-        gate_gram_abs=(mlp_in[0] @ mlp_in[0].T).abs() if mlp.kind == "gated_silu" else None,
+        gate_gram_abs=grams[0][0].abs() if mlp.kind == "gated_silu" else None,
+        paired_slope=_paired_slope(w_down, mlp_in, grams),
     )
 
 
@@ -380,16 +430,18 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     |e_b| <= SILU_SLOPE |A_gate,i dw| (GELU: |e| <= GELU_CURVATURE |A_i dw|), and
     ||W_d diag(e) A|| <= ||W_d diag(e)||_F ||A|| = ||diag(down_cols) e|| ||A||: the input
     perturbation enters through ||diag(c) A dw|| <= ||diag(c) A|| rho, not neuron by neuron.
+    The SILU_SLOPE terms (GELU: all of it) are also bounded together, through the Khatri-Rao
+    rows of both factors (_paired_slope), and the smaller bound is taken.
     """
     norms, weighted = f.mlp_in_norms, f.weighted_in_norms
     if f.gate_gram_abs is None:
-        per_rho = torch.full_like(rho, GELU_CURVATURE * norms[0] * weighted[0])
+        per_rho = torch.full_like(rho, min(GELU_CURVATURE * norms[0] * weighted[0], f.paired_slope))
     else:
         curved = cen.get("weighted_gate")
         if curved is None:
             curved = cen["weighted_gate"] = _weighted_gate_norms(f, cen["pre"][1])
-        per_rho = norms[0] * (SILU_SLOPE * weighted[1] + SILU_CURVATURE * curved)
-        per_rho = per_rho + norms[1] * SILU_SLOPE * weighted[0]
+        slopes = SILU_SLOPE * (norms[0] * weighted[1] + norms[1] * weighted[0])
+        per_rho = norms[0] * SILU_CURVATURE * curved + min(slopes, f.paired_slope)
     return per_rho * rho * (1 + REL_MARGIN)
 
 
