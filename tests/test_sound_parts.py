@@ -151,34 +151,50 @@ def test_mlp_product_pert_bounds_jacobian_moves(block):
                 assert change <= float(pert[t]), (t, change, float(pert[t]))
 
 
-def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
-    """||W_d [s_a o (A_u dw) o (A_g x) + s_b o (A_g dw) o (A_u x)]|| <= paired_slope for unit
-    dw, x and slopes in silu's range [SILU_SLOPE_MIN, SILU_SLOPE]: alternating maximisation over
-    the output direction, the slopes (a vertex of the box), dw and x from random starts never
-    exceeds it."""
-    _, f, _ = block
-    g_in, u_in = f.mlp_in
+def _khatri_rao_ascent(w_down, terms, low: float, high: float) -> float:
+    """Largest ||W_d sum_k s_k o c_k o (A_k dw) o (B_k x)|| found over unit dw, x and slopes s_k
+    in [low, high] per neuron (terms: (A_k, B_k, c_k)), by alternating maximisation over the
+    output direction, the slopes (a vertex of the box), dw and x from 20 random starts."""
     gen = torch.Generator().manual_seed(5)
     unit = lambda v: v / v.norm()  # noqa: E731
-
-    def vertex(gain):  # the slope in range that makes each neuron's term largest
-        return torch.where(gain > 0, sound.SILU_SLOPE, sound.SILU_SLOPE_MIN).double()
-
+    dim = terms[0][0].shape[1]
     best = 0.0
     for _ in range(20):
-        dw, x = (unit(torch.randn(g_in.shape[1], generator=gen, dtype=torch.float64)) for _ in "ab")
-        y = unit(torch.randn(f.w_down.shape[0], generator=gen, dtype=torch.float64))
+        dw, x = (unit(torch.randn(dim, generator=gen, dtype=torch.float64)) for _ in "ab")
+        y = unit(torch.randn(w_down.shape[0], generator=gen, dtype=torch.float64))
         for _ in range(40):
-            back = f.w_down.T @ y
-            s_a = vertex(back * (u_in @ dw) * (g_in @ x))
-            s_b = vertex(back * (g_in @ dw) * (u_in @ x))
-            dw = unit(u_in.T @ (back * s_a * (g_in @ x)) + g_in.T @ (back * s_b * (u_in @ x)))
-            x = unit(g_in.T @ (back * s_a * (u_in @ dw)) + u_in.T @ (back * s_b * (g_in @ dw)))
-            out = f.w_down @ (s_a * (u_in @ dw) * (g_in @ x) + s_b * (g_in @ dw) * (u_in @ x))
+            back = w_down.T @ y
+            slopes = [
+                torch.where(back * c * (a @ dw) * (b @ x) > 0, high, low).double()
+                for a, b, c in terms
+            ]
+            scaled = [(s * c, a, b) for s, (a, b, c) in zip(slopes, terms, strict=True)]
+            dw = unit(sum(a.T @ (back * w * (b @ x)) for w, a, b in scaled))
+            x = unit(sum(b.T @ (back * w * (a @ dw)) for w, a, b in scaled))
+            out = w_down @ sum(w * (a @ dw) * (b @ x) for w, a, b in scaled)
             y = unit(out)
             best = max(best, float(out.norm()))
-    assert best <= f.paired_slope
-    assert f.paired_slope <= 10 * best, (f.paired_slope, best)  # not vacuous
+    return best
+
+
+def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
+    """||W_d [s_a o (A_u dw) o (A_g x) + s_b o (A_g dw) o (A_u x)]|| <= paired_slope for unit
+    dw, x and slopes in silu's range [SILU_SLOPE_MIN, SILU_SLOPE], and the curvature term
+    ||W_d (s o u o (A_g dw) o (A_g x))|| <= _paired_curvature for |s| <= SILU_CURVATURE and the
+    prompt's largest |up|: the best the ascent finds stays below each, and not far below."""
+    view, f, x = block
+    g_in, u_in = f.mlp_in
+    one = torch.ones(g_in.shape[0], dtype=torch.float64)
+    terms = [(u_in, g_in, one), (g_in, u_in, one)]
+    best = _khatri_rao_ascent(f.w_down, terms, sound.SILU_SLOPE_MIN, sound.SILU_SLOPE)
+    assert best <= f.paired_slope <= 10 * best, (f.paired_slope, best)
+    up = forward64(view, x)["pre"][1]
+    curvature = sound._paired_curvature(f, up)
+    top = up.abs().amax(0)
+    best = _khatri_rao_ascent(
+        f.w_down, [(g_in, g_in, top)], -sound.SILU_CURVATURE, sound.SILU_CURVATURE
+    )
+    assert best <= curvature <= 10 * best, (curvature, best)
 
 
 def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, monkeypatch):

@@ -124,6 +124,7 @@ class _Folded:
     weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
     gate_gram_abs: Tensor | None  # [m, m] |A_gate A_gate^T| (gated MLP)
     paired_slope: float  # _paired_slope: the tube move of J_M's slope terms per unit rho
+    gate_kron_abs: Tensor | None  # [m, m] |(A_g A_g^T) o (A_g A_g^T)| (gated MLP)
 
 
 def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]]) -> float:
@@ -284,6 +285,7 @@ def _folded(view: BlockView) -> _Folded:
         weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
         gate_gram_abs=grams[0][0].abs() if mlp.kind == "gated_silu" else None,
         paired_slope=_paired_slope(w_down, mlp_in, grams),
+        gate_kron_abs=grams[0][0].pow(2) if mlp.kind == "gated_silu" else None,
     )
 
 
@@ -422,6 +424,18 @@ def _weighted_gate_norms(f: _Folded, up: Tensor, iterations: int = 8) -> Tensor:
     return (root * (1 + 1e-9)).sqrt()
 
 
+def _paired_curvature(f: _Folded, up: Tensor) -> float:
+    """C >= ||W_d diag(s) (u o (A_g dw) o (A_g x))|| for unit x, ||dw|| <= 1, |s| <= SILU_CURVATURE
+    and |u| <= max_t |up_t| (up [T, m], elementwise over the prompt's tokens): the curvature
+    term of J_M(w') - J_M(w), through the Khatri-Rao rows u_i (a_i (x) a_i) as in _paired_slope
+    (Gershgorin on their Gram |u_i| |K_ij| |u_j|, K = (A_g A_g^T) o (A_g A_g^T)). One spectral
+    norm per prompt."""
+    top = up.abs().amax(0)
+    size = f.mlp_in[0].norm(dim=1).pow(2) * top
+    rows = top * (f.gate_kron_abs @ top) + 1e-12 * size * size.sum()  # + the Gram's rounding
+    return SILU_CURVATURE * spectral_norm_upper(f.w_down * rows.sqrt()[None, :]) * (1 + REL_MARGIN)
+
+
 def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     """[T] >= ||J_M(w') - J_M(w)|| for ||w' - w|| <= rho_t (normalised MLP inputs), before lambda2.
 
@@ -431,7 +445,8 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     ||W_d diag(e) A|| <= ||W_d diag(e)||_F ||A|| = ||diag(down_cols) e|| ||A||: the input
     perturbation enters through ||diag(c) A dw|| <= ||diag(c) A|| rho, not neuron by neuron.
     The SILU_SLOPE terms (GELU: all of it) are also bounded together, through the Khatri-Rao
-    rows of both factors (_paired_slope), and the smaller bound is taken.
+    rows of both factors (_paired_slope), and the curvature term per prompt the same way
+    (_paired_curvature); the smaller bounds are taken.
     """
     norms, weighted = f.mlp_in_norms, f.weighted_in_norms
     if f.gate_gram_abs is None:
@@ -439,9 +454,10 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     else:
         curved = cen.get("weighted_gate")
         if curved is None:
-            curved = cen["weighted_gate"] = _weighted_gate_norms(f, cen["pre"][1])
+            curved = norms[0] * SILU_CURVATURE * _weighted_gate_norms(f, cen["pre"][1])
+            curved = cen["weighted_gate"] = curved.clamp_max(_paired_curvature(f, cen["pre"][1]))
         slopes = SILU_SLOPE * (norms[0] * weighted[1] + norms[1] * weighted[0])
-        per_rho = norms[0] * SILU_CURVATURE * curved + min(slopes, f.paired_slope)
+        per_rho = curved + min(slopes, f.paired_slope)
     return per_rho * rho * (1 + REL_MARGIN)
 
 
