@@ -127,6 +127,10 @@ class _Folded:
     gate_kron_abs: Tensor | None  # [m, m] |(A_g A_g^T) o (A_g A_g^T)| (gated MLP)
 
 
+def _spectral_upper(matrix: Tensor) -> float:
+    return float(spectral_norm_certified_batched(matrix[None])[0])
+
+
 def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]]) -> float:
     """P >= ||W_d [diag(s_a) (A_u dw o A_g x) + diag(s_b) (A_g dw o A_u x)]|| for unit x and
     ||dw|| <= 1 and ANY slopes s in silu's slope range [SILU_SLOPE_MIN, SILU_SLOPE] (gated;
@@ -163,13 +167,12 @@ def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]
     rounding = 1e-12 * terms * size[:, None] * size[None, :]
     rows = rows + rounding.sum(1)
     mid, half = (high + low) / 2, (high - low) / 2
-    uncertain = half * spectral_norm_upper(w_down * rows.sqrt()[None, :])
+    uncertain = half * _spectral_upper(w_down * rows.sqrt()[None, :])
     if mid == 0.0:
         return uncertain * (1 + REL_MARGIN)
-    d_norm = spectral_norm_upper(w_down)
     # ||W_d T W_d^T|| for the PSD T = total, plus its rounding (and the product's: far below)
-    exact = spectral_norm_upper(w_down @ total @ w_down.T)
-    exact += d_norm**2 * float(rounding.norm()) * (1 + 1e-9) + 1e-12 * exact
+    exact = _spectral_upper(w_down @ total @ w_down.T)
+    exact += _spectral_upper(w_down) ** 2 * float(rounding.norm()) * (1 + 1e-9) + 1e-12 * exact
     return (abs(mid) * exact**0.5 + uncertain) * (1 + REL_MARGIN)
 
 
@@ -433,7 +436,7 @@ def _paired_curvature(f: _Folded, up: Tensor) -> float:
     top = up.abs().amax(0)
     size = f.mlp_in[0].norm(dim=1).pow(2) * top
     rows = top * (f.gate_kron_abs @ top) + 1e-12 * size * size.sum()  # + the Gram's rounding
-    return SILU_CURVATURE * spectral_norm_upper(f.w_down * rows.sqrt()[None, :]) * (1 + REL_MARGIN)
+    return SILU_CURVATURE * _spectral_upper(f.w_down * rows.sqrt()[None, :]) * (1 + REL_MARGIN)
 
 
 def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
