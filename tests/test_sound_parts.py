@@ -197,6 +197,17 @@ def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
     assert best <= curvature <= 10 * best, (curvature, best)
 
 
+def test_paired_slope_bounds_the_gelu_curvature_term(tiny_gpt2):
+    """GELU: ||W_d (s o (A dw) o (A x))|| <= paired_slope for |s| <= GELU_CURVATURE."""
+    f = _folded(block_view(extract_block(tiny_gpt2, 1)))
+    (fc,) = f.mlp_in
+    one = torch.ones(fc.shape[0], dtype=torch.float64)
+    best = _khatri_rao_ascent(
+        f.w_down, [(fc, fc, one)], -sound.GELU_CURVATURE, sound.GELU_CURVATURE
+    )
+    assert best <= f.paired_slope <= 10 * best, (f.paired_slope, best)
+
+
 def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, monkeypatch):
     """With the aligned bounds on only a few tokens per prompt, the block bound still holds."""
     from tests.test_lipschitz import independent_ascent

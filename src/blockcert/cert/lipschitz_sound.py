@@ -146,7 +146,8 @@ def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]
     |K| (summed over the blocks that meet W_d's columns). K's blocks: (A_u A_u^T) o (A_g A_g^T)
     on the diagonal, (A_u A_g^T) o (A_g A_u^T) across (GELU: (A A^T) o (A A^T)). The products'
     float64 rounding is below 1e-12 ||a_i|| ||b_i|| ||a_j|| ||b_j|| per entry, added to D and,
-    through ||W_d||^2 ||E||_F, to the exact part. Per-block: no cost per token.
+    through ||W_d||^2 ||E||_F, to the exact part (with the triple product's own rounding).
+    Per-block: no cost per token.
     """
     norms = [a.norm(dim=1) for a in mlp_in]
     if len(mlp_in) == 1:
@@ -170,9 +171,12 @@ def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]
     uncertain = half * _spectral_upper(w_down * rows.sqrt()[None, :])
     if mid == 0.0:
         return uncertain * (1 + REL_MARGIN)
-    # ||W_d T W_d^T|| for the PSD T = total, plus its rounding (and the product's: far below)
-    exact = _spectral_upper(w_down @ total @ w_down.T)
-    exact += _spectral_upper(w_down) ** 2 * float(rounding.norm()) * (1 + 1e-9) + 1e-12 * exact
+    # ||W_d T W_d^T|| for the PSD T = total, plus T's rounding (through ||W_d||^2 ||E||_F) and
+    # the triple product's: gamma ||abs(W_d)||^2 ||abs(T)||, ||abs(T)|| <= max row sum <= max D
+    m, d = total.shape[0], w_down.shape[0]
+    product = 2 * (2 * m + d) * 2.0**-53 * _spectral_upper(w_down.abs()) ** 2 * float(rows.max())
+    exact = _spectral_upper(w_down @ total @ w_down.T) + product
+    exact += _spectral_upper(w_down) ** 2 * float(rounding.norm()) * (1 + 1e-9)
     return (abs(mid) * exact**0.5 + uncertain) * (1 + REL_MARGIN)
 
 
@@ -455,10 +459,12 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     if f.gate_gram_abs is None:
         per_rho = torch.full_like(rho, min(GELU_CURVATURE * norms[0] * weighted[0], f.paired_slope))
     else:
-        curved = cen.get("weighted_gate")
+        curved = cen.get("curvature_per_rho")
         if curved is None:
             curved = norms[0] * SILU_CURVATURE * _weighted_gate_norms(f, cen["pre"][1])
-            curved = cen["weighted_gate"] = curved.clamp_max(_paired_curvature(f, cen["pre"][1]))
+            curved = cen["curvature_per_rho"] = curved.clamp_max(
+                _paired_curvature(f, cen["pre"][1])
+            )
         slopes = SILU_SLOPE * (norms[0] * weighted[1] + norms[1] * weighted[0])
         per_rho = curved + min(slopes, f.paired_slope)
     return per_rho * rho * (1 + REL_MARGIN)

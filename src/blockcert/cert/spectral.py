@@ -96,13 +96,16 @@ def spectral_norm_certified_batched(mats: torch.Tensor) -> torch.Tensor:
     S = M^T M (the smaller side). Subspace iteration with Rayleigh-Ritz gives an estimate of
     lambda_max(S) (from below); mu above it is then an upper bound once the Cholesky
     factorisation of A = mu I - S completes in floating point: the computed factor satisfies
-    R^T R = A + E with |E| <= g |R^T| |R|, g = gamma_(k+1) = (k+1)u / (1 - (k+1)u) (Higham,
-    Accuracy and Stability of Numerical Algorithms, Thm 10.3; here 16x that, for blocked orders
-    of summation), so ||E|| <= g ||R||_F^2 = g tr(A + E), i.e. ||E|| <= g tr(A) / (1 - g), and
-    A + ||E|| I >= R^T R >= 0. The slack also covers the rounding of S (||fl(S) - S|| <=
-    gamma_a ||M||_F^2) and of A's diagonal. mu climbs through CHOLESKY_STEPS above the estimate
-    until the factorisation completes, then bisects towards the last failed value; any matrix
-    left uncertified falls back to the Schatten bound, and the Frobenius norm caps everything.
+    R^T R = A + E with |E| <= g |R^T| |R|, g = gamma_(k+1) = (k+1)u / (1 - (k+1)u) for any
+    symmetric A on which it completes (Demmel 1989; Higham, Accuracy and Stability of Numerical
+    Algorithms, Thm 10.3; Rump 2006, "Verification of positive definiteness", verifies definite-
+    ness this way; here 16x that gamma, for blocked orders of summation), so ||E|| <= g ||R||_F^2
+    = g tr(A + E), i.e. ||E|| <= g tr(A) / (1 - g), and A + ||E|| I >= R^T R >= 0 (no underflow:
+    the entries here are far from it, and a zero matrix is caught by the Frobenius cap). The
+    slack also covers the rounding of S (||fl(S) - S|| <= gamma_a ||M||_F^2) and of A's
+    diagonal. mu climbs through CHOLESKY_STEPS above the estimate until the factorisation
+    completes, then bisects towards the last failed value; any matrix left uncertified falls
+    back to the Schatten bound, and the Frobenius norm caps everything.
     """
     m = mats.detach().double()
     if m.shape[-2] < m.shape[-1]:
