@@ -25,9 +25,13 @@ from blockcert.cert.lipschitz_sound import (
     SILU_CURVATURE,
     SILU_MIN,
     SILU_SLOPE,
+    _folded,
+    _mlp_centre_lower,
+    _mlp_state,
     _shell_mean,
     _shell_radii,
     forward64,
+    sound_block_bound,
 )
 from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
 from blockcert.compose.bound import bound_trajectory
@@ -142,6 +146,44 @@ def test_certified_spectral_norm_holds_when_its_estimate_is_far_too_low(monkeypa
         upper = spectral_norm_certified_batched(mats)
         assert (upper >= exact).all()
         assert (upper <= 1.2 * exact).all()  # Schatten-64 at worst
+
+
+def test_saturated_chain_step_skips_the_costly_passes_without_changing_it(tiny_adapter, token_ids):
+    """Where B is far above the token norms the first pass alone shows min(L B, B + a) = B + a:
+    the result is marked first_pass_only, its L is at least the full computation's (a sound,
+    looser constant) and the chain's step is the same; at a small B every pass runs, unchanged."""
+    x = _inputs(tiny_adapter, token_ids, 1)
+    surrogate = extract_block(tiny_adapter, 1)
+    typical = float(x.norm(dim=-1).median())
+    for bound, skipped in ((1e4 * typical, True), (1e-3 * typical, False)):
+        full = sound_block_bound(surrogate, [x], bound)
+        quick = sound_block_bound(surrogate, [x], bound, saturates_from=bound)
+        assert quick.first_pass_only is skipped and not full.first_pass_only
+        step_full = min(full.lipschitz * bound, bound + full.saturation)
+        step_quick = min(quick.lipschitz * bound, bound + quick.saturation)
+        assert quick.lipschitz >= full.lipschitz and step_quick >= step_full
+        assert step_quick <= step_full * (1 + 1e-9), (step_quick, step_full)
+        if not skipped:
+            assert quick.lipschitz == full.lipschitz
+
+
+def test_mlp_centre_lower_is_below_the_exact_spectral_norm(tiny_adapter, token_ids):
+    view = block_view(extract_block(tiny_adapter, 1))
+    f = _folded(view)
+    cen = forward64(view, _inputs(tiny_adapter, token_ids, 1)[0])
+    z, _, _ = _mlp_state(f, cen, torch.zeros(cen["y"].shape[0], dtype=torch.float64))
+    m = f.w_down.shape[1]
+    exact = torch.stack(
+        [
+            torch.linalg.matrix_norm(
+                f.w_down @ sum(zt[j * m : (j + 1) * m, None] * a for j, a in enumerate(f.mlp_in)),
+                2,
+            )
+            for zt in z
+        ]
+    )
+    low = _mlp_centre_lower(f, z)
+    assert (low <= exact).all() and (low >= 0.5 * exact).all()
 
 
 def test_float64_forward_matches_the_interpreter(tiny_adapter, token_ids):

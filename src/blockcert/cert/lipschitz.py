@@ -65,6 +65,7 @@ def sound_lipschitz(
     radius: float,
     shells: int = 1,
     refine_tokens: int | None = None,
+    saturates_from: float | None = None,
 ) -> Lipschitz:
     """Sound upper bound on Lip(g) over the tube of `radius` around `inputs` ([b, s, d] each).
 
@@ -73,13 +74,16 @@ def sound_lipschitz(
     spectral norm; refine_tokens caps them per prompt, None: every token that can decide the
     max), shells
     (how many shells the tube was cut into: blockcert.cert.lipschitz_sound; transcoder blocks
-    always use the whole tube, shells = 1).
+    always use the whole tube, shells = 1), first_pass_only (saturates_from = the chain's
+    B_(k-1) showed min(L B, B + a) = B + a after the cheap first pass, so the costlier passes
+    were skipped: blockcert.cert.lipschitz_sound.sound_block_bound).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
-    bound = sound_block_bound(surrogate, inputs, radius, refine_tokens, shells)
+    bound = sound_block_bound(surrogate, inputs, radius, refine_tokens, shells, saturates_from)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
     parts = {**_shared_parts(bound), "refined": bound.refined, "shells": bound.shells}
+    parts["first_pass_only"] = bound.first_pass_only
     if value is None:
         parts["reason"] = SINGULAR_NORM
     return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)

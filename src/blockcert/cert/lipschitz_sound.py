@@ -559,6 +559,7 @@ class SoundBlockBound:
     prompts: int
     refined: int
     shells: int
+    first_pass_only: bool = False  # the chain saturates here: see sound_block_bound
 
 
 @dataclass
@@ -685,39 +686,107 @@ def _shell_mean(total: Tensor, r: float) -> Tensor:
     return torch.minimum(mean, total[-1])
 
 
+def _mlp_centre_lower(f: _Folded, z: Tensor, steps: int = 3) -> Tensor:
+    """[T] <= ||J_M,t|| at the centre: ||J v|| for a unit v after a few power steps on J^T J
+    (matrix-free, J v = W_d sum_j z_j o (A_j v)); less 1e-9 for float64 rounding."""
+    m = f.w_down.shape[1]
+    coeffs = [z[:, j * m : (j + 1) * m] for j in range(len(f.mlp_in))]
+
+    def forward(v: Tensor) -> Tensor:
+        return sum(c * (v @ a.T) for c, a in zip(coeffs, f.mlp_in, strict=True)) @ f.w_down.T
+
+    def backward(u: Tensor) -> Tensor:
+        back = u @ f.w_down
+        return sum((c * back) @ a for c, a in zip(coeffs, f.mlp_in, strict=True))
+
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(z.shape[0], f.d, dtype=torch.float64, generator=gen)
+    for _ in range(steps):
+        v = backward(forward(v / v.norm(dim=-1, keepdim=True)))
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return forward(v).norm(dim=-1) * (1 - 1e-9)
+
+
+def _first_pass_if_saturated(
+    f: _Folded, prompts: list[Tensor], r: float, shells: int, bound: float
+) -> SoundBlockBound | None:
+    """The first pass's bounds when they already settle the chain's step from B = bound: the
+    refined constant L is at least max_t (1 + lambda2_t(r/n) ||J_M,t||) (every pass's and
+    shell's Lmlp_t is at least lambda2 ||J_M,t||, and lambda2 grows with the MLP's tube, at
+    least the smallest shell's radius r/n), so when that
+    is >= 1 + a_first / B, min(L B, B + a) = B + a however tight L gets, and a_first (>= the
+    final a) is all the chain uses. None otherwise (the caller runs every pass)."""
+    latt, lmlp, sat, norms, per_token, low = [], [], [], [], [], 0.0
+    for x in prompts:
+        cen = forward64(f.view, x)
+        rows = _prompt_rows(f, cen, r, shells)
+        lam2 = _lam(cen["ynorm"], r / shells, f.d, f.view.mlp_norm.eps)  # the smallest shell
+        low = max(low, float((1 + lam2 * _mlp_centre_lower(f, rows.z)).max()))
+        latt.append(rows.latt[-1])
+        lmlp.append(rows.screen[-1])
+        sat.append(rows.saturation)
+        norms.append(rows.min_norm)
+        per_token.append(_shell_mean((1 + rows.latt) * (1 + rows.screen), r))
+    saturation = float(torch.cat(sat).max())
+    if not low >= 1 + saturation / bound:
+        return None
+    per_token = torch.cat(per_token)
+    return SoundBlockBound(
+        lipschitz=float(per_token.max()),
+        saturation=saturation,
+        attention=float(torch.cat(latt).max()),
+        mlp=float(torch.cat(lmlp).max()),
+        min_input_norm=float(torch.stack(norms).min()),
+        tokens=per_token.numel(),
+        prompts=len(prompts),
+        refined=0,
+        shells=shells,
+        first_pass_only=True,
+    )
+
+
 def sound_block_bound(
     surrogate: Surrogate,
     inputs: Iterable[Tensor],
     radius: float,
     max_refine: int | None = None,
     shells: int = 1,
+    saturates_from: float | None = None,
 ) -> SoundBlockBound:
     """Sound constants of `surrogate` on the tube of `radius` around `inputs` ([b, T, d] each).
 
     shells: cut the tube into that many shells (each costs one more evaluation of the per-token
     bounds); 1 is the bound of the whole tube. max_refine: at most that many tokens per prompt
     get the spectral MLP bound (~15 ms each on SmolLM2; None: every token that can decide the
-    max); the other tokens keep the Frobenius screen, which holds as well."""
+    max); the other tokens keep the Frobenius screen, which holds as well. saturates_from: the
+    chain's B_(k-1) when the caller composes min(L B, B + a); if the first pass already shows that
+    no pass can bring L below 1 + a / B, its (sound, looser) bounds are returned
+    (first_pass_only) and the costlier passes skipped: the chain's step is unchanged."""
     if shells < 1:
         raise ValueError(f"shells={shells}: cut the tube into at least 1 shell")
     view = block_view(surrogate)
     f = _folded(view)
     r = float(radius)
+    prompts = [x for batch in inputs for x in batch.reshape(-1, *batch.shape[-2:])]
     with torch.no_grad():
+        # tried only where B is well above the typical token norm: below that lambda stays
+        # small and the first pass rarely shows saturation (a cost, never a change of the result)
+        typical = max((float(x.norm(dim=-1).median()) for x in prompts), default=math.inf)
+        if saturates_from is not None and saturates_from >= 10 * typical:
+            quick = _first_pass_if_saturated(f, prompts, r, shells, saturates_from)
+            if quick is not None:
+                return quick
         # one prompt at a time: its centre values and cached terms are dropped before the next
         latt, lmlp, sat, norms, per_token, refined = [], [], [], [], [], 0
-        for batch in inputs:
-            for x in batch.reshape(-1, *batch.shape[-2:]):
-                floor = max((float(t.max()) for t in per_token), default=0.0)
-                rows, mlp, spec = _two_pass_rows(
-                    f, forward64(view, x), r, shells, max_refine, floor
-                )
-                latt.append(rows.latt[-1])
-                lmlp.append(mlp[-1])
-                sat.append(rows.saturation)
-                norms.append(rows.min_norm)
-                per_token.append(_shell_mean((1 + rows.latt) * (1 + mlp), r))
-                refined += int(torch.isfinite(spec).sum())
+        for x in prompts:
+            floor = max((float(t.max()) for t in per_token), default=0.0)
+            rows, mlp, spec = _two_pass_rows(f, forward64(view, x), r, shells, max_refine, floor)
+            latt.append(rows.latt[-1])
+            lmlp.append(mlp[-1])
+            sat.append(rows.saturation)
+            norms.append(rows.min_norm)
+            per_token.append(_shell_mean((1 + rows.latt) * (1 + mlp), r))
+            refined += int(torch.isfinite(spec).sum())
         per_token = torch.cat(per_token)
         return SoundBlockBound(
             lipschitz=float(per_token.max()),

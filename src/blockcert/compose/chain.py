@@ -114,7 +114,10 @@ def compose_chain(
         batches = input_batches(x, batch_size)
         # the tube must contain every point within B_{k-1}: round the float radius up
         tube = radius_up(bound_sound)
-        sound = sound_lipschitz(surrogate, batches, tube, tube_shells, refine_tokens)
+        # where the chain saturates (min picks B + a), the cheap first pass settles the step
+        sound = sound_lipschitz(
+            surrogate, batches, tube, tube_shells, refine_tokens, saturates_from=float(bound_sound)
+        )
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
         radius = max(float(bound_empirical), min_radius)
