@@ -713,9 +713,9 @@ def _first_pass_if_saturated(
     """The first pass's bounds when they already settle the chain's step from B = bound: the
     refined constant L is at least max_t (1 + lambda2_t(r/n) ||J_M,t||) (every pass's and
     shell's Lmlp_t is at least lambda2 ||J_M,t||, and lambda2 grows with the MLP's tube, at
-    least the smallest shell's radius r/n), so when that
-    is >= 1 + a_first / B, min(L B, B + a) = B + a however tight L gets, and a_first (>= the
-    final a) is all the chain uses. None otherwise (the caller runs every pass)."""
+    least the smallest shell's radius r/n), so when that is >= 1 + a_first / B,
+    min(L B, B + a) = B + a however tight L gets, and a_first (>= the final a) is all the
+    chain uses. None otherwise (the caller runs every pass)."""
     latt, lmlp, sat, norms, per_token, low = [], [], [], [], [], 0.0
     for x in prompts:
         cen = forward64(f.view, x)
