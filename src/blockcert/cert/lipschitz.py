@@ -72,11 +72,10 @@ def sound_lipschitz(
     parts: saturation (a, finite at any radius), attention / mlp (max per-token sub-layer
     constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used the
     spectral norm; refine_tokens caps them per prompt, None: every token that can decide the
-    max), shells
-    (how many shells the tube was cut into: blockcert.cert.lipschitz_sound; transcoder blocks
-    always use the whole tube, shells = 1), first_pass_only (saturates_from = the chain's
-    B_(k-1) showed min(L B, B + a) = B + a after the cheap first pass, so the costlier passes
-    were skipped: blockcert.cert.lipschitz_sound.sound_block_bound).
+    max), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
+    transcoder blocks always use the whole tube, shells = 1), first_pass_only (saturates_from =
+    the chain's B_(k-1) showed min(L B, B + a) = B + a after the cheap first pass, so the
+    costlier passes were skipped: blockcert.cert.lipschitz_sound.sound_block_bound).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)

@@ -124,14 +124,20 @@ class _Folded:
     weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
     gate_gram_abs: Tensor | None  # [m, m] |A_gate A_gate^T| (gated MLP)
     paired_slope: float  # _paired_slope: the tube move of J_M's slope terms per unit rho
-    gate_kron_abs: Tensor | None  # [m, m] |(A_g A_g^T) o (A_g A_g^T)| (gated MLP)
 
 
 def _spectral_upper(matrix: Tensor) -> float:
     return float(spectral_norm_certified_batched(matrix[None])[0])
 
 
-def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]]) -> float:
+def _column_weighted_norm(w_down: Tensor, rows: Tensor) -> float:
+    """>= ||W_d diag(sqrt(rows))||: the Gershgorin part of the Khatri-Rao bounds."""
+    return _spectral_upper(w_down * rows.sqrt()[None, :])
+
+
+def _paired_slope(
+    w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]], down_norm: float
+) -> float:
     """P >= ||W_d [diag(s_a) (A_u dw o A_g x) + diag(s_b) (A_g dw o A_u x)]|| for unit x and
     ||dw|| <= 1 and ANY slopes s in silu's slope range [SILU_SLOPE_MIN, SILU_SLOPE] (gated;
     GELU: ||W_d diag(s) (A dw o A x)||, |s| <= GELU_CURVATURE): the parts of J_M(w') - J_M(w)
@@ -168,7 +174,7 @@ def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]
     rounding = 1e-12 * terms * size[:, None] * size[None, :]
     rows = rows + rounding.sum(1)
     mid, half = (high + low) / 2, (high - low) / 2
-    uncertain = half * _spectral_upper(w_down * rows.sqrt()[None, :])
+    uncertain = half * _column_weighted_norm(w_down, rows)
     if mid == 0.0:
         return uncertain * (1 + REL_MARGIN)
     # ||W_d T W_d^T|| for the PSD T = total, plus T's rounding (through ||W_d||^2 ||E||_F) and
@@ -176,7 +182,7 @@ def _paired_slope(w_down: Tensor, mlp_in: list[Tensor], grams: list[list[Tensor]
     m, d = total.shape[0], w_down.shape[0]
     product = 2 * (2 * m + d) * 2.0**-53 * _spectral_upper(w_down.abs()) ** 2 * float(rows.max())
     exact = _spectral_upper(w_down @ total @ w_down.T) + product
-    exact += _spectral_upper(w_down) ** 2 * float(rounding.norm()) * (1 + 1e-9)
+    exact += down_norm**2 * float(rounding.norm()) * (1 + 1e-9)
     return (abs(mid) * exact**0.5 + uncertain) * (1 + REL_MARGIN)
 
 
@@ -257,6 +263,7 @@ def _folded(view: BlockView) -> _Folded:
     w_down = mlp.down.matrix()
     g_down = w_down.T @ w_down
     down_cols = w_down.norm(dim=0)
+    down_norm = spectral_norm_upper(w_down)
     grams = [[ai @ aj.T for aj in mlp_in] for ai in mlp_in]
     blocks = [[g_down * gram for gram in row] for row in grams]
     h_mat = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
@@ -286,13 +293,12 @@ def _folded(view: BlockView) -> _Folded:
         h_mat=h_mat,
         h_abs=h_mat.abs(),
         down_gram_abs=g_down.abs(),
-        down_norm=spectral_norm_upper(w_down),
+        down_norm=down_norm,
         mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
         down_cols=down_cols * (1 + REL_MARGIN),
         weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
         gate_gram_abs=grams[0][0].abs() if mlp.kind == "gated_silu" else None,
-        paired_slope=_paired_slope(w_down, mlp_in, grams),
-        gate_kron_abs=grams[0][0].pow(2) if mlp.kind == "gated_silu" else None,
+        paired_slope=_paired_slope(w_down, mlp_in, grams, down_norm),
     )
 
 
@@ -439,8 +445,8 @@ def _paired_curvature(f: _Folded, up: Tensor) -> float:
     norm per prompt."""
     top = up.abs().amax(0)
     size = f.mlp_in[0].norm(dim=1).pow(2) * top
-    rows = top * (f.gate_kron_abs @ top) + 1e-12 * size * size.sum()  # + the Gram's rounding
-    return SILU_CURVATURE * _spectral_upper(f.w_down * rows.sqrt()[None, :]) * (1 + REL_MARGIN)
+    rows = top * (f.gate_gram_abs.pow(2) @ top) + 1e-12 * size * size.sum()  # + Gram rounding
+    return SILU_CURVATURE * _column_weighted_norm(f.w_down, rows) * (1 + REL_MARGIN)
 
 
 def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
@@ -624,7 +630,7 @@ def _two_pass_rows(
     spec = torch.full((rows.z.shape[0],), math.inf, dtype=torch.float64)
     budget = rows.z.shape[0] if refine is None else refine
     budget -= _refine_rows(f, rows, r, spec, budget, floor)
-    score = _shell_mean((1 + rows.latt) * (1 + _mlp_rows(rows, spec)), r)
+    score = _prompt_constants(rows, _mlp_rows(rows, spec), r)
     top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]
     if len(top) and torch.isfinite(score[top]).all():
         rows = _prompt_rows(f, cen, r, shells, top, rows)
@@ -645,7 +651,7 @@ def _refine_rows(
     branch and bound: unrefined tokens in order of their constant, until `budget` tokens are
     done or the next one's constant is at most the largest refined one or `floor` (a constant
     some token already has): such tokens cannot decide the max. Returns how many were done."""
-    per_token = _shell_mean((1 + rows.latt) * (1 + _mlp_rows(rows, spec)), r)
+    per_token = _prompt_constants(rows, _mlp_rows(rows, spec), r)
     if not torch.isfinite(per_token).all():
         return 0
     done = torch.isfinite(spec)
@@ -657,10 +663,8 @@ def _refine_rows(
         if float(per_token[ids[0]]) <= best:
             break
         spec[ids] = _mlp_centre_spectral(f, rows.z[ids])  # the centre: the same on every shell
-        lmlp = torch.minimum(
-            rows.screen[:, ids], rows.lam2[:, ids] * (spec[ids] + rows.pert[:, ids])
-        )
-        best = max(best, float(_shell_mean((1 + rows.latt[:, ids]) * (1 + lmlp), r).max()))
+        refined = _prompt_constants(rows, _mlp_rows(rows, spec), r)
+        best = max(best, float(refined[ids].max()))
     return int(torch.isfinite(spec).sum() - done.sum())
 
 
@@ -716,33 +720,45 @@ def _first_pass_if_saturated(
     least the smallest shell's radius r/n), so when that is >= 1 + a_first / B,
     min(L B, B + a) = B + a however tight L gets, and a_first (>= the final a) is all the
     chain uses. None otherwise (the caller runs every pass)."""
-    latt, lmlp, sat, norms, per_token, low = [], [], [], [], [], 0.0
+    done, low = [], 0.0
     for x in prompts:
         cen = forward64(f.view, x)
         rows = _prompt_rows(f, cen, r, shells)
         lam2 = _lam(cen["ynorm"], r / shells, f.d, f.view.mlp_norm.eps)  # the smallest shell
         low = max(low, float((1 + lam2 * _mlp_centre_lower(f, rows.z)).max()))
-        latt.append(rows.latt[-1])
-        lmlp.append(rows.screen[-1])
-        sat.append(rows.saturation)
-        norms.append(rows.min_norm)
-        per_token.append(_shell_mean((1 + rows.latt) * (1 + rows.screen), r))
-    saturation = float(torch.cat(sat).max())
-    if not low >= 1 + saturation / bound:
+        done.append((rows, rows.screen))
+    bound_of_block = _summarise(done, r, shells, refined=0, first_pass_only=True)
+    if not low >= 1 + bound_of_block.saturation / bound:
         return None
-    per_token = torch.cat(per_token)
+    return bound_of_block
+
+
+def _summarise(
+    done: list[tuple[_PromptRows, Tensor]],
+    r: float,
+    shells: int,
+    refined: int,
+    first_pass_only: bool = False,
+) -> SoundBlockBound:
+    """The block's constants from every prompt's rows and Lmlp [n, T] (the max over tokens)."""
+    per_token = torch.cat([_prompt_constants(rows, lmlp, r) for rows, lmlp in done])
     return SoundBlockBound(
         lipschitz=float(per_token.max()),
-        saturation=saturation,
-        attention=float(torch.cat(latt).max()),
-        mlp=float(torch.cat(lmlp).max()),
-        min_input_norm=float(torch.stack(norms).min()),
+        saturation=float(torch.cat([rows.saturation for rows, _ in done]).max()),
+        attention=float(torch.cat([rows.latt[-1] for rows, _ in done]).max()),
+        mlp=float(torch.cat([lmlp[-1] for _, lmlp in done]).max()),
+        min_input_norm=float(torch.stack([rows.min_norm for rows, _ in done]).min()),
         tokens=per_token.numel(),
-        prompts=len(prompts),
-        refined=0,
+        prompts=len(done),
+        refined=refined,
         shells=shells,
-        first_pass_only=True,
+        first_pass_only=first_pass_only,
     )
+
+
+def _prompt_constants(rows: _PromptRows, lmlp: Tensor, r: float) -> Tensor:
+    """[T] per-token constants: the shell mean of (1 + Latt)(1 + Lmlp)."""
+    return _shell_mean((1 + rows.latt) * (1 + lmlp), r)
 
 
 def sound_block_bound(
@@ -771,31 +787,17 @@ def sound_block_bound(
     with torch.no_grad():
         # tried only where B is well above the typical token norm: below that lambda stays
         # small and the first pass rarely shows saturation (a cost, never a change of the result)
-        typical = max((float(x.norm(dim=-1).median()) for x in prompts), default=math.inf)
-        if saturates_from is not None and saturates_from >= 10 * typical:
-            quick = _first_pass_if_saturated(f, prompts, r, shells, saturates_from)
-            if quick is not None:
-                return quick
+        if saturates_from is not None:
+            typical = max((float(x.norm(dim=-1).median()) for x in prompts), default=math.inf)
+            if saturates_from >= 10 * typical:
+                quick = _first_pass_if_saturated(f, prompts, r, shells, saturates_from)
+                if quick is not None:
+                    return quick
         # one prompt at a time: its centre values and cached terms are dropped before the next
-        latt, lmlp, sat, norms, per_token, refined = [], [], [], [], [], 0
+        done, floor, refined = [], 0.0, 0
         for x in prompts:
-            floor = max((float(t.max()) for t in per_token), default=0.0)
             rows, mlp, spec = _two_pass_rows(f, forward64(view, x), r, shells, max_refine, floor)
-            latt.append(rows.latt[-1])
-            lmlp.append(mlp[-1])
-            sat.append(rows.saturation)
-            norms.append(rows.min_norm)
-            per_token.append(_shell_mean((1 + rows.latt) * (1 + mlp), r))
+            done.append((rows, mlp))
+            floor = max(floor, float(_prompt_constants(rows, mlp, r).max()))
             refined += int(torch.isfinite(spec).sum())
-        per_token = torch.cat(per_token)
-        return SoundBlockBound(
-            lipschitz=float(per_token.max()),
-            saturation=float(torch.cat(sat).max()),
-            attention=float(torch.cat(latt).max()),
-            mlp=float(torch.cat(lmlp).max()),
-            min_input_norm=float(torch.stack(norms).min()),
-            tokens=per_token.numel(),
-            prompts=len(latt),
-            refined=refined,
-            shells=shells,
-        )
+        return _summarise(done, r, shells, refined)
