@@ -4,6 +4,7 @@ The independent ascent below is written here, not imported from production code:
 gradient ascent on d(g(X+D), g(X)) / d(D) with 5 restarts x 50 steps and its own seed.
 """
 
+import json
 import math
 import re
 from fractions import Fraction
@@ -14,7 +15,7 @@ import torch
 
 import blockcert.cert.spectral as spectral
 from blockcert.cert.fp_allowance import fp_error
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz import SATURATED, empirical_lipschitz, sound_lipschitz
 from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
 from blockcert.cert.lipschitz_sound import (
     GELU_ARGMIN,
@@ -34,8 +35,9 @@ from blockcert.cert.lipschitz_sound import (
     sound_block_bound,
 )
 from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
-from blockcert.compose.bound import bound_trajectory
+from blockcert.compose.bound import bound_trajectory, step_bound
 from blockcert.compose.chain import compose_chain
+from blockcert.compose.rational import round_up
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
@@ -148,23 +150,37 @@ def test_certified_spectral_norm_holds_when_its_estimate_is_far_too_low(monkeypa
         assert (upper <= 1.2 * exact).all()  # Schatten-64 at worst
 
 
-def test_saturated_chain_step_skips_the_costly_passes_without_changing_it(tiny_adapter, token_ids):
-    """Where B is far above the token norms the first pass alone shows min(L B, B + a) = B + a:
-    the result is marked first_pass_only, its L is at least the full computation's (a sound,
-    looser constant) and the chain's step is the same; at a small B every pass runs, unchanged."""
+def test_saturated_chain_step_skips_the_passes_without_changing_it(tiny_adapter, token_ids):
+    """Where B is far above the token norms a centre forward alone shows min(L B, B + a) =
+    B + a: L is not computed (saturated_step) and the chain's step equals the full
+    computation's; at a small B every pass runs, unchanged."""
     x = _inputs(tiny_adapter, token_ids, 1)
     surrogate = extract_block(tiny_adapter, 1)
     typical = float(x.norm(dim=-1).median())
     for bound, skipped in ((1e4 * typical, True), (1e-3 * typical, False)):
         full = sound_block_bound(surrogate, [x], bound)
         quick = sound_block_bound(surrogate, [x], bound, saturates_from=bound)
-        assert quick.first_pass_only is skipped and not full.first_pass_only
-        step_full = min(full.lipschitz * bound, bound + full.saturation)
-        step_quick = min(quick.lipschitz * bound, bound + quick.saturation)
-        assert quick.lipschitz >= full.lipschitz and step_quick >= step_full
-        assert step_quick <= step_full * (1 + 1e-9), (step_quick, step_full)
-        if not skipped:
+        assert quick.saturated_step is skipped and not full.saturated_step
+        step_full = step_bound(
+            Fraction(bound), Fraction(0), round_up(full.lipschitz), round_up(full.saturation)
+        )
+        lip_quick = None if skipped else round_up(quick.lipschitz)
+        step_quick = step_bound(Fraction(bound), Fraction(0), lip_quick, round_up(quick.saturation))
+        assert quick.saturation >= full.saturation * (1 - 1e-12)
+        assert abs(float(step_quick / step_full) - 1) <= 1e-9, (step_quick, step_full)
+        if skipped:
+            assert math.isinf(quick.lipschitz) and quick.attention is None
+        else:
             assert quick.lipschitz == full.lipschitz
+
+
+def test_saturated_step_is_reported_without_a_constant(tiny_llama, token_ids):
+    x = _inputs(tiny_llama, token_ids, 1)
+    bound = 1e4 * float(x.norm(dim=-1).median())
+    lip = sound_lipschitz(extract_block(tiny_llama, 1), [x], bound, saturates_from=bound)
+    assert lip.value is None and lip.parts["saturated_step"]
+    assert lip.parts["reason"] == SATURATED and lip.parts["saturation"] > 0
+    json.dumps(lip.to_dict(), allow_nan=False)  # strict JSON: no inf or nan in the parts
 
 
 def test_mlp_centre_lower_is_below_the_exact_spectral_norm(tiny_adapter, token_ids):

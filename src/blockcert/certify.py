@@ -268,9 +268,9 @@ def _block_rows(
                 "lipschitz_sound": None
                 if link.lipschitz_sound is None
                 else float(link.lipschitz_sound),
-                # True where the chain saturates and the first pass settled the step
-                "lipschitz_sound_first_pass": bool(
-                    link.parts.get("sound", {}).get("first_pass_only", False)
+                # True where the chain saturates: the step is B + a, L not computed
+                "lipschitz_sound_saturated": bool(
+                    link.parts.get("sound", {}).get("saturated_step", False)
                 ),
                 "lipschitz_empirical": float(link.lipschitz_empirical),
                 "bound_sound": None if link.bound_sound is None else float(link.bound_sound),

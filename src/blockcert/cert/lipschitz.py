@@ -43,6 +43,7 @@ TRANSCODER_METHOD = (
     "activation (a discontinuity) may lie in the tube"
 )
 SINGULAR_NORM = "a norm with eps = 0 reaches ||x|| <= r on this tube"
+SATURATED = "not computed: the chain's step is B + a here for any L this bound could give"
 
 
 @dataclass
@@ -73,18 +74,18 @@ def sound_lipschitz(
     constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used the
     spectral norm; refine_tokens caps them per prompt, None: every token that can decide the
     max), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
-    transcoder blocks always use the whole tube, shells = 1), first_pass_only (saturates_from =
-    the chain's B_(k-1) showed min(L B, B + a) = B + a after the cheap first pass, so the
-    costlier passes were skipped: blockcert.cert.lipschitz_sound.sound_block_bound).
+    transcoder blocks always use the whole tube, shells = 1), saturated_step (saturates_from =
+    the chain's B_(k-1) showed min(L B, B + a) = B + a for any L the bound could give, so L was
+    not computed: value None, reason SATURATED; blockcert.cert.lipschitz_sound.sound_block_bound).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
     bound = sound_block_bound(surrogate, inputs, radius, refine_tokens, shells, saturates_from)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
     parts = {**_shared_parts(bound), "refined": bound.refined, "shells": bound.shells}
-    parts["first_pass_only"] = bound.first_pass_only
+    parts["saturated_step"] = bound.saturated_step
     if value is None:
-        parts["reason"] = SINGULAR_NORM
+        parts["reason"] = SATURATED if bound.saturated_step else SINGULAR_NORM
     return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)
 
 

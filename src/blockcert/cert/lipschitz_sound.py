@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -91,34 +91,41 @@ ALIGNED_TOKENS = 64  # per prompt: tokens whose attention rows get the aligned b
 
 
 @dataclass
-class _Folded:
-    """Weights of one block in float64 with gamma folded in, and their norms."""
+class _Range:
+    """What the saturation constant a and the centre MLP Jacobian need: the cheap part of the
+    folded weights (no d x d or m x m products beyond W_d^T W_d)."""
 
     view: BlockView
     d: int
-    sigma: float  # rope_scaling (times ROPE_SLACK) or 1
-    c_q: Tensor  # [H] ||A_q,h||
-    c_k: Tensor  # [H] ||A_k,g(h)||
     c_ov: Tensor  # [H] ||W_o,h A_v,g(h)||
     ov_gram: Tensor  # [H, H] ||B_h^T B_g||, B_h = W_o,h A_v,g(h)
     o_cross: Tensor  # [H, H, hd, hd] K_hg = W_o,h^T W_o,g
-    ov_cross: Tensor  # [H, H, hd, hd] Q_hg with ||B_h^T W_o,g y||^2 <= y^T Q_hg y + slack
-    ov_cross_slack: Tensor  # [H, H] ||B_h^T W_o,g y|| <= sqrt(y^T Q y) + slack_hg ||y||
     o_metric: Tensor  # [H, hd, hd] M_h with ||W_o,h w|| <= ||M_h w|| + o_slack_h ||w||
     o_slack: Tensor  # [H]
-    q_metric: Tensor  # [H, hd, hd] M with ||A_q,h^T w|| <= ||M w|| + q_slack_h ||w||
-    q_slack: Tensor  # [H]
-    k_metric: Tensor  # [H, hd, hd] the same for A_k,g(h)
-    k_slack: Tensor  # [H]
     v_const: Tensor  # [H, hd] value of v at a zero normalised input (bias, LN beta)
     mlp_in: list[Tensor]  # [m, d] folded input projections (gate, up) or (fc,)
     mlp_const: list[Tensor]  # [m] their constant parts (bias, LN beta)
     w_down: Tensor  # [d, m]
+    down_gram_abs: Tensor  # [m, m] |W_d^T W_d|
+    down_norm: float
+
+
+@dataclass
+class _Folded(_Range):
+    """Weights of one block in float64 with gamma folded in, and their norms."""
+
+    sigma: float  # rope_scaling (times ROPE_SLACK) or 1
+    c_q: Tensor  # [H] ||A_q,h||
+    c_k: Tensor  # [H] ||A_k,g(h)||
+    ov_cross: Tensor  # [H, H, hd, hd] Q_hg with ||B_h^T W_o,g y||^2 <= y^T Q_hg y + slack
+    ov_cross_slack: Tensor  # [H, H] ||B_h^T W_o,g y|| <= sqrt(y^T Q y) + slack_hg ||y||
+    q_metric: Tensor  # [H, hd, hd] M with ||A_q,h^T w|| <= ||M w|| + q_slack_h ||w||
+    q_slack: Tensor  # [H]
+    k_metric: Tensor  # [H, hd, hd] the same for A_k,g(h)
+    k_slack: Tensor  # [H]
     gram_abs_rowsum: float  # max row sum of |H|
     h_mat: Tensor  # [k m, k m] H = W_d^T W_d (.) A A^T blocks
     h_abs: Tensor  # |H|
-    down_gram_abs: Tensor  # [m, m] |W_d^T W_d|
-    down_norm: float
     mlp_in_norms: list[float]  # ||A_j||
     down_cols: Tensor  # [m] column norms of W_d
     weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
@@ -226,79 +233,88 @@ def _cross_norms(v_metric: list[tuple[Tensor, float]], o_cross: Tensor, av: list
     return torch.maximum(out, out.T) * (1 + 1e-12)
 
 
-def _folded(view: BlockView) -> _Folded:
-    a, n1, n2, d = view.attention, view.attn_norm, view.mlp_norm, view.d_model
+def _value_metrics(view: BlockView) -> list[tuple[Tensor, float]]:
+    """_metric of A_v,g(h)^T for every query head h."""
+    a, hd = view.attention, view.attention.head_dim
+    av = _fold(view.attn_norm, a.v.matrix())
+    return [_metric(av[g * hd : (g + 1) * hd].T) for g in a.kv_head_of_q]
+
+
+def _range_folded(view: BlockView) -> _Range:
+    a, n1, n2 = view.attention, view.attn_norm, view.mlp_norm
     hd = a.head_dim
-    wq, wk, wv, wo = (p.matrix() for p in (a.q, a.k, a.v, a.o))
-    aq, ak, av = _fold(n1, wq), _fold(n1, wk), _fold(n1, wv)
+    wv, wo = a.v.matrix(), a.o.matrix()
+    av = _fold(n1, wv)
     v_const_kv = _const(n1, wv, a.v.bias).view(-1, hd)
+    heads = range(len(a.kv_head_of_q))
+    o_metrics = [_metric(wo[:, h * hd : (h + 1) * hd]) for h in heads]
+    o_heads = torch.stack([wo[:, h * hd : (h + 1) * hd] for h in heads])
+    o_cross = torch.einsum("hdi,gdj->hgij", o_heads, o_heads)
+    v_proj = [av[g * hd : (g + 1) * hd] for g in a.kv_head_of_q]
+    ov_gram = _cross_norms(_value_metrics(view), o_cross, v_proj)
+    mlp = view.mlp
+    w_down = mlp.down.matrix()
+    return _Range(
+        view=view,
+        d=view.d_model,
+        c_ov=ov_gram.diagonal().sqrt() * (1 + REL_MARGIN),  # ||B_h|| = sqrt(||B_h^T B_h||)
+        ov_gram=ov_gram,
+        o_cross=o_cross,
+        o_metric=torch.stack([m for m, _ in o_metrics]),
+        o_slack=torch.tensor([s for _, s in o_metrics], dtype=torch.float64),
+        v_const=torch.stack([v_const_kv[g] for g in a.kv_head_of_q]),
+        mlp_in=[_fold(n2, p.matrix()) for p in mlp.inputs],
+        mlp_const=[_const(n2, p.matrix(), p.bias) for p in mlp.inputs],
+        w_down=w_down,
+        down_gram_abs=(w_down.T @ w_down).abs(),
+        down_norm=spectral_norm_upper(w_down),
+    )
+
+
+def _folded(view: BlockView) -> _Folded:
+    base = _range_folded(view)
+    a, n1 = view.attention, view.attn_norm
+    hd = a.head_dim
+    aq, ak = _fold(n1, a.q.matrix()), _fold(n1, a.k.matrix())
     c_kv = [spectral_norm_upper(ak[g * hd : (g + 1) * hd]) for g in range(a.n_kv_heads)]
     k_metric_kv = [_metric(ak[g * hd : (g + 1) * hd].T) for g in range(a.n_kv_heads)]
-    c_q, c_k, metrics, slacks, v_const = [], [], [], [], []
-    q_metric, k_metric, v_proj = [], [], []
+    c_q, c_k, q_metric, k_metric = [], [], [], []
     for h, g in enumerate(a.kv_head_of_q):
-        rows, kv_rows = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
+        rows = slice(h * hd, (h + 1) * hd)
         c_q.append(spectral_norm_upper(aq[rows]))
         c_k.append(c_kv[g])
         q_metric.append(_metric(aq[rows].T))
         k_metric.append(k_metric_kv[g])
-        wo_h = wo[:, rows]
-        v_proj.append(av[kv_rows])
-        m, s = _metric(wo_h)
-        metrics.append(m)
-        slacks.append(s)
-        v_const.append(v_const_kv[g])
-    o_heads = torch.stack([wo[:, h * hd : (h + 1) * hd] for h in range(len(a.kv_head_of_q))])
-    o_cross = torch.einsum("hdi,gdj->hgij", o_heads, o_heads)
-    v_metric = [_metric(av[g * hd : (g + 1) * hd].T) for g in a.kv_head_of_q]
-    mk = torch.einsum("hij,hgjk->hgik", torch.stack([m for m, _ in v_metric]), o_cross)
+    v_metric = _value_metrics(view)
+    mk = torch.einsum("hij,hgjk->hgik", torch.stack([m for m, _ in v_metric]), base.o_cross)
     ov_cross = mk.transpose(-1, -2) @ mk
-    k_norms = torch.linalg.matrix_norm(o_cross)  # Frobenius >= spectral
+    k_norms = torch.linalg.matrix_norm(base.o_cross)  # Frobenius >= spectral
     ov_slack = torch.tensor([s for _, s in v_metric], dtype=torch.float64)[:, None] * k_norms
-    ov_gram = _cross_norms(v_metric, o_cross, v_proj)
-    c_ov = ov_gram.diagonal().sqrt() * (1 + REL_MARGIN)  # ||B_h|| = sqrt(||B_h^T B_h||)
-    mlp = view.mlp
-    mlp_in = [_fold(n2, p.matrix()) for p in mlp.inputs]
-    mlp_const = [_const(n2, p.matrix(), p.bias) for p in mlp.inputs]
-    w_down = mlp.down.matrix()
+    mlp, mlp_in, w_down = view.mlp, base.mlp_in, base.w_down
     g_down = w_down.T @ w_down
     down_cols = w_down.norm(dim=0)
-    down_norm = spectral_norm_upper(w_down)
     grams = [[ai @ aj.T for aj in mlp_in] for ai in mlp_in]
     blocks = [[g_down * gram for gram in row] for row in grams]
     h_mat = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
-    sigma = a.rope_scaling * ROPE_SLACK if a.inv_freq is not None else 1.0
     return _Folded(
-        view=view,
-        d=d,
-        sigma=sigma,
+        **{field.name: getattr(base, field.name) for field in fields(_Range)},
+        sigma=a.rope_scaling * ROPE_SLACK if a.inv_freq is not None else 1.0,
         c_q=torch.tensor(c_q, dtype=torch.float64),
         c_k=torch.tensor(c_k, dtype=torch.float64),
-        c_ov=c_ov,
-        ov_gram=ov_gram,
-        o_cross=o_cross,
         ov_cross=ov_cross,
         ov_cross_slack=ov_slack,
-        o_metric=torch.stack(metrics),
-        o_slack=torch.tensor(slacks, dtype=torch.float64),
         q_metric=torch.stack([m for m, _ in q_metric]),
         q_slack=torch.tensor([s for _, s in q_metric], dtype=torch.float64),
         k_metric=torch.stack([m for m, _ in k_metric]),
         k_slack=torch.tensor([s for _, s in k_metric], dtype=torch.float64),
-        v_const=torch.stack(v_const),
-        mlp_in=mlp_in,
-        mlp_const=mlp_const,
-        w_down=w_down,
         gram_abs_rowsum=float(h_mat.abs().sum(1).max()),
         h_mat=h_mat,
         h_abs=h_mat.abs(),
-        down_gram_abs=g_down.abs(),
-        down_norm=down_norm,
         mlp_in_norms=[spectral_norm_upper(ai) for ai in mlp_in],
         down_cols=down_cols * (1 + REL_MARGIN),
         weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
         gate_gram_abs=grams[0][0].abs() if mlp.kind == "gated_silu" else None,
-        paired_slope=_paired_slope(w_down, mlp_in, grams, down_norm),
+        paired_slope=_paired_slope(w_down, mlp_in, grams, base.down_norm),
     )
 
 
@@ -554,18 +570,19 @@ def _act_range(fn, lo: Tensor, hi: Tensor, f_min: float, argmin: float) -> tuple
 class SoundBlockBound:
     """lipschitz: max_t of the per-token constant (1 + Latt_t)(1 + Lmlp_t), averaged over the
     tube's shells when shells > 1 (inf when a norm is singular on the tube, which needs
-    eps = 0); saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y in the tube."""
+    eps = 0, or when not computed because the chain's step is B + a: saturated_step);
+    saturation: a with d(g(y), g(x)) <= d(y, x) + a for every y in the tube."""
 
     lipschitz: float
     saturation: float
-    attention: float  # max_t Latt_t on the whole tube
-    mlp: float  # max_t Lmlp_t on the whole tube
+    attention: float | None  # max_t Latt_t on the whole tube (None: not computed)
+    mlp: float | None  # max_t Lmlp_t on the whole tube (None: not computed)
     min_input_norm: float
     tokens: int
     prompts: int
     refined: int
     shells: int
-    first_pass_only: bool = False  # the chain saturates here: see sound_block_bound
+    saturated_step: bool = False  # L not computed: the chain's step is B + a (_saturated_step)
 
 
 @dataclass
@@ -711,26 +728,44 @@ def _mlp_centre_lower(f: _Folded, z: Tensor, steps: int = 3) -> Tensor:
     return forward(v).norm(dim=-1) * (1 - 1e-9)
 
 
-def _first_pass_if_saturated(
-    f: _Folded, prompts: list[Tensor], r: float, shells: int, bound: float
+def _saturated_step(
+    rng: _Range, prompts: list[Tensor], r: float, shells: int, bound: float
 ) -> SoundBlockBound | None:
-    """The first pass's bounds when they already settle the chain's step from B = bound: the
-    refined constant L is at least max_t (1 + lambda2_t(r/n) ||J_M,t||) (every pass's and
-    shell's Lmlp_t is at least lambda2 ||J_M,t||, and lambda2 grows with the MLP's tube, at
-    least the smallest shell's radius r/n), so when that is >= 1 + a_first / B,
-    min(L B, B + a) = B + a however tight L gets, and a_first (>= the final a) is all the
-    chain uses. None otherwise (the caller runs every pass)."""
+    """The chain's step from B = bound when it is B + a whatever L the passes could give.
+
+    a here is the bound that holds for ANY input (_saturation_rows with nothing known of the
+    tube: the attention output moves by at most the range of its values, the MLP's normalised
+    input by at most 2 sqrt(d)), so it needs no per-source pass: a forward at the centre per
+    prompt. Every pass's L is at least max_t (1 + lambda2_t(r/n) ||J_M,t||) (each shell's
+    Lmlp_t is at least lambda2 ||J_M,t||, and lambda2 grows with the MLP's tube, at least the
+    smallest shell's radius r/n), so when that is >= 1 + a / B, min(L B, B + a) = B + a for every
+    L the passes could produce: the constant L is not computed (lipschitz = inf, saturated_step)
+    and the chain's step is B + a. The passes' own a is at most this one and equal to it once
+    the tube is wide enough for both caps to bind (B far above the token norms, where this is
+    tried). None when the estimate does not settle the step (the caller runs every pass)."""
     done, low = [], 0.0
     for x in prompts:
-        cen = forward64(f.view, x)
-        rows = _prompt_rows(f, cen, r, shells)
-        lam2 = _lam(cen["ynorm"], r / shells, f.d, f.view.mlp_norm.eps)  # the smallest shell
-        low = max(low, float((1 + lam2 * _mlp_centre_lower(f, rows.z)).max()))
-        done.append((rows, rows.screen))
-    bound_of_block = _summarise(done, r, shells, refined=0, first_pass_only=True)
-    if not low >= 1 + bound_of_block.saturation / bound:
+        cen = forward64(rng.view, x)
+        anywhere = torch.full_like(cen["xnorm"], math.inf)
+        done.append(_saturation_rows(rng, cen, anywhere, anywhere))
+        z, _, _ = _mlp_state(rng, cen, torch.zeros_like(cen["ynorm"]))
+        lam2 = _lam(cen["ynorm"], r / shells, rng.d, rng.view.mlp_norm.eps)
+        low = max(low, float((1 + lam2 * _mlp_centre_lower(rng, z)).max()))
+    saturation = float(torch.cat(done).max())
+    if not low >= 1 + saturation / bound:
         return None
-    return bound_of_block
+    return SoundBlockBound(
+        lipschitz=math.inf,
+        saturation=saturation,
+        attention=None,
+        mlp=None,
+        min_input_norm=float(min(x.double().norm(dim=-1).min() for x in prompts)),
+        tokens=sum(x.shape[0] for x in prompts),
+        prompts=len(prompts),
+        refined=0,
+        shells=shells,
+        saturated_step=True,
+    )
 
 
 def _summarise(
@@ -738,7 +773,6 @@ def _summarise(
     r: float,
     shells: int,
     refined: int,
-    first_pass_only: bool = False,
 ) -> SoundBlockBound:
     """The block's constants from every prompt's rows and Lmlp [n, T] (the max over tokens)."""
     per_token = torch.cat([_prompt_constants(rows, lmlp, r) for rows, lmlp in done])
@@ -752,7 +786,6 @@ def _summarise(
         prompts=len(done),
         refined=refined,
         shells=shells,
-        first_pass_only=first_pass_only,
     )
 
 
@@ -775,24 +808,24 @@ def sound_block_bound(
     bounds); 1 is the bound of the whole tube. max_refine: at most that many tokens per prompt
     get the spectral MLP bound (~15 ms each on SmolLM2; None: every token that can decide the
     max); the other tokens keep the Frobenius screen, which holds as well. saturates_from: the
-    chain's B_(k-1) when the caller composes min(L B, B + a); if the first pass already shows that
-    no pass can bring L below 1 + a / B, its (sound, looser) bounds are returned
-    (first_pass_only) and the costlier passes skipped: the chain's step is unchanged."""
+    chain's B_(k-1) when the caller composes min(L B, B + a); where a centre forward alone shows
+    that no pass can bring L below 1 + a / B, L is not computed (saturated_step, lipschitz inf)
+    and a is the bound for any input (_saturated_step)."""
     if shells < 1:
         raise ValueError(f"shells={shells}: cut the tube into at least 1 shell")
     view = block_view(surrogate)
-    f = _folded(view)
     r = float(radius)
     prompts = [x for batch in inputs for x in batch.reshape(-1, *batch.shape[-2:])]
     with torch.no_grad():
-        # tried only where B is well above the typical token norm: below that lambda stays
-        # small and the first pass rarely shows saturation (a cost, never a change of the result)
+        # tried only where B is well above the typical token norm: there both caps of a bind,
+        # and below it lambda stays small and the estimate rarely settles the step
         if saturates_from is not None:
             typical = max((float(x.norm(dim=-1).median()) for x in prompts), default=math.inf)
             if saturates_from >= 10 * typical:
-                quick = _first_pass_if_saturated(f, prompts, r, shells, saturates_from)
+                quick = _saturated_step(_range_folded(view), prompts, r, shells, saturates_from)
                 if quick is not None:
                     return quick
+        f = _folded(view)
         # one prompt at a time: its centre values and cached terms are dropped before the next
         done, floor, refined = [], 0.0, 0
         for x in prompts:

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from blockcert.errors import BlockCertError
+from blockcert.models.gguf_cache import load_through_cache
 from blockcert.models.teacher import Teacher
 
 _FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2"}
@@ -43,8 +44,14 @@ def _finish(model, name: str, source: str, tokenizer) -> Teacher:
     )
 
 
-def load_packaged_gguf(name: str, package: str, filename: str, dtype: str = "float32") -> Teacher:
-    """Load a GGUF file shipped inside an installed Python package, dequantized to `dtype`."""
+def load_packaged_gguf(
+    name: str, package: str, filename: str, dtype: str = "float32", cache_dir: str | None = None
+) -> Teacher:
+    """Load a GGUF file shipped inside an installed Python package, dequantized to `dtype`.
+
+    cache_dir: keep the dequantized model there after the first load and read it from there
+    afterwards (models/gguf_cache.py); None: parse the GGUF every time.
+    """
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -54,10 +61,16 @@ def load_packaged_gguf(name: str, package: str, filename: str, dtype: str = "flo
     path = Path(dist.locate_file(filename))
     if not path.is_file():
         raise BlockCertError(f"package {package!r} does not contain {filename!r}.")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=_torch_dtype(dtype)
-    )
+    torch_dtype = _torch_dtype(dtype)
+
+    def from_gguf():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch_dtype
+        )
+        return model, tokenizer
+
+    model, tokenizer = load_through_cache(cache_dir, path, dtype, torch_dtype, from_gguf)
     return _finish(model, name, str(path), tokenizer)
 
 
