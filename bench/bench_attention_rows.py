@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 from blockcert.capture.corpus import ShakespeareCorpus  # noqa: E402
 from blockcert.capture.prompts import build_prompts  # noqa: E402
 from blockcert.cert import lipschitz_sound as ls  # noqa: E402
-from blockcert.cert.sound_attention import attention_rows  # noqa: E402
 from blockcert.evaluate.trajectory import teacher_trajectory  # noqa: E402
 from blockcert.models.adapters import adapter_for  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
@@ -63,17 +62,17 @@ def main() -> None:
     x = teacher_trajectory(adapter, split.heldout, batch_size=8)[args.block][0].double()
     view = ls.block_view(extract_block(adapter, args.block))
     f = ls._folded(view)
+    cen = ls.forward64(view, x)  # both passes share its cached centre terms, as in certify.py
     r = 1e-9 * float(x.norm(dim=-1).median())
-    lam = ls._lam(ls.forward64(view, x)["xnorm"], r, f.d, view.attn_norm.eps)
-    per_source, _ = attention_rows(f, ls.forward64(view, x), lam, r)
+    per_source, _, _ = ls._attention_rows(f, cen, r)
     top = torch.argsort(per_source, descending=True)[: args.tokens]
-    aligned, _ = attention_rows(f, ls.forward64(view, x), lam, r, top)
+    aligned, _, _ = ls._attention_rows(f, cen, r, top)
     print("token | per-source | aligned | exact row sum | Cauchy-Schwarz | lower (inf->2)")
     for bound, t in zip(aligned.tolist(), top.tolist(), strict=True):
 
-        def row(prefix: torch.Tensor, t: int = t) -> torch.Tensor:
-            whole = torch.cat([prefix, x[t + 1 :]])
-            return ls.forward64(view, whole)["y"][t] - whole[t]  # the attention output
+        def row(prefix: torch.Tensor) -> torch.Tensor:
+            # causal: row t reads positions <= t only; y - x is the attention output
+            return ls.forward64(view, prefix)["y"][-1] - prefix[-1]
 
         jac = torch.autograd.functional.jacobian(row, x[: t + 1].clone()).permute(1, 0, 2)
         norms = torch.linalg.matrix_norm(jac, ord=2).clamp_min(1e-30)
