@@ -8,7 +8,9 @@ Prints sound L (exact-arithmetic upper bound), empirical L (gradient-ascent lowe
 ratio, the saturation constant a_k, and the measured fp32-vs-float64 error at the tube centre.
 --shells N cuts each tube into N shells (blockcert.cert.lipschitz_sound: tighter, N times the cost);
 --refine-tokens N caps the tokens per prompt whose MLP bound uses the spectral norm (default: all
-that can decide the max).
+that can decide the max); --joint-tokens N|all gives that many rows per prompt the joint attention
+bound (blockcert.cert.sound_attention_joint; default all, 0: none), and the sound L without it is
+printed beside it (--no-baseline skips that).
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--shells", type=int, default=1, help="tube shells of the sound bound")
     ap.add_argument("--refine-tokens", type=int, default=None, help="spectral MLP bound cap")
+    ap.add_argument("--joint-tokens", default="all", help="rows with the joint bound (all, N)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the sound L without joint")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    joint = None if args.joint_tokens == "all" else int(args.joint_tokens)
     torch.set_num_threads(2)
     teacher = load_teacher(args.model)
     adapter = adapter_for(teacher)
@@ -57,14 +62,20 @@ def main() -> None:
     states = teacher_trajectory(adapter, split.heldout, batch_size=8)
     blocks = range(adapter.num_blocks) if args.blocks == "all" else map(int, args.blocks.split(","))
     rows = []
-    print("block | sound L | empirical L | ratio | a_k | fp32 err | r | s")
+    print("block | sound L (no joint) | sound L | empirical L | ratio | a_k | fp32 err | r | s")
     for k in blocks:
         t0 = time.time()
         x = states[k]
         surrogate = extract_block(adapter, k)
         r = args.radius_fraction * float(x.norm(dim=-1).median())
+        prompts = [x[i : i + 1] for i in range(len(x))]
+        baseline = None
+        if not args.no_baseline:
+            baseline = sound_lipschitz(
+                surrogate, prompts, r, args.shells, args.refine_tokens, joint_tokens=0
+            ).value
         sound = sound_lipschitz(
-            surrogate, [x[i : i + 1] for i in range(len(x))], r, args.shells, args.refine_tokens
+            surrogate, prompts, r, args.shells, args.refine_tokens, joint_tokens=joint
         )
         emp = empirical_lipschitz(
             surrogate,
@@ -79,6 +90,7 @@ def main() -> None:
         row = {
             "block": k,
             "radius": r,
+            "sound_no_joint": baseline,
             "sound": sound.value,
             "empirical": emp.value,
             "ratio": None if sound.value is None else sound.value / emp.value,
@@ -92,7 +104,8 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{k} | {row['sound']:.4g} | {row['empirical']:.4g} | {row['ratio']:.3g} | "
+            f"{k} | {baseline or float('nan'):.4g} | {row['sound']:.4g} | {row['empirical']:.4g} | "
+            f"{row['ratio']:.3g} | "
             f"{row['saturation']:.4g} | {fp:.3g} | {r:.3g} | {row['seconds']:.0f}",
             flush=True,
         )

@@ -87,11 +87,13 @@ def test_reduced_capacity_bound_covers_every_token(tmp_path):
     runs = _train(
         tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75"
     )
-    proc, report = _certify(tmp_path, "tiny_llama", runs, "lipschitz.tube_shells=3")
+    proc, report = _certify(
+        tmp_path, "tiny_llama", runs, "lipschitz.tube_shells=3", "lipschitz.joint_tokens=null"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["certified_blocks"] == [2, 3]
     bound = report["bound"]
-    assert bound["tube_shells"] == 3
+    assert bound["tube_shells"] == 3 and bound["joint_tokens"] is None
     # the default sound chain covers the tubes of the first 4 of the 8 held-out prompts
     assert bound["n_prompts"] == 4 and "first 4 of 8" in bound["prompts"]
     assert 0 < bound["observed"] <= report["stitched"]["observed_final_max"]
@@ -189,6 +191,7 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
         "lipschitz.sound_prompts=0",
         "lipschitz.tube_shells=0",
         "lipschitz.refine_tokens=0",
+        "lipschitz.joint_tokens=-1",
     ):
         proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr

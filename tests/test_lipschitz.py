@@ -34,7 +34,11 @@ from blockcert.cert.lipschitz_sound import (
     forward64,
     sound_block_bound,
 )
-from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
+from blockcert.cert.spectral import (
+    spectral_norm_certified_batched,
+    spectral_norm_upper_batched,
+    top_eigenvalue_certified_batched,
+)
 from blockcert.compose.bound import bound_trajectory, step_bound
 from blockcert.compose.chain import compose_chain
 from blockcert.compose.rational import round_up
@@ -136,6 +140,21 @@ def test_certified_spectral_norm_is_an_upper_bound_within_1e_3():
     assert float(spectral_norm_certified_batched(torch.zeros(2, 5, 5)).max()) == 0.0
 
 
+def test_certified_top_eigenvalue_is_an_upper_bound_within_3e_2():
+    gen = torch.Generator().manual_seed(2)
+    flat = torch.rand(6, 48, generator=gen, dtype=torch.float64) + 0.5
+    decaying = 10.0 ** -torch.linspace(0, 6, 48, dtype=torch.float64).expand(6, 48)
+    low_rank = torch.cat([flat[:, :5], torch.zeros(6, 43, dtype=torch.float64)], dim=1)
+    for seed, values in enumerate((flat, decaying, low_rank)):
+        half = _with_spectrum(values, 48, seed)
+        sym = half @ half.transpose(-1, -2)  # PSD with eigenvalues values^2
+        sym = 0.5 * (sym + sym.transpose(-1, -2))
+        exact = torch.linalg.eigvalsh(sym)[..., -1]
+        upper = top_eigenvalue_certified_batched(sym)
+        assert (upper >= exact).all() and (upper <= exact * (1 + 3e-2)).all()
+    assert float(top_eigenvalue_certified_batched(torch.zeros(2, 5, 5)).max()) == 0.0
+
+
 def test_certified_spectral_norm_holds_when_its_estimate_is_far_too_low(monkeypatch):
     """The Cholesky test, not the estimate, makes the bound: an estimate of half (or zero) of
     lambda_max fails the factorisation, the margins grow, and the Schatten fallback takes what
@@ -231,7 +250,7 @@ def test_sound_dominates_independent_ascent_on_one_block(tiny_adapter, token_ids
 def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids, fraction):
     """The whole-tube bound and the shell-averaged one (tube cut into 4 shells) both hold, and
     so does the bound with the spectral MLP norm on one token per prompt only (the others keep
-    the Frobenius screen)."""
+    the Frobenius screen), and the one with the joint attention bound on every row."""
     for k in range(tiny_adapter.num_blocks):
         x = _inputs(tiny_adapter, token_ids, k)
         surrogate = extract_block(tiny_adapter, k)
@@ -239,8 +258,10 @@ def test_sound_dominates_independent_ascent_every_block(tiny_adapter, token_ids,
         sound = sound_lipschitz(surrogate, [x], radius)
         shells = sound_lipschitz(surrogate, [x], radius, shells=4)
         capped = sound_lipschitz(surrogate, [x], radius, refine_tokens=1)
+        joint = sound_lipschitz(surrogate, [x], radius, joint_tokens=None)
         observed = independent_ascent(surrogate, x, radius)
         assert sound.value is not None and sound.value >= observed, (k, sound.value, observed)
+        assert observed <= joint.value <= sound.value, (k, joint.value, observed)
         assert observed <= shells.value <= sound.value, (k, shells.value, observed)
         assert shells.parts["shells"] == 4 and sound.parts["shells"] == 1
         assert capped.value >= observed and capped.parts["refined"] <= len(x)

@@ -107,6 +107,59 @@ def test_attention_rows_bound_the_exact_row_operator_norm(block):
             assert float(latt[t]) >= _best_aligned_sum(blocks)
 
 
+@pytest.fixture(params=["tiny_llama", "tiny_gpt2"])
+def any_block(request, token_ids):
+    adapter = request.getfixturevalue(request.param)
+    x, _ = adapter.block_pair(token_ids, 1)
+    view = block_view(extract_block(adapter, 1))
+    return view, _folded(view), x[0].double()
+
+
+def test_joint_rows_are_within_a_few_percent_of_the_exact_row_norm_at_the_centre(any_block):
+    """At the centre the joint bound (sound_attention_joint) is an upper bound of the row's
+    operator norm from the float64 autograd Jacobian, and close to it (the weights follow the
+    per-source norms, which makes the Cauchy-Schwarz step nearly tight)."""
+    view, f, x = any_block
+    cen = forward64(view, x)
+    T = x.shape[0]
+    rows = torch.tensor([1, T // 2, T - 1])
+    latt, _, _ = _attention_rows(f, cen, 1e-12, aligned=rows, joint=True)
+    aligned, _, _ = _attention_rows(f, cen, 1e-12, aligned=rows)
+
+    def attn(z):
+        return forward64(view, z)["y"] - z
+
+    jac = torch.autograd.functional.jacobian(attn, x)  # [T, d, T, d]
+    for i, t in enumerate(rows.tolist()):
+        best = _best_aligned_sum(jac[t].permute(1, 0, 2))
+        assert best <= float(latt[i]) <= 1.1 * best, (t, float(latt[i]), best)
+        assert float(latt[i]) < float(aligned[i])
+
+
+def test_joint_rows_bound_the_exact_row_norm_on_the_tube(any_block):
+    """At random points of the tube the Jacobian rows stay below the joint bound, and the
+    attention output moves by at most move_t."""
+    view, f, x = any_block
+    r = 0.05 * float(x.norm(dim=-1).median())
+    cen = forward64(view, x)
+    T = x.shape[0]
+    rows = torch.arange(T)
+    latt, move, _ = _attention_rows(f, cen, r, aligned=rows, joint=True)
+    gen = torch.Generator().manual_seed(3)
+
+    def attn(z):
+        return forward64(view, z)["y"] - z
+
+    base = attn(x)
+    for _ in range(3):
+        step = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        point = x + r * step / step.norm(dim=-1, keepdim=True)
+        assert float((attn(point) - base).norm(dim=-1).sub(move).max()) <= 0
+        jac = torch.autograd.functional.jacobian(attn, point)
+        for t in (1, T // 2, T - 1):
+            assert float(latt[t]) >= _best_aligned_sum(jac[t].permute(1, 0, 2))
+
+
 def test_weighted_gate_norms_bound_the_exact_spectral_norm(block):
     view, f, x = block
     cen = forward64(view, x)

@@ -177,6 +177,7 @@ def compose(
         restarts=lip.restarts,
         tube_shells=lip.tube_shells,
         refine_tokens=lip.refine_tokens,
+        joint_tokens=lip.get("joint_tokens", 0),
     )
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
@@ -184,13 +185,13 @@ def compose(
     return Composition(chain, round_up(chain.final_sound), allowance, n_prompts)
 
 
-def _count_option(cfg: DictConfig, key: str, nullable: bool) -> int | None:
+def _count_option(cfg: DictConfig, key: str, nullable: bool, least: int = 1) -> int | None:
     value = cfg.lipschitz.get(key)
     if value is None and nullable:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
         hint = " (null: all)" if nullable else ""
-        raise BlockCertError(f"lipschitz.{key}={value!r}: give a whole number >= 1{hint}.")
+        raise BlockCertError(f"lipschitz.{key}={value!r}: give a whole number >= {least}{hint}.")
     return value
 
 
@@ -204,6 +205,7 @@ def check_lipschitz_options(cfg: DictConfig) -> None:
     sound_prompt_count(cfg)
     _count_option(cfg, "tube_shells", nullable=False)
     _count_option(cfg, "refine_tokens", nullable=True)
+    _count_option(cfg, "joint_tokens", nullable=True, least=0)
 
 
 def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
@@ -324,6 +326,7 @@ def build_report(
             "n_prompts": n,
             "tube_shells": cfg.lipschitz.tube_shells,
             "refine_tokens": cfg.lipschitz.refine_tokens,
+            "joint_tokens": cfg.lipschitz.get("joint_tokens", 0),
             "prompts": f"the first {n} of {len(verified.heldout)} held-out prompts (their tubes); "
             "other prompts: the statistical statements",
             "observed": final_observed,

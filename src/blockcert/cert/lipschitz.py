@@ -67,6 +67,7 @@ def sound_lipschitz(
     shells: int = 1,
     refine_tokens: int | None = None,
     saturates_from: float | None = None,
+    joint_tokens: int | None = 0,
 ) -> Lipschitz:
     """Sound upper bound on Lip(g) over the tube of `radius` around `inputs` ([b, s, d] each).
 
@@ -76,13 +77,17 @@ def sound_lipschitz(
     max), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
     transcoder blocks always use the whole tube, shells = 1), saturated_step (saturates_from =
     the chain's B_(k-1) showed min(L B, B + a) = B + a for any L the bound could give, so L was
-    not computed: value None, reason SATURATED; blockcert.cert.lipschitz_sound.sound_block_bound).
+    not computed: value None, reason SATURATED; blockcert.cert.lipschitz_sound.sound_block_bound),
+    joint (rows per prompt with the joint attention bound, joint_tokens; None: all).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
         return _transcoder_lipschitz(surrogate, inputs, radius)
-    bound = sound_block_bound(surrogate, inputs, radius, refine_tokens, shells, saturates_from)
+    bound = sound_block_bound(
+        surrogate, inputs, radius, refine_tokens, shells, saturates_from, joint_tokens
+    )
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
     parts = {**_shared_parts(bound), "refined": bound.refined, "shells": bound.shells}
+    parts["joint"] = "all" if joint_tokens is None else joint_tokens
     parts["saturated_step"] = bound.saturated_step
     if value is None:
         parts["reason"] = SATURATED if bound.saturated_step else SINGULAR_NORM

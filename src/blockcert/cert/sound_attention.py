@@ -38,6 +38,9 @@ The query path on those rows: its tube move by Cauchy-Schwarz on the rank-one su
 (_query_move_aligned), and its centre with the heads combined through the Gram bound
 ||sum_h Q_h||^2 <= sum_hg ||Q_h^T Q_g|| (_query_combined) instead of the per-head sum.
 
+The rows that can decide the max can also get the joint bound of
+blockcert.cert.sound_attention_joint (all paths, heads and sources of a row together).
+
 Norms of the form ||A^T w|| use a square metric M (M^T M = A A^T, blockcert.cert.lipschitz_sound
 ._metric): ||A^T w|| <= ||M w|| + s ||w||, with s covering the eigendecomposition's rounding.
 """
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import torch
 
+from blockcert.cert import sound_attention_joint as joint
 from blockcert.cert.spectral import perron_root_upper, spectral_norm_upper_batched
 
 Tensor = torch.Tensor
@@ -80,7 +84,12 @@ def rotated_norms(metric: Tensor, slack: Tensor, vec: Tensor, rot: Tensor) -> Te
 
 
 def attention_rows(
-    f, cen: dict, lam: Tensor, r: float, aligned: Tensor | None = None
+    f,
+    cen: dict,
+    lam: Tensor,
+    r: float,
+    aligned: Tensor | None = None,
+    lam_centre: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(Latt_t, move_t) [t]: Latt_t >= max_(||u|| = 1) sum_s ||(d attn_out_t / d x_s)^T u|| (the
     operator norm of row t from max_s ||dx_s|| to ||.||; at most the row sum of norms) at every
@@ -91,6 +100,10 @@ def attention_rows(
     aligned: None for every query row with the per-source bounds, or the query rows t to bound
     (outputs [len(aligned)]), which also get the costlier Cauchy-Schwarz bounds of
     _key_path_aligned (the per-source bounds hold as well; each row takes the smaller).
+    lam_centre [T] (the centre's lambda): the aligned rows get the joint bound of
+    blockcert.cert.sound_attention_joint (value, key and query paths of all sources together)
+    and the aligned moves, but not the aligned key and combined query bounds (the caller takes
+    the smaller of this and an earlier pass's bounds).
     """
     a = f.view.attention
     c = _centre(f, cen)
@@ -139,11 +152,13 @@ def attention_rows(
     # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
     q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
     has_rows = aligned is not None and len(aligned) > 0
-    if has_rows:
+    joint_pass = has_rows and lam_centre is not None
+    if has_rows and not joint_pass:  # the joint pass's caller keeps these from an earlier pass
         coef = beta * lam_s  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
         key = _key_path_aligned(f, coef, _output_spread(f, v, p, coef))
         key = key + (coef * e_ts).sum((0, -1))
         value_key = torch.minimum(value_key, (value * lam[None, :]).sum(-1) + key)
+    if has_rows:
         # the output moves by sum_h W_o,h [sum_s p'_ts (v'_s - v_s) + sum_s (p'_ts - p_ts)
         # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
         moved_spread = _output_spread(f, v, p, moved_p)
@@ -156,12 +171,23 @@ def attention_rows(
         )
         q_moved = torch.minimum(q_moved, q_aligned + keys_moved)
     query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [t]
-    if has_rows:
+    if has_rows and not joint_pass:
         # heads combined at the centre: ||sum_h Q'_h|| <= ||sum_h Q_h|| + sum_h ||Q'_h - Q_h||
         combined = _query_combined(f, _centre(f, cen), cen, aligned) + q_moved.sum(0)
         query = torch.minimum(query, combined)
     query = scale * sigma * lam_t * query
-    return (value_key + query) * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
+    rows_bound = value_key + query
+    if joint_pass:
+        full = _centre(f, cen)
+        weights = joint.source_weights(f, c, aligned, lam_centre)
+        centre = joint.centre_rows(f, cen, full["rot"], aligned, weights, lam_centre)
+        key_up = scale * sigma * (key_dir + f.c_k[:, None, None] * dq[:, :, None])
+        tube = joint.tube_sources(f, aligned, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam)
+        # lambda grows on the tube: sum_s lambda'_s ||J_ts^T u|| <= max_s (lambda'_s / lambda_s)
+        # times the centre's sum
+        grow = (lam / lam_centre).max() * (1 + REL_MARGIN)
+        rows_bound = torch.minimum(rows_bound, grow * centre + tube)
+    return rows_bound * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
 
 
 def _query_combined(f, c: dict, cen: dict, rows: Tensor) -> Tensor:

@@ -103,6 +103,7 @@ def compose_chain(
     restarts: int = 8,
     tube_shells: int = 1,
     refine_tokens: int | None = None,
+    joint_tokens: int | None = 0,
 ) -> Chain:
     """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i],
     one tensor [n, s, d] or a list of batches (prompts of different lengths)."""
@@ -116,7 +117,13 @@ def compose_chain(
         tube = radius_up(bound_sound)
         # where the chain saturates (min picks B + a), the cheap first pass settles the step
         sound = sound_lipschitz(
-            surrogate, batches, tube, tube_shells, refine_tokens, saturates_from=float(bound_sound)
+            surrogate,
+            batches,
+            tube,
+            tube_shells,
+            refine_tokens,
+            saturates_from=float(bound_sound),
+            joint_tokens=joint_tokens,
         )
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
