@@ -177,7 +177,7 @@ def compose(
         restarts=lip.restarts,
         tube_shells=lip.tube_shells,
         refine_tokens=lip.refine_tokens,
-        joint_tokens=lip.get("joint_tokens", 0),
+        joint_tokens=lip.joint_tokens,
     )
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
@@ -326,7 +326,7 @@ def build_report(
             "n_prompts": n,
             "tube_shells": cfg.lipschitz.tube_shells,
             "refine_tokens": cfg.lipschitz.refine_tokens,
-            "joint_tokens": cfg.lipschitz.get("joint_tokens", 0),
+            "joint_tokens": cfg.lipschitz.joint_tokens,
             "prompts": f"the first {n} of {len(verified.heldout)} held-out prompts (their tubes); "
             "other prompts: the statistical statements",
             "observed": final_observed,
