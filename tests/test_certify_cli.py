@@ -17,6 +17,11 @@ TINY = [
     "logger=csv",
     "callbacks.certificate.lipschitz_prompts=2",
 ]
+DEFERRED = [
+    "surrogate.full_capacity=true",
+    "callbacks.certificate.sound_prompts=0",
+    "callbacks.certificate.lipschitz_prompts=0",
+]
 CERTIFY = ["lipschitz.random_trials=2", "lipschitz.ascent_steps=3", "lean.build=false"]
 
 
@@ -62,8 +67,13 @@ def full_capacity_runs(tmp_path_factory):
 def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_runs):
     if model == "tiny_llama":
         tmp, runs = full_capacity_runs
-    else:
-        tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", "surrogate.full_capacity=true")
+    else:  # train-time constants skipped (0 prompts): certify.py derives its own
+        tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", *DEFERRED)
+        paths = list(runs.rglob("certificate.json"))
+        assert len(paths) == 4
+        for path in paths:
+            for lip in json.loads(path.read_text())["lipschitz"].values():
+                assert lip["value"] is None and lip["parts"]["prompts"] == 0
     # every held-out prompt under the sound chain (the default covers the first 4)
     proc, report = _certify(tmp, model, runs, "lipschitz.sound_prompts=null")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -75,6 +75,19 @@ def test_full_capacity_gpt2_is_exact(tmp_path):
     assert cert["surrogate"]["params"] == cert["surrogate"]["teacher_params"]
 
 
+def test_negative_lipschitz_prompt_count_is_one_line(tmp_path):
+    for key in ("sound_prompts", "lipschitz_prompts"):
+        proc = run_script(
+            "train.py",
+            "model=tiny_llama",
+            f"runs_root={tmp_path}",
+            *TINY,
+            f"callbacks.certificate.{key}=-1",
+        )
+        _one_line_error(proc, 2, f"callbacks.certificate.{key}=-1", "integer >= 0")
+    assert not list(tmp_path.rglob("certificate.json"))
+
+
 def test_block_out_of_range_is_one_line(tmp_path):
     proc = run_script("train.py", "model=tiny_llama", "block=99", f"runs_root={tmp_path}", *TINY)
     _one_line_error(proc, 2, "block=99", "out of range")

@@ -32,6 +32,7 @@ from blockcert.capture.prompts import PromptSplit
 from blockcert.capture.spec import PromptSpec
 from blockcert.capture.store import PairStore
 from blockcert.errors import BlockCertError
+from blockcert.lit.callback import check_certificate_options
 from blockcert.lit.cascade import CascadeDataModule, StitchedInputs
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.lit.module import SurrogateModule
@@ -102,6 +103,7 @@ def setup(cfg: DictConfig) -> Setup:
     """Instantiate the config groups and the teacher; check the blocks against the teacher."""
     if cfg.stage not in STAGES:
         raise BlockCertError(f"stage={cfg.stage!r} is not one of {', '.join(STAGES)}.")
+    check_certificate_options(cfg.callbacks.certificate)
     L.seed_everything(cfg.seed, verbose=False)
     spec: PromptSpec = instantiate(cfg.data)
     surrogate = instantiate(cfg.surrogate)
@@ -263,13 +265,13 @@ def blocks_table(runs: list[BlockRun]) -> list[str]:
     """One line per certified block (the summary of a `blocks=` run)."""
     lines = []
     for run in runs:
-        m, lip = run.certificate["metrics"], run.certificate["lipschitz"]["sound"]["value"]
+        m, lip = run.certificate["metrics"], run.certificate["lipschitz"]["sound"]
         sur = run.certificate["surrogate"]
         kept = 100.0 * sur["params"] / sur["teacher_params"]
         lines.append(
             f"block {run.block:>3}: eps_max {m['eps_max']:.4g}  mean {m['mean']:.4g}  "
             f"rel max {m['rel_max']:.3%}  params {kept:.0f}%"
-            f"  L_sound {'unbounded' if lip is None else f'{lip:.4g}'}  ({run.seconds:.1f} s)"
+            f"  L_sound {lipschitz_shown(lip, '.4g')}  ({run.seconds:.1f} s)"
         )
     return lines
 
@@ -291,6 +293,15 @@ def summary_lines(cert: dict) -> list[str]:
         )
     lines.append(f"  params {s['params']} of {s['teacher_params']} ({kept:.1f}%), {s['capacity']}")
     for kind, value in lip.items():
-        shown = "unbounded on this tube" if value["value"] is None else f"{value['value']:.6g}"
+        shown = lipschitz_shown(value, ".6g")
         lines.append(f"  Lipschitz ({kind}, r={value['radius']:.4g}): {shown}")
     return lines
+
+
+def lipschitz_shown(lip: dict, spec: str) -> str:
+    """A certificate's constant as the summary shows it; None is unbounded or not computed."""
+    if lip["value"] is not None:
+        return format(lip["value"], spec)
+    return (
+        "not computed (0 prompts)" if lip["parts"].get("prompts") == 0 else "unbounded on this tube"
+    )

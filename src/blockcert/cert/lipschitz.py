@@ -27,7 +27,7 @@ from blockcert.cert.lipschitz_transcoder import REASON_SWAP, transcoder_block_bo
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view
 
-__all__ = ["Lipschitz", "empirical_lipschitz", "sound_lipschitz"]
+__all__ = ["Lipschitz", "empirical_lipschitz", "not_computed", "sound_lipschitz"]
 
 SOUND_METHOD = (
     "sound in exact arithmetic: per-token row sums of the Jacobian over the tube (gamma folded, "
@@ -44,6 +44,7 @@ TRANSCODER_METHOD = (
 )
 SINGULAR_NORM = "a norm with eps = 0 reaches ||x|| <= r on this tube"
 SATURATED = "not computed: the chain's step is B + a here for any L this bound could give"
+NOT_COMPUTED = "not computed: 0 prompts asked for (certify.py computes it on its composed tubes)"
 
 
 @dataclass
@@ -92,6 +93,11 @@ def sound_lipschitz(
     if value is None:
         parts["reason"] = SATURATED if bound.saturated_step else SINGULAR_NORM
     return Lipschitz(value, "sound", radius, SOUND_METHOD, parts)
+
+
+def not_computed(kind: str, radius: float) -> Lipschitz:
+    """A constant a run chose not to compute (0 prompts): value None, the reason in its parts."""
+    return Lipschitz(None, kind, radius, "not computed", {"prompts": 0, "reason": NOT_COMPUTED})
 
 
 def _shared_parts(bound) -> dict:

@@ -8,8 +8,8 @@ chains are built side by side:
 - sound: L_k and a_k sound in exact arithmetic of the IR. Never unbounded: a block whose L_k does
   not exist on its tube (a norm with eps = 0 reaching 0) claims only a_k (L_k = None).
 - empirical: L_k a gradient-ascent lower estimate (labelled empirical), with the same sound a_k.
-Exact rationals, every float rounded up. `fp32_error` is the measured fp32-vs-float64 error of
-g_k at the tube centre (blockcert.cert.fp_allowance); it is reported, not added here.
+Exact rationals, every float rounded up. The fp32 allowance of each eps_k is the caller's
+(blockcert.evaluate.fp_allowance measures it at both ends of the tube).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from fractions import Fraction
 
 import torch
 
-from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.compose.bound import step_bound
 from blockcert.compose.rational import round_up
@@ -38,7 +37,6 @@ class BlockLink:
     saturation: Fraction  # a_k, sound
     bound_sound: Fraction  # B_k of the sound chain (never None)
     bound_empirical: Fraction
-    fp32_error: float = 0.0  # measured max_t ||g_fp32(h)_t - g_float64(h)_t|| at the centre
     parts: dict = field(default_factory=dict)
 
 
@@ -151,7 +149,6 @@ def compose_chain(
                 saturation,
                 bound_sound,
                 bound_empirical,
-                fp32_error=fp_error(surrogate, batches),
                 parts={"sound": sound.parts, "empirical_method": empirical.method},
             )
         )

@@ -23,8 +23,9 @@ from blockcert.cert.certificate import (
     seal,
     write_certificate,
 )
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz import empirical_lipschitz, not_computed, sound_lipschitz
 from blockcert.cert.metrics import measure_errors
+from blockcert.errors import BlockCertError
 from blockcert.hashing import sha256_file, token_ids_sha256
 from blockcert.lit.wandb_log import coverage_key, log_files
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
@@ -82,6 +83,20 @@ class CertificateCallback(L.Callback):
         log_to_wandb(trainer, self.certificate, self.run_dir)
 
 
+def check_certificate_options(options) -> None:
+    """callbacks.certificate's prompt counts: integers >= 0 (0: that constant is not computed
+    at train time; sound_prompts may be null: every held-out prompt). One line otherwise."""
+    for key, nullable in (("lipschitz_prompts", False), ("sound_prompts", True)):
+        value = options.get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            allowed = "an integer >= 0 (0: not computed at train time" + (
+                ", null: every held-out prompt)" if nullable else ")"
+            )
+            raise BlockCertError(f"callbacks.certificate.{key}={value!r}: expected {allowed}.")
+
+
 def _sound_inputs(datamodule, n_prompts: int | None):
     """Held-out input batches, cut after n_prompts prompts (None: all)."""
     left = n_prompts
@@ -136,7 +151,8 @@ def certify_block(
     informational either way (certify.py recomputes it on every evaluated prompt) and costs
     about a second per prompt, so whole-model runs may cut it; the count is in its parts.
     refine_tokens: tokens per prompt whose MLP bound uses the spectral norm (None: all that can
-    decide the max).
+    decide the max). sound_prompts = 0 or lipschitz_prompts = 0: that constant is not computed
+    (value None, the reason in its parts), e.g. for a whole-model run that certify.py composes.
     """
     teacher = datamodule.adapter.teacher
     heldout = datamodule.prompts.heldout
@@ -149,14 +165,20 @@ def certify_block(
     # The tube radius defaults to this block's own eps_max: the deviation one upstream block of
     # similar quality would feed in. certify.py recomputes L at the composed radius.
     tube = radius if radius is not None else max(report.eps_max, 1e-6)
-    sound_inputs = _sound_inputs(datamodule, sound_prompts)
-    sound = sound_lipschitz(surrogate, sound_inputs, tube, refine_tokens=refine_tokens)
-    empirical = empirical_lipschitz(
-        surrogate,
-        _lipschitz_inputs(datamodule, lipschitz_prompts),
-        tube,
-        **(lipschitz_search or {}),
-    )
+    if sound_prompts == 0:
+        sound = not_computed("sound", tube)
+    else:
+        sound_inputs = _sound_inputs(datamodule, sound_prompts)
+        sound = sound_lipschitz(surrogate, sound_inputs, tube, refine_tokens=refine_tokens)
+    if lipschitz_prompts == 0:
+        empirical = not_computed("empirical", tube)
+    else:
+        empirical = empirical_lipschitz(
+            surrogate,
+            _lipschitz_inputs(datamodule, lipschitz_prompts),
+            tube,
+            **(lipschitz_search or {}),
+        )
     capacity = dict(surrogate.graph.capacity)
     body = {
         "model": teacher.describe(),
