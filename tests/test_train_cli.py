@@ -3,7 +3,11 @@
 import json
 import time
 
+import pytest
+
 from blockcert.cert.certificate import load_certificate
+from blockcert.errors import BlockCertError
+from blockcert.lit.callback import check_certificate_options
 from tests.conftest import run_script
 
 TINY = [
@@ -73,6 +77,19 @@ def test_full_capacity_gpt2_is_exact(tmp_path):
     sound = cert["lipschitz"]["sound"]["parts"]
     assert sound["prompts"] == 3 and sound["tokens"] == 3 * 32
     assert cert["surrogate"]["params"] == cert["surrogate"]["teacher_params"]
+
+
+def test_certificate_prompt_counts_are_checked():
+    check_certificate_options({"lipschitz_prompts": 0, "sound_prompts": None})
+    check_certificate_options({"lipschitz_prompts": 3, "sound_prompts": 0})
+    for key, bad in (
+        ("lipschitz_prompts", None),
+        ("sound_prompts", -2),
+        ("lipschitz_prompts", True),
+    ):
+        options = {"lipschitz_prompts": 1, "sound_prompts": 1, key: bad}
+        with pytest.raises(BlockCertError, match=f"callbacks.certificate.{key}="):
+            check_certificate_options(options)
 
 
 def test_negative_lipschitz_prompt_count_is_one_line(tmp_path):

@@ -154,6 +154,10 @@ def certify_block(
     decide the max). sound_prompts = 0 or lipschitz_prompts = 0: that constant is not computed
     (value None, the reason in its parts), e.g. for a whole-model run that certify.py composes.
     """
+    # train.py checks these before the teacher loads; edit.py and recertify come here directly
+    check_certificate_options(
+        {"lipschitz_prompts": lipschitz_prompts, "sound_prompts": sound_prompts}
+    )
     teacher = datamodule.adapter.teacher
     heldout = datamodule.prompts.heldout
     block_view(surrogate)  # never certify a graph the verifier would reject
