@@ -101,7 +101,7 @@ def test_negative_lipschitz_prompt_count_is_one_line(tmp_path):
             *TINY,
             f"callbacks.certificate.{key}=-1",
         )
-        _one_line_error(proc, 2, f"callbacks.certificate.{key}=-1", "integer >= 0")
+        _one_line_error(proc, 2, f"callbacks.certificate.{key}=-1", "whole number >= 0")
     assert not list(tmp_path.rglob("certificate.json"))
 
 

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockcert.cert.metrics import ErrorReport
+from blockcert.cli import check_count
 from blockcert.compose.chain import Chain, compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
@@ -186,13 +187,8 @@ def compose(
 
 
 def _count_option(cfg: DictConfig, key: str, nullable: bool, least: int = 1) -> int | None:
-    value = cfg.lipschitz.get(key)
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        hint = " (null: all)" if nullable else ""
-        raise BlockCertError(f"lipschitz.{key}={value!r}: give a whole number >= {least}{hint}.")
-    return value
+    hint = "null: all" if nullable else ""
+    return check_count(f"lipschitz.{key}", cfg.lipschitz.get(key), nullable, least, hint)
 
 
 def sound_prompt_count(cfg: DictConfig) -> int | None:

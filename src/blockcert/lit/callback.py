@@ -25,7 +25,7 @@ from blockcert.cert.certificate import (
 )
 from blockcert.cert.lipschitz import empirical_lipschitz, not_computed, sound_lipschitz
 from blockcert.cert.metrics import measure_errors
-from blockcert.errors import BlockCertError
+from blockcert.cli import check_count
 from blockcert.hashing import sha256_file, token_ids_sha256
 from blockcert.lit.wandb_log import coverage_key, log_files
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
@@ -87,14 +87,8 @@ def check_certificate_options(options) -> None:
     """callbacks.certificate's prompt counts: integers >= 0 (0: that constant is not computed
     at train time; sound_prompts may be null: every held-out prompt). One line otherwise."""
     for key, nullable in (("lipschitz_prompts", False), ("sound_prompts", True)):
-        value = options.get(key)
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            allowed = "an integer >= 0 (0: not computed at train time" + (
-                ", null: every held-out prompt)" if nullable else ")"
-            )
-            raise BlockCertError(f"callbacks.certificate.{key}={value!r}: expected {allowed}.")
+        hint = "0: not computed at train time" + ("; null: every prompt" if nullable else "")
+        check_count(f"callbacks.certificate.{key}", options.get(key), nullable, 0, hint)
 
 
 def _sound_inputs(datamodule, n_prompts: int | None):
