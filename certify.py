@@ -9,11 +9,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from blockcert.allocator import keep_freed_memory
 from blockcert.cli import check_choices, one_line_errors, quiet_libraries
 
 
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()  # reuse large freed buffers (see blockcert/allocator.py)
     from blockcert.certify import certify, log_report_to_wandb
 
     with one_line_errors():

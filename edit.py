@@ -12,6 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from blockcert.allocator import keep_freed_memory
 from blockcert.cli import check_choices, one_line_errors, quiet_libraries
 
 
@@ -24,6 +25,7 @@ def _model_args() -> list[str]:
 
 @hydra.main(config_path="conf", config_name="edit", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    keep_freed_memory()  # reuse large freed buffers (see blockcert/allocator.py)
     from blockcert.edit.pipeline import edit
     from blockcert.edit.recertify import certified_figures, run_certify
     from blockcert.edit.report import log_edit_to_wandb, write_edit_report

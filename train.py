@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from blockcert.allocator import keep_freed_memory
 from blockcert.cli import check_choices, check_types, one_line_errors, quiet_libraries, quote_blocks
 
 # Keys a user types at the command line, with the type the run needs (checked before loading).
@@ -40,6 +41,7 @@ TYPES = {
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()  # reuse large freed buffers (see blockcert/allocator.py)
     with one_line_errors():
         check_types(cfg, TYPES)
         from blockcert.train import blocks_table, summary_lines, train
