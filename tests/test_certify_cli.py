@@ -65,6 +65,7 @@ def full_capacity_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
 def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_runs):
+    options = ["lipschitz.sound_prompts=null"]  # every held-out prompt (default: the first 4)
     if model == "tiny_llama":
         tmp, runs = full_capacity_runs
     else:  # train-time constants skipped (0 prompts): certify.py derives its own
@@ -74,8 +75,8 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
         for path in paths:
             for lip in json.loads(path.read_text())["lipschitz"].values():
                 assert lip["value"] is None and lip["parts"]["prompts"] == 0
-    # every held-out prompt under the sound chain (the default covers the first 4)
-    proc, report = _certify(tmp, model, runs, "lipschitz.sound_prompts=null")
+        options.append("lipschitz.empirical_prompts=0")  # the sound chain alone
+    proc, report = _certify(tmp, model, runs, *options)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stitched, bound = report["stitched"], report["bound"]
     assert report["certified_blocks"] == [0, 1, 2, 3]
@@ -84,9 +85,17 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
     assert bound["claimed"] >= stitched["observed_final_max"]
     assert abs(stitched["ppl_delta"]) <= 1e-4 and stitched["top1_agreement"] == 1.0
     for row in report["blocks"]:
-        assert row["bound_empirical"] >= row["observed"]
+        if model == "tiny_llama":
+            assert row["bound_empirical"] >= row["observed"]
+        else:
+            assert row["bound_empirical"] is None and row["lipschitz_empirical"] is None
         # tiny chains from eps ~ 0 stay far below the token norms: every pass runs
         assert row["lipschitz_sound_saturated"] is False
+    if model == "tiny_gpt2":
+        assert (
+            bound["empirical"] is None
+            and "not computed (lipschitz.empirical_prompts=0)" in proc.stdout
+        )
     assert (tmp / "report" / "certify_report.md").is_file()
     assert len(list((tmp / "report").glob("*.png"))) == 3
     assert list((tmp / "lean" / "BlockCert" / "Certificates").glob("C_*.lean"))
@@ -202,6 +211,7 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
         "lipschitz.tube_shells=0",
         "lipschitz.refine_tokens=0",
         "lipschitz.joint_tokens=-1",
+        "lipschitz.empirical_prompts=-1",
     ):
         proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -328,6 +328,17 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
     assert math.isfinite(float(chain.final_sound)) and chain.final_sound >= 0
     eps, lips, sats = chain.lean_lists("sound")
     assert bound_trajectory(eps, lips, sats)[-1] == chain.final_sound
+    assert all(link.bound_empirical is not None for link in chain.links)
+    # no empirical prompts: no empirical chain, and the sound chain is the same to the bit
+    sound_only = compose_chain(blocks, states[:-1], 2, 0, 1, 2, 1e-3, restarts=1)
+    assert sound_only.final_empirical is None
+    for link, same in zip(chain.links, sound_only.links, strict=True):
+        assert same.lipschitz_empirical is None and same.bound_empirical is None
+        assert (same.lipschitz_sound, same.saturation, same.bound_sound) == (
+            link.lipschitz_sound,
+            link.saturation,
+            link.bound_sound,
+        )
 
 
 def _lean_step(lip: Fraction, sat: Fraction, e: Fraction, prev: Fraction) -> Fraction:

@@ -199,6 +199,7 @@ def sound_prompt_count(cfg: DictConfig) -> int | None:
 def check_lipschitz_options(cfg: DictConfig) -> None:
     """Reject bad lipschitz.* counts with one line, before the model loads."""
     sound_prompt_count(cfg)
+    _count_option(cfg, "empirical_prompts", nullable=False, least=0)
     _count_option(cfg, "tube_shells", nullable=False)
     _count_option(cfg, "refine_tokens", nullable=True)
     _count_option(cfg, "joint_tokens", nullable=True, least=0)
@@ -208,7 +209,7 @@ def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[s
     """(findings, violations) of observed e_k against B_k, block by block.
 
     Above the SOUND B_k: a violation (a bug: the theorem says it cannot happen). Above the
-    EMPIRICAL B_k: a finding (an empirical constant underestimated the true one).
+    EMPIRICAL B_k (where computed): a finding (an empirical constant underestimated the true one).
     """
     findings, violations = [], []
     for link in chain.links:
@@ -217,7 +218,7 @@ def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[s
             (link.bound_sound, violations, "sound"),
             (link.bound_empirical, findings, "empirical"),
         ):
-            if seen > float(bound):
+            if bound is not None and seen > float(bound):
                 out.append(
                     f"block {link.block}: observed deviation {seen:.6g} exceeds {kind} "
                     f"B_k = {float(bound):.6g}"
@@ -241,6 +242,10 @@ def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict
         status = {"status": result.status, "toolchain": result.toolchain, "message": result.message}
     status["file"] = str(lean_file)
     return status
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _coverage_rows(report: ErrorReport) -> list[dict]:
@@ -270,9 +275,9 @@ def _block_rows(
                 "lipschitz_sound_saturated": bool(
                     link.parts.get("sound", {}).get("saturated_step", False)
                 ),
-                "lipschitz_empirical": float(link.lipschitz_empirical),
+                "lipschitz_empirical": _float_or_none(link.lipschitz_empirical),
                 "bound_sound": None if link.bound_sound is None else float(link.bound_sound),
-                "bound_empirical": float(link.bound_empirical),
+                "bound_empirical": _float_or_none(link.bound_empirical),
                 "observed": observed[link.block],
                 "recomputed": None if metrics is None else metrics.to_dict(),
             }
@@ -318,7 +323,8 @@ def build_report(
             "claimed": float(composition.claimed),
             "claimed_rational": str(composition.claimed),
             "sound": None if chain.final_sound is None else float(chain.final_sound),
-            "empirical": float(chain.final_empirical),
+            "empirical": _float_or_none(chain.final_empirical),
+            "empirical_prompts": cfg.lipschitz.empirical_prompts,
             "n_prompts": n,
             "tube_shells": cfg.lipschitz.tube_shells,
             "refine_tokens": cfg.lipschitz.refine_tokens,
@@ -426,6 +432,10 @@ def certify(cfg: DictConfig) -> CertifyResult:
     return CertifyResult(report, summary_lines(report) + prompt_lines)
 
 
+def empirical_text(value: float | None) -> str:
+    return "not computed (lipschitz.empirical_prompts=0)" if value is None else f"{value:.6g}"
+
+
 def summary_lines(report: dict) -> list[str]:
     s, b = report["stitched"], report["bound"]
     rows = [
@@ -436,7 +446,7 @@ def summary_lines(report: dict) -> list[str]:
             f"{report['data']['n_prompts']} held-out prompts",
         ),
         ("sound bound", "unbounded" if b["sound"] is None else f"{b['sound']:.6g}"),
-        ("empirical bound", f"{b['empirical']:.6g}"),
+        ("empirical bound", empirical_text(b["empirical"])),
         ("observed max deviation", f"{b['observed']:.6g} (same prompts)"),
         ("bound / observed", "n/a" if b["tightness"] is None else f"{b['tightness']:.4g}"),
         ("observed, all prompts", f"{s['observed_final_max']:.6g}"),

@@ -182,7 +182,7 @@ def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
     )
     if s.surrogate.full_capacity:
         log.info("block %d: the exact teacher block (full capacity), certifying", block)
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        certificate_cb.certify_as_is(trainer, module, datamodule)
     else:
         log.info(
             "block %d: %s surrogate, %d of %d params, distilling",

@@ -7,7 +7,8 @@ radius). Two
 chains are built side by side:
 - sound: L_k and a_k sound in exact arithmetic of the IR. Never unbounded: a block whose L_k does
   not exist on its tube (a norm with eps = 0 reaching 0) claims only a_k (L_k = None).
-- empirical: L_k a gradient-ascent lower estimate (labelled empirical), with the same sound a_k.
+- empirical: L_k a gradient-ascent lower estimate (labelled empirical), with the same sound a_k;
+  not computed (None) when empirical_prompts is 0, which leaves the sound chain unchanged.
 Exact rationals, every float rounded up. The fp32 allowance of each eps_k is the caller's
 (blockcert.evaluate.fp_allowance measures it at both ends of the tube).
 """
@@ -33,10 +34,10 @@ class BlockLink:
     certified: bool
     eps: Fraction
     lipschitz_sound: Fraction | None  # None: not claimed (saturation only)
-    lipschitz_empirical: Fraction
+    lipschitz_empirical: Fraction | None  # None: the empirical chain was not computed
     saturation: Fraction  # a_k, sound
     bound_sound: Fraction  # B_k of the sound chain (never None)
-    bound_empirical: Fraction
+    bound_empirical: Fraction | None
     parts: dict = field(default_factory=dict)
 
 
@@ -54,7 +55,7 @@ class Chain:
         return self.links[-1].bound_sound if self.links else Fraction(0)
 
     @property
-    def final_empirical(self) -> Fraction:
+    def final_empirical(self) -> Fraction | None:
         return self.links[-1].bound_empirical if self.links else Fraction(0)
 
     def lists(self, kind: str) -> tuple[list[Fraction], list[Fraction | None]]:
@@ -104,10 +105,11 @@ def compose_chain(
     joint_tokens: int | None = 0,
 ) -> Chain:
     """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i],
-    one tensor [n, s, d] or a list of batches (prompts of different lengths)."""
+    one tensor [n, s, d] or a list of batches (prompts of different lengths).
+    empirical_prompts = 0: no empirical chain (its L_k and B_k are None)."""
     links: list[BlockLink] = []
     bound_sound = Fraction(0)
-    bound_empirical = Fraction(0)
+    bound_empirical = Fraction(0) if empirical_prompts > 0 else None
     for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
         eps_q = round_up(eps)
         batches = input_batches(x, batch_size)
@@ -125,20 +127,21 @@ def compose_chain(
         )
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
-        radius = max(float(bound_empirical), min_radius)
-        empirical = empirical_lipschitz(
-            surrogate,
-            _probe(batches, empirical_prompts),
-            radius,
-            random_trials,
-            ascent_steps,
-            seed=k,
-            restarts=restarts,
-        )
-        lip_empirical = round_up(empirical.value)
         # B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
         bound_sound = step_bound(bound_sound, eps_q, lip_sound, saturation)
-        bound_empirical = step_bound(bound_empirical, eps_q, lip_empirical, saturation)
+        lip_empirical, empirical_method = None, "not computed (empirical_prompts = 0)"
+        if bound_empirical is not None:
+            empirical = empirical_lipschitz(
+                surrogate,
+                _probe(batches, empirical_prompts),
+                max(float(bound_empirical), min_radius),
+                random_trials,
+                ascent_steps,
+                seed=k,
+                restarts=restarts,
+            )
+            lip_empirical, empirical_method = round_up(empirical.value), empirical.method
+            bound_empirical = step_bound(bound_empirical, eps_q, lip_empirical, saturation)
         links.append(
             BlockLink(
                 k,
@@ -149,7 +152,7 @@ def compose_chain(
                 saturation,
                 bound_sound,
                 bound_empirical,
-                parts={"sound": sound.parts, "empirical_method": empirical.method},
+                parts={"sound": sound.parts, "empirical_method": empirical_method},
             )
         )
     return Chain(links)

@@ -59,6 +59,10 @@ def _float_or_none(q) -> float | None:
     return None if q is None else float(q)
 
 
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
 def _ragged_chain(
     chain: Sequence[tuple[int, Surrogate]],
     eps: Sequence[float],
@@ -88,10 +92,10 @@ def _ragged_chain(
         "lipschitz_sound": [
             None if x.lipschitz_sound is None else float(x.lipschitz_sound) for x in links
         ],
-        "lipschitz_empirical": [float(x.lipschitz_empirical) for x in links],
+        "lipschitz_empirical": [_float_or_none(x.lipschitz_empirical) for x in links],
         "saturation": [float(x.saturation) for x in links],
         "bound_sound": [float(x.bound_sound) for x in links],
-        "bound_empirical": [float(x.bound_empirical) for x in links],
+        "bound_empirical": [_float_or_none(x.bound_empirical) for x in links],
     }
 
 

@@ -15,9 +15,12 @@ from blockcert.atomic import write_atomic, write_text_atomic  # noqa: E402
 REPORT_SCHEMA_VERSION = 1
 
 
-def _fmt(value) -> str:
+NOT_COMPUTED = "not computed"  # the empirical chain with lipschitz.empirical_prompts=0
+
+
+def _fmt(value, missing: str = "unbounded") -> str:
     if value is None:
-        return "unbounded"
+        return missing
     return f"{float(value):.4g}"
 
 
@@ -33,7 +36,8 @@ def render_markdown(report: dict) -> str:
         f"arithmetic, measured fp32 allowance inside every eps_k); observed max deviation there "
         f"{out['observed']:.4g}; bound/observed = {_fmt(out['tightness'])}; on all held-out "
         f"prompts {s['observed_final_max']:.4g}.",
-        f"Empirical chain (lower-estimate constants, for comparison): {_fmt(out['empirical'])}.",
+        "Empirical chain (lower-estimate constants, for comparison): "
+        f"{_fmt(out['empirical'], NOT_COMPUTED)}.",
         f"**Lean**: {report['lean']['status']} — {report['lean']['message']}",
         "",
         f"Perplexity baseline {s['ppl_baseline']:.6f}, stitched {s['ppl_stitched']:.6f}, "
@@ -54,8 +58,8 @@ def render_markdown(report: dict) -> str:
             f"| {_fmt(b['eps_measured'])} "
             f"| {_fmt(b['fp_allowance_centre'])}, {_fmt(b['fp_allowance_stitched'])} "
             f"| {_fmt(b['eps'])} | {_fmt(b['lipschitz_sound'])} | {_fmt(b['saturation'])} "
-            f"| {_fmt(b['lipschitz_empirical'])} | {_fmt(b['bound_sound'])} "
-            f"| {_fmt(b['bound_empirical'])} | {b['observed']:.4g} |"
+            f"| {_fmt(b['lipschitz_empirical'], NOT_COMPUTED)} | {_fmt(b['bound_sound'])} "
+            f"| {_fmt(b['bound_empirical'], NOT_COMPUTED)} | {b['observed']:.4g} |"
         )
     lines += _coverage_lines(report)
     if "prompts" in report:

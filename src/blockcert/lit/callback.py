@@ -65,10 +65,17 @@ class CertificateCallback(L.Callback):
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._certify(trainer, pl_module)
 
-    def _certify(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def certify_as_is(self, trainer: L.Trainer, pl_module, datamodule) -> None:
+        """Certify an untrained (e.g. full-capacity) surrogate without a validation loop: the
+        certificate measures every held-out token itself, a loop would be a second pass."""
+        for logger in trainer.loggers:
+            logger.log_hyperparams(pl_module.hparams)
+        self._certify(trainer, pl_module, datamodule)
+
+    def _certify(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule=None) -> None:
         self.certificate = certify_block(
             surrogate=pl_module.surrogate(),
-            datamodule=trainer.datamodule,
+            datamodule=datamodule or trainer.datamodule,
             run_dir=self.run_dir,
             taus_abs=self.taus_abs,
             taus_rel=self.taus_rel,
