@@ -6,10 +6,12 @@ import sys
 import pytest
 import torch
 
+from blockcert.surrogate import interpret
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block
-from blockcert.surrogate.interpret import run_graph
+from blockcert.surrogate.interpret import run_graph, run_values
 from blockcert.surrogate.ir import load_surrogate, save_surrogate
+from blockcert.surrogate.view import BlockView
 
 
 def test_full_capacity_equals_teacher_block(tiny_adapter, token_ids):
@@ -30,6 +32,28 @@ def test_full_capacity_equals_smollm2_block12(smollm2):
     out = run_graph(surrogate.graph, surrogate.weights, x_in)
     assert (out - x_out).norm(dim=-1).max() <= 1e-4
     torch.testing.assert_close(out, x_out, atol=1e-5, rtol=1e-6)
+
+
+def test_run_values_stops_once_the_wanted_values_exist(tiny_adapter, token_ids, monkeypatch):
+    x_in, _ = tiny_adapter.block_pair(token_ids, 1)
+    surrogate = extract_block(tiny_adapter, 1)
+    names = (BlockView.HIDDEN, BlockView.MID)
+    _, expected = run_graph(surrogate.graph, surrogate.weights, x_in, keep=names)
+    computed = []
+    run_node = interpret.run_node
+
+    def recording(node, values, weights):
+        computed.append(node.output)
+        return run_node(node, values, weights)
+
+    monkeypatch.setattr(interpret, "run_node", recording)
+    values = run_values(surrogate.graph, surrogate.weights, x_in, names)
+    assert all(torch.equal(values[name], expected[name]) for name in names)
+    # the last projection and the residual add after it are never evaluated
+    assert surrogate.graph.output not in computed
+    assert len(computed) < len(surrogate.graph.nodes)
+    with pytest.raises(KeyError, match="no value named"):
+        run_values(surrogate.graph, surrogate.weights, x_in, ("no_such_value",))
 
 
 def test_ir_roundtrip_is_bitwise(tiny_llama, token_ids, tmp_path):

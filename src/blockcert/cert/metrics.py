@@ -16,8 +16,8 @@ import torch
 
 from blockcert.cert.coverage import Coverage
 from blockcert.errors import BlockCertError
-from blockcert.kernels import ErrorStats, fused_projection_error, pair_error
-from blockcert.surrogate.interpret import run_graph
+from blockcert.kernels import ErrorStats, fused_projection_error, pair_error, use_triton
+from blockcert.surrogate.interpret import run_graph, run_values
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import BlockView, block_view
 
@@ -49,14 +49,15 @@ def block_error_stats(
 ) -> ErrorStats:
     """Fused error reductions of the surrogate on one batch `[b, s, d]` (per-token kept).
 
-    out = y + P_down(hidden): the last projection, the residual add and the reductions run in
-    the fused kernel when P_down is a full linear map; otherwise the output is materialised.
+    out = y + P_down(hidden): where the Triton kernel runs (a GPU, or TRITON_INTERPRET=1) the last
+    projection, the residual add and the reductions are fused when P_down is a full linear map;
+    otherwise the output is materialised by the graph (on CPU the fused reference would run the
+    projection a second time, outside the graph: 65 -> 47 ms per SmolLM2 batch of 1024 tokens).
     """
-    view = block_view(surrogate)
-    down = view.mlp.down
-    if not down.low_rank:
-        _, values = run_graph(
-            surrogate.graph, surrogate.weights, x_in, keep=(BlockView.HIDDEN, BlockView.MID)
+    down = block_view(surrogate).mlp.down if use_triton(x_in) else None
+    if down is not None and not down.low_rank:
+        values = run_values(
+            surrogate.graph, surrogate.weights, x_in, (BlockView.HIDDEN, BlockView.MID)
         )
         hidden, residual = values[BlockView.HIDDEN], values[BlockView.MID]
         return fused_projection_error(

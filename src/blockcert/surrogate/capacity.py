@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from blockcert.errors import BlockCertError
-from blockcert.surrogate.interpret import run_graph
+from blockcert.surrogate.interpret import run_values
 from blockcert.surrogate.ir import Node, Surrogate
 from blockcert.surrogate.refit import refit_projections
 from blockcert.surrogate.view import BlockView, block_view
@@ -66,7 +66,7 @@ def importance(
     neurons = torch.zeros(w_down.shape[1], dtype=torch.float64)
     tokens = 0
     for x in inputs:
-        _, values = run_graph(graph, weights, x.float(), keep=("attn", BlockView.HIDDEN))
+        values = run_values(graph, weights, x.float(), ("attn", BlockView.HIDDEN))
         attn = values["attn"].reshape(-1, len(heads), head_dim)
         per_head = torch.einsum("dhk,nhk->nhd", w_o.view(-1, len(heads), head_dim), attn)
         heads += per_head.pow(2).sum(-1).sum(0).double()

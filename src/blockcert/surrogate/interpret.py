@@ -119,5 +119,23 @@ def run_graph(
     return values[graph.output]
 
 
+def run_values(
+    graph: Graph, weights: Mapping[str, Tensor], x: Tensor, names: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """The intermediate values `names` of `graph` on x, evaluating nodes (in order) only until
+    all of them exist: a caller that discards the output skips what follows them (for the error
+    metrics, the last projection, which the fused reduction computes itself)."""
+    values = {graph.input: x}
+    wanted = set(names)
+    for node in graph.nodes:
+        if wanted <= values.keys():
+            break
+        values[node.output] = run_node(node, values, weights)
+    missing = wanted - values.keys()
+    if missing:
+        raise KeyError(f"the graph computes no value named {sorted(missing)}")
+    return {name: values[name] for name in names}
+
+
 def default_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)

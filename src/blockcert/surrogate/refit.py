@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from blockcert.surrogate.interpret import run_graph
+from blockcert.surrogate.interpret import run_graph, run_values
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view
 
@@ -38,8 +38,8 @@ def _refit(
         return  # low-rank or biased projections keep their pruned weights
     gram, cross = None, None
     for x in inputs:
-        _, mine = run_graph(surrogate.graph, surrogate.weights, x, keep=(feature, "resid_attn"))
-        _, ref = run_graph(full.graph, full.weights, x, keep=("attn_out",))
+        mine = run_values(surrogate.graph, surrogate.weights, x, (feature, "resid_attn"))
+        ref = run_values(full.graph, full.weights, x, ("attn_out",))
         a = mine[feature].reshape(-1, mine[feature].shape[-1]).double()
         if target == "attn_out":
             y = ref["attn_out"]
