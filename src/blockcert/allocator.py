@@ -8,7 +8,7 @@ teacher trajectory and the stitched evaluation of certify.py spend ~30 % of thei
 those faults (bench/bench_allocator.py: 1.6x wall on that loop). Serving large blocks from the
 heap and not trimming it keeps freed buffers mapped for the next batch. The cost is memory: freed
 memory goes back to the system only at exit, and a heap can fragment, so peak RSS may grow (that
-bench: 2.2 -> 3.3 GiB; certify.py on 30 SmolLM2 blocks: 5.7 -> 4.9 GiB, fewer transient copies).
+bench: 2.2 -> 3.3 GiB; certify.py on 30 SmolLM2 blocks: 4.5 -> 4.9 to 6.8 GiB from run to run).
 
 BLOCKCERT_MALLOC=system leaves glibc's defaults (for a process that shares the machine and must
 give memory back). Elsewhere (macOS, musl) this does nothing.

@@ -52,7 +52,8 @@ def block_error_stats(
     out = y + P_down(hidden): where the Triton kernel runs (a GPU, or TRITON_INTERPRET=1) the last
     projection, the residual add and the reductions are fused when P_down is a full linear map;
     otherwise the output is materialised by the graph (on CPU the fused reference would run the
-    projection a second time, outside the graph: 65 -> 47 ms per SmolLM2 batch of 1024 tokens).
+    projection a second time, outside the graph: SmolLM2 block 12, 12 held-out batches of 1024
+    tokens, 0.81 -> 0.73 s).
     """
     down = block_view(surrogate).mlp.down if use_triton(x_in) else None
     if down is not None and not down.low_rank:

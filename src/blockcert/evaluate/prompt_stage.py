@@ -59,10 +59,6 @@ def _float_or_none(q) -> float | None:
     return None if q is None else float(q)
 
 
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
-
-
 def _ragged_chain(
     chain: Sequence[tuple[int, Surrogate]],
     eps: Sequence[float],
