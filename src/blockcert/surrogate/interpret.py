@@ -111,9 +111,7 @@ def run_graph(
     graph: Graph, weights: Mapping[str, Tensor], x: Tensor, keep: tuple[str, ...] = ()
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Evaluate `graph` on x; with `keep`, also return those intermediate values by name."""
-    values = {graph.input: x}
-    for node in graph.nodes:
-        values[node.output] = run_node(node, values, weights)
+    values = run_values(graph, weights, x, (graph.output, *keep))
     if keep:
         return values[graph.output], {name: values[name] for name in keep}
     return values[graph.output]

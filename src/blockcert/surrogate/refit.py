@@ -39,10 +39,9 @@ def _refit(
     gram, cross = None, None
     for x in inputs:
         mine = run_values(surrogate.graph, surrogate.weights, x, (feature, "resid_attn"))
-        ref = run_values(full.graph, full.weights, x, ("attn_out",))
         a = mine[feature].reshape(-1, mine[feature].shape[-1]).double()
         if target == "attn_out":
-            y = ref["attn_out"]
+            y = run_values(full.graph, full.weights, x, ("attn_out",))["attn_out"]
         else:  # what the MLP must add to this surrogate's own mid state to give the block output
             y = run_graph(full.graph, full.weights, x) - mine["resid_attn"]
         y = y.reshape(-1, y.shape[-1]).double()
