@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import blockcert.cert.lipschitz_sound as lipschitz_sound
 import blockcert.cert.spectral as spectral
 from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import SATURATED, empirical_lipschitz, sound_lipschitz
@@ -31,6 +32,7 @@ from blockcert.cert.lipschitz_sound import (
     _mlp_state,
     _shell_mean,
     _shell_radii,
+    _slope_reaches,
     forward64,
     sound_block_bound,
 )
@@ -219,6 +221,37 @@ def test_mlp_centre_lower_is_below_the_exact_spectral_norm(tiny_adapter, token_i
     )
     low = _mlp_centre_lower(f, z)
     assert (low <= exact).all() and (low >= 0.5 * exact).all()
+
+
+def test_slope_search_stops_at_the_first_token_that_reaches(tiny_adapter, token_ids, monkeypatch):
+    """_slope_reaches answers max_t 1 + lambda2_t low_t >= needed as the lower bounds of every
+    token at once do, trying tokens batch by batch and stopping once one reaches."""
+    view = block_view(extract_block(tiny_adapter, 1))
+    f = _folded(view)
+    x = _inputs(tiny_adapter, token_ids, 1)
+    cens = [forward64(view, xi) for xi in x]
+    z = torch.cat([_mlp_state(f, c, torch.zeros_like(c["ynorm"]))[0] for c in cens])
+    lam2 = torch.rand(len(z), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert len(z) > 2 * lipschitz_sound.REFINE_BATCH  # more than one batch to try
+    exact = torch.stack([_mlp_exact(f, zt) for zt in z])
+    top = float((1 + lam2 * exact).max())
+    calls, lower = [], lipschitz_sound._mlp_centre_lower
+    monkeypatch.setattr(
+        lipschitz_sound, "_mlp_centre_lower", lambda f, z: calls.append(len(z)) or lower(f, z)
+    )
+    assert not _slope_reaches(f, z, lam2, top * (1 + 1e-9))  # above the exact max: never
+    assert sum(calls) == len(z)  # ... after every token was tried
+    calls.clear()
+    assert _slope_reaches(f, z, lam2, 1.0)  # every token reaches 1: the first batch settles it
+    assert calls == [lipschitz_sound.REFINE_BATCH]
+    calls.clear()
+    assert _slope_reaches(f, z, lam2, 1 + 0.5 * (top - 1))  # within the lower bound's 2x
+
+
+def _mlp_exact(f, zt):
+    m = f.w_down.shape[1]
+    jac = f.w_down @ sum(zt[j * m : (j + 1) * m, None] * a for j, a in enumerate(f.mlp_in))
+    return torch.linalg.matrix_norm(jac, 2)
 
 
 def test_float64_forward_matches_the_interpreter(tiny_adapter, token_ids):

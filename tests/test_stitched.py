@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from blockcert.cert.metrics import measure_errors
 from blockcert.errors import BlockCertError, VerificationError
-from blockcert.evaluate.trajectory import _run_block, stitched_evaluation, teacher_trajectory
+from blockcert.evaluate import trajectory
+from blockcert.evaluate.trajectory import (
+    _run_block,
+    stitched_evaluation,
+    teacher_blocks_exact,
+    teacher_trajectory,
+)
 from blockcert.models.adapters import adapter_for
 from blockcert.stitched import SurrogateLayer, load, stitch
 from blockcert.surrogate.capacity import Capacity, reduce
@@ -63,6 +70,56 @@ def test_hf_logits_equal_the_stitched_evaluation(stitched):
         logits[:, :-1].reshape(-1, logits.shape[-1]).double(), ids[:, 1:].reshape(-1)
     )
     assert math.exp(float(nll)) == pytest.approx(result.ppl_stitched, rel=1e-5)
+
+
+def _figures(result):
+    return (
+        result.prompt_deviation.tolist(),
+        result.final_token_deviation.tolist(),
+        result.ppl_baseline,
+        result.ppl_stitched,
+        result.kl_mean,
+        result.top1_agreement,
+    )
+
+
+def test_blocks_known_exact_are_skipped_with_the_same_figures(stitched, monkeypatch):
+    _, reference, surrogates = stitched
+    ids = torch.randint(0, 256, (5, 12), generator=torch.Generator().manual_seed(8))
+    states = teacher_trajectory(reference, ids, batch_size=2)
+    plain = stitched_evaluation(reference, surrogates, ids, states, batch_size=2)
+    exact = teacher_blocks_exact(reference, len(ids), [0, 3])
+    assert all(same.all() for same in exact.values())  # tiny_llama runs in float32
+    ran, block = [], reference.block
+    monkeypatch.setattr(reference, "block", lambda k, h: ran.append(k) or block(k, h))
+    fast = stitched_evaluation(reference, surrogates, ids, states, batch_size=2, exact=exact)
+    assert _figures(fast) == _figures(plain)
+    assert ran == [3, 3, 3]  # block 0 is on the teacher's path; block 3 is after the surrogates
+    # the teacher alone: nothing is run again, and the logits are the baseline's
+    ran.clear()
+    every = teacher_blocks_exact(reference, len(ids), range(reference.num_blocks))
+    alone = stitched_evaluation(reference, {}, ids, states, batch_size=2, exact=every)
+    assert ran == [] and alone.ppl_stitched == alone.ppl_baseline and alone.kl_mean == 0.0
+    assert _figures(alone) == _figures(stitched_evaluation(reference, {}, ids, states, 2))
+
+
+def test_surrogates_that_reproduce_their_block_are_skipped(stitched, monkeypatch):
+    _, reference, _ = stitched
+    ids = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(9))
+    states = teacher_trajectory(reference, ids, batch_size=2)
+    full = {1: extract_block(reference, 1)}
+    pairs = [(states[1][i : i + 2], states[2][i : i + 2]) for i in (0, 2)]
+    report = measure_errors(full[1], pairs, [0.1], [0.1], 0.05)
+    # a surrogate's exact prompts: its output equals the teacher's on every token
+    out = torch.cat([_run_block(reference, full, 1, x) for x, _ in pairs])
+    assert report.exact_prompts.tolist() == [out[i].equal(states[2][i]) for i in range(4)]
+    assert report.exact_prompts.all()  # the full block's IR reproduces HF's bit for bit here
+    plain = stitched_evaluation(reference, full, ids, states, 2)
+    exact = {1: report.exact_prompts} | teacher_blocks_exact(reference, 4, [0])
+    ran, run_graph = [], trajectory.run_graph
+    monkeypatch.setattr(trajectory, "run_graph", lambda *a: ran.append(1) or run_graph(*a))
+    fast = stitched_evaluation(reference, full, ids, states, batch_size=2, exact=exact)
+    assert _figures(fast) == _figures(plain) and ran == []
 
 
 def test_generate_equals_greedy_decoding_of_the_stitched_evaluation(stitched):

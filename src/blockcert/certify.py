@@ -27,7 +27,12 @@ from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
-from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
+from blockcert.evaluate.trajectory import (
+    StitchedResult,
+    stitched_evaluation,
+    teacher_blocks_exact,
+    teacher_trajectory,
+)
 from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.prove.lake import run_lake_build
@@ -124,6 +129,20 @@ def rederive(
         k: rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
         for k, block in verified.blocks.items()
     }
+
+
+def known_exact(
+    adapter: BlockAdapter, reports: dict[int, ErrorReport], n_prompts: int
+) -> dict[int, torch.Tensor]:
+    """Per block, the prompts on which the stitched model's block is known to reproduce the
+    teacher trajectory exactly: the re-derived surrogates' (same batches) and the teacher's
+    own blocks; the stitched run skips them while its state is the teacher's."""
+    teacher = [k for k in range(adapter.num_blocks) if k not in reports]
+    exact = teacher_blocks_exact(adapter, n_prompts, teacher)
+    for k, report in reports.items():
+        if report.exact_prompts is not None:
+            exact[k] = report.exact_prompts
+    return exact
 
 
 def chain_blocks(teacher: Teacher, verified: Verified) -> list[tuple[int, Surrogate]]:
@@ -396,7 +415,12 @@ def certify(cfg: DictConfig) -> CertifyResult:
     log.info("stage compose: sound bound %.6g", float(composition.claimed))
     surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
     stitched = stitched_evaluation(
-        teacher.adapter, surrogates, verified.heldout, states, cfg.batch_size
+        teacher.adapter,
+        surrogates,
+        verified.heldout,
+        states,
+        cfg.batch_size,
+        known_exact(teacher.adapter, reports, len(verified.heldout)),
     )
     log.info("stage stitched: ppl delta %.3g (%.1f s)", stitched.ppl_delta, clock.done("stitched"))
     report, violations = build_report(

@@ -773,6 +773,19 @@ def _mlp_centre_lower(f: _Folded, z: Tensor, steps: int = 3) -> Tensor:
     return forward(v).norm(dim=-1) * (1 - 1e-9)
 
 
+def _slope_reaches(rng: _Range, z: Tensor, lam2: Tensor, needed: float) -> bool:
+    """Whether 1 + lambda2_t ||J_M,t|| >= needed for some token (z [T, k m], lambda2 [T]), by the
+    lower bounds of _mlp_centre_lower. Tokens are tried in batches, largest lambda2 ||z|| first,
+    and the search stops at the first that reaches `needed` (a lower bound on any subset of the
+    tokens is one on the max); False only after every token was tried."""
+    order = torch.argsort(lam2 * z.norm(dim=-1), descending=True)
+    for start in range(0, len(order), REFINE_BATCH):
+        ids = order[start : start + REFINE_BATCH]
+        if float((1 + lam2[ids] * _mlp_centre_lower(rng, z[ids])).max()) >= needed:
+            return True
+    return False
+
+
 def _saturated_step(
     rng: _Range, prompts: list[Tensor], r: float, shells: int, bound: float
 ) -> SoundBlockBound | None:
@@ -788,16 +801,15 @@ def _saturated_step(
     and the chain's step is B + a. The passes' own a is at most this one and equal to it once
     the tube is wide enough for both caps to bind (B far above the token norms, where this is
     tried). None when the estimate does not settle the step (the caller runs every pass)."""
-    done, low = [], 0.0
+    done, coeffs, lams = [], [], []
     for x in prompts:
         cen = forward64(rng.view, x)
         anywhere = torch.full_like(cen["xnorm"], math.inf)
         done.append(_saturation_rows(rng, cen, anywhere, anywhere))
-        z, _, _ = _mlp_state(rng, cen, torch.zeros_like(cen["ynorm"]))
-        lam2 = _lam(cen["ynorm"], r / shells, rng.d, rng.view.mlp_norm.eps)
-        low = max(low, float((1 + lam2 * _mlp_centre_lower(rng, z)).max()))
+        coeffs.append(_mlp_state(rng, cen, torch.zeros_like(cen["ynorm"]))[0])
+        lams.append(_lam(cen["ynorm"], r / shells, rng.d, rng.view.mlp_norm.eps))
     saturation = float(torch.cat(done).max())
-    if not low >= 1 + saturation / bound:
+    if not _slope_reaches(rng, torch.cat(coeffs), torch.cat(lams), 1 + saturation / bound):
         return None
     return SoundBlockBound(
         lipschitz=math.inf,

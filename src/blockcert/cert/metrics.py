@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,17 +37,22 @@ class ErrorReport:
     target_norm_mean: float
     coverage: list[Coverage]
     dtype: str = "float32"
+    # [n_prompts] bool: the surrogate's output equals the teacher's on every token of the prompt
+    # (None where the output was not materialised: the fused route); lets the stitched run skip
+    # blocks whose input and output are the teacher's. Not a claim: never serialised.
+    exact_prompts: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "coverage"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("coverage", "exact_prompts")}
         data["coverage"] = [c.to_dict() for c in self.coverage]
         return data
 
 
 def block_error_stats(
     surrogate: Surrogate, x_in: torch.Tensor, x_out: torch.Tensor, taus: list[float]
-) -> ErrorStats:
-    """Fused error reductions of the surrogate on one batch `[b, s, d]` (per-token kept).
+) -> tuple[ErrorStats, torch.Tensor | None]:
+    """Fused error reductions of the surrogate on one batch `[b, s, d]` (per-token kept), and
+    per prompt whether its output equals x_out exactly (None on the fused route: no output).
 
     out = y + P_down(hidden): where the Triton kernel runs (a GPU, or TRITON_INTERPRET=1) the last
     projection, the residual add and the reductions are fused when P_down is a full linear map;
@@ -61,7 +66,7 @@ def block_error_stats(
             surrogate.graph, surrogate.weights, x_in, (BlockView.HIDDEN, BlockView.MID)
         )
         hidden, residual = values[BlockView.HIDDEN], values[BlockView.MID]
-        return fused_projection_error(
+        stats = fused_projection_error(
             hidden.reshape(-1, hidden.shape[-1]),
             down.weight,
             residual.reshape(-1, residual.shape[-1]),
@@ -70,10 +75,12 @@ def block_error_stats(
             bias=down.bias,
             return_per_token=True,
         )
+        return stats, None
     pred = run_graph(surrogate.graph, surrogate.weights, x_in)
-    return pair_error(
+    stats = pair_error(
         pred.reshape(-1, pred.shape[-1]), x_out.reshape(-1, x_out.shape[-1]), taus, True
     )
+    return stats, (pred == x_out).flatten(1).all(1)
 
 
 def quantile(values: torch.Tensor, q: float) -> float:
@@ -127,9 +134,10 @@ def measure_errors(
     Every token of every prompt counts (first position included); errors stay `[prompt, seq]`
     so that coverage can be stated per prompt, the i.i.d. unit.
     """
-    errors, norms, stats = [], [], None
+    errors, norms, exact, stats = [], [], [], None
     for x_in, x_out in pairs:
-        batch = block_error_stats(surrogate, x_in.float(), x_out.float(), list(taus_abs))
+        batch, same = block_error_stats(surrogate, x_in.float(), x_out.float(), list(taus_abs))
+        exact.append(same)
         if math.isnan(batch.max_error):
             raise BlockCertError("the surrogate produced NaN on evaluated tokens.")
         stats = batch if stats is None else stats.merge(batch)
@@ -153,4 +161,5 @@ def measure_errors(
         rel_p99=quantile(rel_err.flatten(), 0.99),
         target_norm_mean=float(target_norm.double().mean()),
         coverage=coverage_entries(err, rel_err, taus_abs, taus_rel, delta, stats.counts),
+        exact_prompts=None if any(e is None for e in exact) else torch.cat(exact),
     )

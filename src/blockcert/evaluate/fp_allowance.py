@@ -38,12 +38,15 @@ def chain_allowance(
 
     teacher_batches(k): the teacher's inputs of block k as batches `[b, s, d]`; the stitched
     inputs are those of the first block pushed through g_k in fp32, as the stitched model does.
+    Where they equal the teacher's exactly (surrogates that reproduce their block), fp(s_k) is
+    fp(h_k): the same measurement on the same inputs, not repeated.
     """
     stitched = [batch.float() for batch in teacher_batches(chain[0][0])]
     allowances = {}
     for k, surrogate in chain:
-        allowances[k] = Allowance(
-            fp_error(surrogate, teacher_batches(k)), fp_error(surrogate, stitched)
-        )
+        teacher = [batch.float() for batch in teacher_batches(k)]
+        centre = fp_error(surrogate, teacher)
+        same = all(torch.equal(a, b) for a, b in zip(teacher, stitched, strict=True))
+        allowances[k] = Allowance(centre, centre if same else fp_error(surrogate, stitched))
         stitched = [run_graph(surrogate.graph, surrogate.weights, b) for b in stitched]
     return allowances

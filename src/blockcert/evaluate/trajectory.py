@@ -39,6 +39,16 @@ def teacher_trajectory(
     return [torch.cat(s) for s in states]
 
 
+def teacher_blocks_exact(
+    adapter: BlockAdapter, n_prompts: int, blocks: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """{k: [n_prompts] bool} for teacher blocks k: whether the block, run on teacher_trajectory's
+    own batches, maps each prompt's h_k to its stored h_{k+1} exactly. True throughout when the
+    teacher runs in float32 (the stored states are the very tensors fed forward); else False."""
+    same = adapter.teacher.model.dtype == torch.float32
+    return {k: torch.full((n_prompts,), same) for k in blocks}
+
+
 @dataclass
 class StitchedResult:
     block_deviation: list[float]  # e_k for k = 1..L (after block k-1, 0-based)
@@ -85,15 +95,30 @@ def _stitched_batch(
     surrogates: Mapping[int, Surrogate],
     ids: torch.Tensor,
     states: list[torch.Tensor],
+    exact: Mapping[int, bool] | None = None,
 ) -> _BatchFigures:
-    """Stitched model on one batch `ids [b, s]` against its teacher states `[b, s, d]` each."""
+    """Stitched model on one batch `ids [b, s]` against its teacher states `[b, s, d]` each.
+
+    exact[k]: block k is known to map this batch's h_k to h_{k+1} exactly. While the stitched
+    state IS the teacher's, such a block is not run again (its output is h_{k+1}, its gap 0),
+    and the stitched logits are the baseline's when the last state is the teacher's.
+    """
+    exact = exact or {}
     h, gaps = states[0], []
     for k in range(adapter.num_blocks):
-        h = _run_block(adapter, surrogates, k, h)
-        gap = (h - states[k + 1]).norm(dim=-1)
+        if h is states[k] and exact.get(k, False):
+            h, gap = states[k + 1], torch.zeros(states[k + 1].shape[:-1])
+        else:
+            h = _run_block(adapter, surrogates, k, h)
+            gap = (h - states[k + 1]).norm(dim=-1)
+            if not gap.any() and torch.equal(h, states[k + 1]):
+                h = states[k + 1]  # back on the teacher's path
         gaps.append(gap.amax(-1).double())
     base_lp, targets = _next_token_stats(adapter.head(states[-1]), ids)
-    stitched_lp, _ = _next_token_stats(adapter.head(h), ids)
+    if h is states[-1]:
+        stitched_lp = base_lp
+    else:
+        stitched_lp, _ = _next_token_stats(adapter.head(h), ids)
     return _BatchFigures(
         deviation=torch.stack(gaps, dim=-1),
         final_gap=gap,
@@ -112,13 +137,25 @@ def stitched_evaluation(
     input_ids: torch.Tensor,
     teacher_states: list[torch.Tensor],
     batch_size: int,
+    exact: Mapping[int, torch.Tensor] | None = None,
 ) -> StitchedResult:
-    """Run the stitched model and compare it with the teacher trajectory and logits."""
+    """Run the stitched model and compare it with the teacher trajectory and logits.
+
+    teacher_states: teacher_trajectory(adapter, input_ids, batch_size). exact[k] `[n_prompts]`:
+    the prompts whose teacher input h_k block k of the stitched model is known to map to h_{k+1}
+    exactly in these batches (ErrorReport.exact_prompts, teacher_blocks_exact); on batches of
+    such prompts the block is not run again while the stitched state is the teacher's.
+    """
+    exact = exact or {}
     deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         batch = _stitched_batch(
-            adapter, surrogates, input_ids[rows], [s[rows] for s in teacher_states]
+            adapter,
+            surrogates,
+            input_ids[rows],
+            [s[rows] for s in teacher_states],
+            {k: bool(same[rows].all()) for k, same in exact.items()},
         )
         deviation.append(batch.deviation)
         final.append(batch.final_gap.flatten())
