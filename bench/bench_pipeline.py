@@ -1,6 +1,7 @@
 """The whole-model pipeline on the embedded SmolLM2: load, one-pass capture, fit, peak memory.
 
-python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify] [--override K=V]
+python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify] [--fast]
+    [--override K=V] [--certify-override K=V]
 
 In this process (default data: 96 held-out prompts of 128 tokens):
 - teacher load time;
@@ -12,7 +13,9 @@ In this process (default data: 96 held-out prompts of 128 tokens):
 With --runs, as a user runs them (fresh caches): `train.py block=K surrogate.full_capacity=true`
 and `train.py blocks=all surrogate.full_capacity=true`, each with its wall time and peak RSS
 (ratio target <= 2); with --certify also `certify.py` over the blocks= run, and the total of
-train + certify (target <= 180 s), certify's stage split from its report.
+train + certify (target <= 180 s), certify's stage split from its report. --fast runs the
+whole-model path of the README: certificates without the per-block Lipschitz constants
+(certify.py composes its own) and certify.py without the empirical comparison chain.
 """
 
 from __future__ import annotations
@@ -164,7 +167,13 @@ def run_measured(args: list[str], env: dict) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), output[-2000:]
 
 
-def runs(model: str, block: int, certify: bool, overrides: list[str]) -> None:
+FAST_TRAIN = ["callbacks.certificate.sound_prompts=0", "callbacks.certificate.lipschitz_prompts=0"]
+FAST_CERTIFY = ["lipschitz.empirical_prompts=0"]
+
+
+def runs(
+    model: str, block: int, certify: bool, overrides: list[str], certify_overrides: list[str]
+) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     with tempfile.TemporaryDirectory() as tmp:
         common = [f"model={model}", f"runs_root={tmp}/runs", "surrogate.full_capacity=true"]
@@ -183,6 +192,7 @@ def runs(model: str, block: int, certify: bool, overrides: list[str]) -> None:
         if certify:
             (run_dir,) = Path(tmp, "runs", model, "blocks").iterdir()
             args = ["certify.py", f"model={model}", f"runs={run_dir}", f"out={tmp}/report"]
+            args += certify_overrides
             wall, rss, code, tail = run_measured(args, env)
             print(
                 f"python {' '.join(args)}: {wall:.1f} s wall (exit {code}), peak RSS {rss:.2f} GiB"
@@ -208,12 +218,19 @@ def main() -> None:
         default=[],
         help="extra train.py override for --runs, e.g. --override data.n_heldout_prompts=16",
     )
+    parser.add_argument(
+        "--certify-override", action="append", default=[], help="extra certify.py override"
+    )
+    parser.add_argument("--fast", action="store_true", help="the README's whole-model path")
     args = parser.parse_args()
+    if args.fast:
+        args.override += FAST_TRAIN
+        args.certify_override += FAST_CERTIFY
     torch.set_grad_enabled(True)
     if not args.skip_in_process:
         in_process(args.model, args.block)
     if args.runs:
-        runs(args.model, args.block, args.certify, args.override)
+        runs(args.model, args.block, args.certify, args.override, args.certify_override)
 
 
 if __name__ == "__main__":
