@@ -10,6 +10,7 @@ import torch
 from blockcert.capture.corpus import ShakespeareCorpus
 from blockcert.capture.prompts import build_prompts
 from blockcert.errors import BlockCertError
+from blockcert.evaluate import trajectory
 from blockcert.evaluate.prompt_sets import (
     STRESS_FILE,
     context_length,
@@ -145,3 +146,24 @@ def test_ragged_prompts_match_each_prompt_alone(tiny_llama):
         torch.testing.assert_close(together.nll_baseline[i], nll, rtol=1e-4, atol=1e-4)
     assert together.n_targets.tolist() == [len(p) - 1 for p in prompts]
     assert together.final_deviation.max() > 0  # the surrogates really differ from the teacher
+
+
+def test_prompt_evaluation_skips_blocks_that_reproduce_the_teacher(tiny_llama, monkeypatch):
+    """Block 0 (the teacher's) and block 1 (its full IR, exact on tiny_llama) are not run again
+    in the stitched pass; every figure equals the run without the shortcut."""
+    prompts = [torch.tensor(_bytes(t)) for t in ("to be or not", "to be or not", "the " * 5)]
+    surrogates = {1: extract_block(tiny_llama, 1), 2: _perturbed(tiny_llama, 2)}
+    taus = {1: 0.01, 2: 0.01}
+    trajectory_ = ragged_teacher_trajectory(tiny_llama, prompts, 2)
+    stitched_batch = trajectory._stitched_batch
+    with monkeypatch.context() as patch:  # the reference: every block run
+        patch.setattr(trajectory, "_stitched_batch", lambda *a: stitched_batch(*a[:4]))
+        plain = evaluate_prompts(tiny_llama, surrogates, prompts, trajectory_, taus)
+    ran, block = [], tiny_llama.block
+    monkeypatch.setattr(tiny_llama, "block", lambda k, h: ran.append(k) or block(k, h))
+    fast = evaluate_prompts(tiny_llama, surrogates, prompts, trajectory_, taus)
+    assert ran == [3] * len(trajectory_.batches)  # only the block after the perturbed one
+    for name in ("deviation", "nll_baseline", "nll_stitched", "kl", "agree", "n_targets"):
+        assert torch.equal(getattr(fast, name), getattr(plain, name)), name
+    assert all(torch.equal(fast.eps[k], plain.eps[k]) for k in surrogates)
+    assert float(fast.eps[1].max()) == 0.0 < float(fast.eps[2].max())

@@ -43,10 +43,15 @@ def teacher_blocks_exact(
     adapter: BlockAdapter, n_prompts: int, blocks: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """{k: [n_prompts] bool} for teacher blocks k: whether the block, run on teacher_trajectory's
-    own batches, maps each prompt's h_k to its stored h_{k+1} exactly. True throughout when the
-    teacher runs in float32 (the stored states are the very tensors fed forward); else False."""
-    same = adapter.teacher.model.dtype == torch.float32
+    own batches, maps each prompt's h_k to its stored h_{k+1} exactly (trajectory_is_exact)."""
+    same = trajectory_is_exact(adapter)
     return {k: torch.full((n_prompts,), same) for k in blocks}
+
+
+def trajectory_is_exact(adapter: BlockAdapter) -> bool:
+    """Whether teacher_trajectory stores the very tensors it feeds forward (a float32 teacher),
+    so that a teacher block re-run on its batches gives the stored next state exactly."""
+    return adapter.teacher.model.dtype == torch.float32
 
 
 @dataclass
@@ -323,11 +328,11 @@ class PromptEvaluation:
 @torch.no_grad()
 def _teacher_input_errors(
     surrogate: Surrogate, x_in: torch.Tensor, x_out: torch.Tensor
-) -> torch.Tensor:
-    """||g(h)_t - f(h)_t||_2 per token `[b, s]`, fp32, on teacher inputs (as the certificate)."""
-    return (run_graph(surrogate.graph, surrogate.weights, x_in.float()) - x_out.float()).norm(
-        dim=-1
-    )
+) -> tuple[torch.Tensor, bool]:
+    """(||g(h)_t - f(h)_t||_2 per token `[b, s]` fp32 on teacher inputs, as the certificate;
+    whether g(h) equals f(h) exactly on the whole batch)."""
+    out = run_graph(surrogate.graph, surrogate.weights, x_in.float())
+    return (out - x_out.float()).norm(dim=-1), torch.equal(out, x_out.float())
 
 
 @torch.no_grad()
@@ -338,8 +343,14 @@ def evaluate_prompts(
     trajectory: RaggedTrajectory,
     taus: Mapping[int, float],
 ) -> PromptEvaluation:
-    """Per-prompt eps_k, coverage at tau_k, stitched deviations and next-token figures."""
+    """Per-prompt eps_k, coverage at tau_k, stitched deviations and next-token figures.
+
+    trajectory: ragged_teacher_trajectory or RaggedTrajectory.from_states (the batches the
+    stitched run uses); blocks that reproduce it exactly are not run again (_stitched_batch).
+    """
     n = len(prompts)
+    same = trajectory_is_exact(adapter)
+    teacher_exact = {k: same for k in range(adapter.num_blocks) if k not in surrogates}
     zeros = lambda: torch.zeros(n, dtype=torch.float64)  # noqa: E731
     eps = {k: zeros() for k in surrogates}
     covered = {k: zeros() for k in surrogates}
@@ -348,11 +359,12 @@ def evaluate_prompts(
     for rows, states in zip(trajectory.batches, trajectory.states, strict=True):
         index = torch.tensor(rows)
         ids = torch.stack([prompts[i] for i in rows])
+        exact = dict(teacher_exact)
         for k, surrogate in surrogates.items():
-            errors = _teacher_input_errors(surrogate, states[k], states[k + 1])
+            errors, exact[k] = _teacher_input_errors(surrogate, states[k], states[k + 1])
             eps[k][index] = errors.amax(-1).double()
             covered[k][index] = (errors <= taus[k]).sum(-1).double()
-        batch = _stitched_batch(adapter, surrogates, ids, states)
+        batch = _stitched_batch(adapter, surrogates, ids, states, exact)
         deviation[index] = batch.deviation
         nll_base[index], nll_stitched[index] = batch.nll_baseline, batch.nll_stitched
         kl[index], agree[index] = batch.kl, batch.agree
