@@ -173,19 +173,39 @@ def test_mlp_product_pert_bounds_jacobian_moves(block):
         )
 
     xhat, _ = sound._normalise(view.mlp_norm, cen["y"])
-    rho = torch.full((x.shape[0],), 0.3, dtype=torch.float64)
-    pert = _mlp_product_pert(f, cen, rho)
     gen = torch.Generator().manual_seed(3)
-    for t in (0, x.shape[0] - 1):
-        base = jac(xhat[t])
-        loud = torch.argsort(cen["pre"][1][t].abs(), descending=True)[:4]
-        dirs = [g_in[i] for i in loud] + [u_in[i] for i in loud]
-        dirs += [torch.randn(x.shape[-1], generator=gen, dtype=torch.float64) for _ in range(4)]
-        for d in dirs:
-            for sign in (1.0, -1.0):
-                moved = jac(xhat[t] + sign * 0.3 * d / d.norm())
-                change = float(torch.linalg.matrix_norm(moved - base, 2))
-                assert change <= float(pert[t]), (t, change, float(pert[t]))
+    for radius in (0.03, 0.3, 3.0):
+        rho = torch.full((x.shape[0],), radius, dtype=torch.float64)
+        pert = _mlp_product_pert(f, cen, rho)
+        for t in (0, x.shape[0] - 1):
+            base = jac(xhat[t])
+            loud = torch.argsort(cen["pre"][1][t].abs(), descending=True)[:4]
+            dirs = [g_in[i] for i in loud] + [u_in[i] for i in loud]
+            dirs += [torch.randn(x.shape[-1], generator=gen, dtype=torch.float64) for _ in "abcd"]
+            for d in dirs:
+                for sign in (1.0, -1.0):
+                    moved = jac(xhat[t] + sign * radius * d / d.norm())
+                    change = float(torch.linalg.matrix_norm(moved - base, 2))
+                    assert change <= float(pert[t]), (radius, t, change, float(pert[t]))
+
+
+def test_local_slopes_only_tighten_the_mlp_perturbation(block, monkeypatch):
+    """The neuron-wise activation ranges bound what the global constants bound, and far from
+    the activation's bend (here: a gate row scaled so that its neurons sit deep in silu's flat
+    tail) they are much tighter."""
+    view, f, x = block
+    cen = forward64(view, x)
+    rho = torch.full((x.shape[0],), 0.05, dtype=torch.float64)
+    both = _mlp_product_pert(f, cen, rho)
+    inf = torch.full_like(rho, float("inf"))
+    monkeypatch.setattr(sound, "_local_slopes", lambda *a: (inf, inf))
+    global_only = _mlp_product_pert(f, cen, rho)
+    assert (both <= global_only).all()
+    monkeypatch.undo()
+    deep = dict(cen, pre=(cen["pre"][0] - 40.0, cen["pre"][1]))  # every gate far in the tail
+    tail = _mlp_product_pert(f, deep, rho)
+    monkeypatch.setattr(sound, "_local_slopes", lambda *a: (inf, inf))
+    assert (tail <= 1e-3 * _mlp_product_pert(f, deep, rho)).all()
 
 
 def _khatri_rao_ascent(w_down, terms, low: float, high: float) -> float:

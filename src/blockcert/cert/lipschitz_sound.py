@@ -83,6 +83,9 @@ SILU_SLOPE_MIN = -0.0999  # min silu'(a) = -0.09984 (a = -2.3994)
 SILU_CURVATURE = 0.5001  # max |silu''(a)| = silu''(0) = 0.5
 SILU_MIN = -0.27847  # min silu(a) = -0.278465 at a = -1.27846
 SILU_ARGMIN = -1.27846
+SILU_SLOPE_ARGMAX = 2.39936  # silu' has its max there and its min at -2.39936 (and no other)
+SILU_LOBE = 0.036915  # |silu''| on its negative lobes: at most 0.0369144 (|a| = 3.43584)
+SILU_LOBE_ARG = 3.43584
 GELU_SLOPE = 1.13  # max |gelu_tanh'(a)| = 1.1290
 GELU_CURVATURE = 0.8  # max |gelu_tanh''(a)| = gelu_tanh''(0) = sqrt(2/pi) = 0.79788
 GELU_MIN = -0.17005  # min gelu_tanh(a) = -0.170041 at a = -0.7525
@@ -133,6 +136,7 @@ class _Folded(_Range):
     down_cols: Tensor  # [m] column norms of W_d
     weighted_in_norms: list[float]  # ||diag(down_cols) A_j||
     gate_gram_abs: Tensor | None  # [m, m] |A_gate A_gate^T| (gated MLP)
+    up_gram_abs: Tensor | None  # [m, m] |A_up A_up^T| (gated MLP)
     paired_slope: float  # _paired_slope: the tube move of J_M's slope terms per unit rho
     cache: dict = field(default_factory=dict, repr=False)  # products computed on first use
 
@@ -318,6 +322,7 @@ def _folded(view: BlockView) -> _Folded:
         down_cols=down_cols * (1 + REL_MARGIN),
         weighted_in_norms=[spectral_norm_upper(down_cols[:, None] * ai) for ai in mlp_in],
         gate_gram_abs=grams[0][0].abs() if mlp.kind == "gated_silu" else None,
+        up_gram_abs=grams[1][1].abs() if mlp.kind == "gated_silu" else None,
         paired_slope=_paired_slope(w_down, mlp_in, grams, base.down_norm),
     )
 
@@ -452,15 +457,56 @@ def _quad(mat: Tensor, z: Tensor) -> Tensor:
 
 
 def _weighted_gate_norms(f: _Folded, up: Tensor, iterations: int = 8) -> Tensor:
-    """[T] >= ||diag(down_cols |up_t|) A_gate|| per token.
+    """[T] >= ||diag(down_cols |up_t|) A_gate|| per token (_weighted_norms)."""
+    return _weighted_norms(f.gate_gram_abs, f.down_cols[None, :] * up.abs(), iterations)
+
+
+def _weighted_norms(gram_abs: Tensor, scale: Tensor, iterations: int = 8) -> Tensor:
+    """[T] >= ||diag(scale_t) A|| per row scale_t >= 0 of `scale` [T, m]; gram_abs = |A A^T|.
 
     With D = diag(s), ||D A||^2 = lambda_max(D A A^T D) <= rho(D |A A^T| D) = rho(|A A^T| D^2),
     and for the non-negative matrix B = |A A^T| D^2 and ANY positive y, rho(B) <= max_i
     (B y)_i / y_i (Collatz-Wielandt); a few power steps make y near the Perron vector.
     """
-    s2 = (f.down_cols[None, :] * up.abs()).pow(2)  # [T, m]
-    root = perron_root_upper(lambda y: (s2 * y) @ f.gate_gram_abs, torch.ones_like(s2), iterations)
+    s2 = scale.pow(2)
+    root = perron_root_upper(lambda y: (s2 * y) @ gram_abs, torch.ones_like(s2), iterations)
     return (root * (1 + 1e-9)).sqrt()
+
+
+def _silu_slope_range(lo: Tensor, hi: Tensor) -> Tensor:
+    """>= max |silu'| on [lo, hi] elementwise: silu' is monotone between its extrema at
+    -+SILU_SLOPE_ARGMAX, so the maximum is at an end unless an extremum lies inside (the
+    containment test is widened: the arguments are known to ~1e-5)."""
+    ends = torch.maximum(_silu_slope(lo).abs(), _silu_slope(hi).abs())
+    top = (lo < SILU_SLOPE_ARGMAX + 1e-2) & (hi > SILU_SLOPE_ARGMAX - 1e-2)
+    bottom = (lo < -SILU_SLOPE_ARGMAX + 1e-2) & (hi > -SILU_SLOPE_ARGMAX - 1e-2)
+    ends = torch.where(top, torch.full_like(ends, SILU_SLOPE), ends)
+    ends = torch.where(bottom, ends.clamp_min(-SILU_SLOPE_MIN), ends)
+    return ends * (1 + 1e-9) + 1e-12
+
+
+def _silu_curvature_range(lo: Tensor, hi: Tensor) -> Tensor:
+    """>= max |silu''| on [lo, hi] elementwise. silu'' is even; on [0, inf) it falls from 1/2
+    (at 0) through 0 (at SILU_SLOPE_ARGMAX) to its minimum -SILU_LOBE (at SILU_LOBE_ARG), then
+    rises towards 0: |silu''| over the |a| in [lo, hi] peaks at an end of that range, or at the
+    lobe when it lies inside."""
+    straddles = (lo <= 0) & (hi >= 0)
+    near = torch.where(straddles, torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+    far = torch.maximum(lo.abs(), hi.abs())
+    ends = torch.maximum(_silu_curvature(near).abs(), _silu_curvature(far).abs())
+    lobe = (near < SILU_LOBE_ARG + 1e-2) & (far > SILU_LOBE_ARG - 1e-2)
+    ends = torch.where(lobe, ends.clamp_min(SILU_LOBE), ends)
+    return ends * (1 + 1e-9) + 1e-12
+
+
+def _silu_slope(a: Tensor) -> Tensor:
+    s = torch.sigmoid(a)
+    return s * (1 + a * (1 - s))
+
+
+def _silu_curvature(a: Tensor) -> Tensor:
+    s = torch.sigmoid(a)
+    return s * (1 - s) * (2 + a * (1 - 2 * s))
 
 
 def _paired_curvature(f: _Folded, up: Tensor) -> float:
@@ -479,13 +525,16 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
     """[T] >= ||J_M(w') - J_M(w)|| for ||w' - w|| <= rho_t (normalised MLP inputs), before lambda2.
 
     J_M(w') - J_M(w) = W_d (diag(e_a) A_gate + diag(e_b) A_up) with, per neuron,
-    |e_a| <= SILU_SLOPE |A_up,i dw| + SILU_CURVATURE |up_i| |A_gate,i dw| and
-    |e_b| <= SILU_SLOPE |A_gate,i dw| (GELU: |e| <= GELU_CURVATURE |A_i dw|), and
+    e_a = silu'(g') (u' - u) + u (silu'(g') - silu'(g)), e_b = silu(g') - silu(g), so
+    |e_a| <= S_i |A_up,i dw| + K_i |up_i| |A_gate,i dw| and |e_b| <= S_i |A_gate,i dw|, where
+    S_i, K_i bound |silu'|, |silu''| (GELU: |e| <= GELU_CURVATURE |A_i dw|), and
     ||W_d diag(e) A|| <= ||W_d diag(e)||_F ||A|| = ||diag(down_cols) e|| ||A||: the input
     perturbation enters through ||diag(c) A dw|| <= ||diag(c) A|| rho, not neuron by neuron.
-    The SILU_SLOPE terms (GELU: all of it) are also bounded together, through the Khatri-Rao
-    rows of both factors (_paired_slope), and the curvature term per prompt the same way
-    (_paired_curvature); the smaller bounds are taken.
+    S_i, K_i are the global SILU_SLOPE, SILU_CURVATURE, or their maxima over the neuron's own
+    interval g_i +- ||A_gate,i|| rho_t (_local_slopes: a neuron far from 0, such as a large gate
+    row's, has almost no curvature there); the global SILU_SLOPE terms (GELU: all of it) are
+    also bounded together, through the Khatri-Rao rows of both factors (_paired_slope), and the
+    curvature term per prompt the same way (_paired_curvature); the smaller bounds are taken.
     """
     norms, weighted = f.mlp_in_norms, f.weighted_in_norms
     if f.gate_gram_abs is None:
@@ -498,8 +547,31 @@ def _mlp_product_pert(f: _Folded, cen: dict, rho: Tensor) -> Tensor:
                 _paired_curvature(f, cen["pre"][1])
             )
         slopes = SILU_SLOPE * (norms[0] * weighted[1] + norms[1] * weighted[0])
-        per_rho = curved + min(slopes, f.paired_slope)
+        local_curved, local_slopes = _local_slopes(f, cen, rho)
+        per_rho = torch.minimum(curved, local_curved) + local_slopes.clamp_max(
+            min(slopes, f.paired_slope)
+        )
     return per_rho * rho * (1 + REL_MARGIN)
+
+
+def _local_slopes(f: _Folded, cen: dict, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """([T], [T]) per unit rho: the curvature term ||A_gate|| ||diag(c K |up|) A_gate|| and the
+    slope terms ||A_gate|| ||diag(c S) A_up|| + ||A_up|| ||diag(c S) A_gate|| of
+    _mlp_product_pert with each neuron's S_i >= |silu'|, K_i >= |silu''| over its own interval
+    g_i +- ||A_gate,i|| rho_t (c: the column norms of W_d)."""
+    g, up = cen["pre"]
+    spread = rho[:, None] * f.mlp_in[0].norm(dim=1)[None, :] * (1 + REL_MARGIN)
+    lo, hi = g - spread, g + spread
+    c = f.down_cols[None, :]
+    norms = f.mlp_in_norms
+    curved = norms[0] * _weighted_norms(
+        f.gate_gram_abs, c * _silu_curvature_range(lo, hi) * up.abs()
+    )
+    slope = c * _silu_slope_range(lo, hi)
+    slopes = norms[0] * _weighted_norms(f.up_gram_abs, slope) + norms[1] * _weighted_norms(
+        f.gate_gram_abs, slope
+    )
+    return curved * (1 + REL_MARGIN), slopes * (1 + REL_MARGIN)
 
 
 def _mlp_rows_screen(

@@ -182,7 +182,15 @@ def attention_rows(
         weights = joint.source_weights(f, c, aligned, lam_centre)
         centre = joint.centre_rows(f, cen, full["rot"], aligned, weights, lam_centre)
         key_up = scale * sigma * (key_dir + f.c_k[:, None, None] * dq[:, :, None])
-        tube = joint.tube_sources(f, aligned, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam)
+        # the reweighted key terms at the centre's deviations, aligned over (h, s) like the key
+        # path: sum moved_p key_up lambda_s |u . W_o,h (v_s - vbar_t)|
+        coef = moved_p * key_up * lam_s
+        reweighted_keys = torch.minimum(
+            (coef * a_ts).sum((0, -1)), _key_path_aligned(f, coef, _output_spread(f, v, p, coef))
+        )
+        tube = joint.tube_sources(
+            f, aligned, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam, reweighted_keys
+        )
         # lambda grows on the tube: sum_s lambda'_s ||J_ts^T u|| <= max_s (lambda'_s / lambda_s)
         # times the centre's sum
         grow = (lam / lam_centre).max() * (1 + REL_MARGIN)

@@ -20,8 +20,8 @@ head space from per-block products A_v,h A_v,g^T, A_v,h A_k,g^T and A_k,h A_k,g^
 lambda_max(G_t) is certified by a Cholesky factorisation (blockcert.cert.spectral).
 
 Over the tube: sum_s lambda'_s ||J'_ts^T u|| <= max_s (lambda'_s / lambda_s) sqrt(sum w)
-sqrt(lambda_max(G_t)) + sum_s lambda'_s ||J'_ts - J_ts|| (tube_sources, from the per-source
-moves sound_attention already bounds).
+sqrt(lambda_max(G_t)) + sum_s lambda'_s ||(J'_ts - J_ts)^T u||, the last at most its maximum
+over unit u (tube_sources, from the per-source moves sound_attention already bounds).
 """
 
 from __future__ import annotations
@@ -140,19 +140,23 @@ def _row_gram(prod: dict, cen: dict, rot: Tensor, t: int, w: Tensor, lam: Tensor
     return gram, size
 
 
-def tube_sources(f, rows: Tensor, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam) -> Tensor:
-    """[t] >= sum_s lambda'_s ||J'_ts - J_ts|| on the tube.
+def tube_sources(
+    f, rows: Tensor, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam, reweighted_keys
+) -> Tensor:
+    """[t] >= max_(||u|| = 1) sum_s lambda'_s ||(J'_ts - J_ts)^T u|| on the tube.
 
     Value path: sum_h (p'_hs - p_hs) W_o,h A_v,h, at most sqrt(|p' - p|^T N |p' - p|) (the Gram
     bound of sound_attention). Key path per head: p' dv' kappa'^T - p dv kappa^T =
-    (p' - p) dv' kappa'^T + p (dv' - dv) kappa'^T + p dv (kappa' - kappa)^T, with ||W_o dv'|| <=
-    a_ts + e_ts, ||W_o (dv' - dv)|| <= e_ts, ||kappa'|| <= key_up and ||kappa' - kappa|| <=
-    scale sigma ||A_k|| dq_t. Query path (s = t): sum_h ||Q'_h - Q_h|| <= scale sigma sum_h
-    q_moved_h. All [H, t, s] except dq and q_moved [H, t], lam [T] (the tube's lambda) and rows
-    [t] (the query rows' positions)."""
+    (p' - p) dv' kappa'^T + p (dv' - dv) kappa'^T + p dv (kappa' - kappa)^T (rank one each:
+    ||(w kappa^T)^T u|| = |u . w| ||kappa||), with |u . W_o dv'| <= |u . W_o dv| + e_ts,
+    ||W_o (dv' - dv)|| <= e_ts, ||W_o dv|| = a_ts, ||kappa'|| <= key_up and ||kappa' - kappa|| <=
+    scale sigma ||A_k|| dq_t; reweighted_keys [t] >= max_u sum_(h, s) |p' - p| key_up lambda_s
+    |u . W_o dv| (aligned over (h, s) by sound_attention). Query path (s = t): sum_h
+    ||Q'_h - Q_h|| <= scale sigma sum_h q_moved_h. All [H, t, s] except dq and q_moved [H, t],
+    lam [T] (the tube's lambda) and rows [t] (the query rows' positions)."""
     scale = abs(f.view.attention.scale) * f.sigma
     value = torch.einsum("hts,hg,gts->ts", moved_p, f.ov_gram, moved_p).clamp_min(0.0).sqrt()
     kappa_move = scale * f.c_k[:, None, None] * dq[:, :, None]
-    key = moved_p * (a_ts + e_ts) * key_up + p * (e_ts * key_up + a_ts * kappa_move)
+    key = moved_p * e_ts * key_up + p * (e_ts * key_up + a_ts * kappa_move)
     total = ((value + key.sum(0)) * lam[None, :]).sum(-1) + scale * q_moved.sum(0) * lam[rows]
-    return total * (1 + REL_MARGIN)
+    return (total + reweighted_keys) * (1 + REL_MARGIN)
