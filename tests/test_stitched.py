@@ -12,7 +12,6 @@ from blockcert.evaluate import trajectory
 from blockcert.evaluate.trajectory import (
     _run_block,
     stitched_evaluation,
-    teacher_blocks_exact,
     teacher_trajectory,
 )
 from blockcert.models.adapters import adapter_for
@@ -83,24 +82,25 @@ def _figures(result):
     )
 
 
-def test_blocks_known_exact_are_skipped_with_the_same_figures(stitched, monkeypatch):
+def test_teacher_blocks_on_its_path_are_skipped_with_the_same_figures(stitched, monkeypatch):
     _, reference, surrogates = stitched
     ids = torch.randint(0, 256, (5, 12), generator=torch.Generator().manual_seed(8))
     states = teacher_trajectory(reference, ids, batch_size=2)
-    plain = stitched_evaluation(reference, surrogates, ids, states, batch_size=2)
-    exact = teacher_blocks_exact(reference, len(ids), [0, 3])
-    assert all(same.all() for same in exact.values())  # tiny_llama runs in float32
+    assert trajectory.trajectory_is_exact(reference)  # tiny_llama runs in float32
+    with monkeypatch.context() as patch:  # the references: every block run
+        patch.setattr(trajectory, "trajectory_is_exact", lambda adapter: False)
+        plain = stitched_evaluation(reference, surrogates, ids, states, batch_size=2)
+        plain_alone = stitched_evaluation(reference, {}, ids, states, batch_size=2)
     ran, block = [], reference.block
     monkeypatch.setattr(reference, "block", lambda k, h: ran.append(k) or block(k, h))
-    fast = stitched_evaluation(reference, surrogates, ids, states, batch_size=2, exact=exact)
+    fast = stitched_evaluation(reference, surrogates, ids, states, batch_size=2)
     assert _figures(fast) == _figures(plain)
     assert ran == [3, 3, 3]  # block 0 is on the teacher's path; block 3 is after the surrogates
     # the teacher alone: nothing is run again, and the logits are the baseline's
     ran.clear()
-    every = teacher_blocks_exact(reference, len(ids), range(reference.num_blocks))
-    alone = stitched_evaluation(reference, {}, ids, states, batch_size=2, exact=every)
+    alone = stitched_evaluation(reference, {}, ids, states, batch_size=2)
     assert ran == [] and alone.ppl_stitched == alone.ppl_baseline and alone.kl_mean == 0.0
-    assert _figures(alone) == _figures(stitched_evaluation(reference, {}, ids, states, 2))
+    assert _figures(alone) == _figures(plain_alone)
 
 
 def test_surrogates_that_reproduce_their_block_are_skipped(stitched, monkeypatch):
@@ -115,7 +115,7 @@ def test_surrogates_that_reproduce_their_block_are_skipped(stitched, monkeypatch
     assert report.exact_prompts.tolist() == [out[i].equal(states[2][i]) for i in range(4)]
     assert report.exact_prompts.all()  # the full block's IR reproduces HF's bit for bit here
     plain = stitched_evaluation(reference, full, ids, states, 2)
-    exact = {1: report.exact_prompts} | teacher_blocks_exact(reference, 4, [0])
+    exact = {1: report.exact_prompts}
     ran, run_graph = [], trajectory.run_graph
     monkeypatch.setattr(trajectory, "run_graph", lambda *a: ran.append(1) or run_graph(*a))
     fast = stitched_evaluation(reference, full, ids, states, batch_size=2, exact=exact)

@@ -27,12 +27,7 @@ from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
-from blockcert.evaluate.trajectory import (
-    StitchedResult,
-    stitched_evaluation,
-    teacher_blocks_exact,
-    teacher_trajectory,
-)
+from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
 from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.prove.lake import run_lake_build
@@ -129,20 +124,6 @@ def rederive(
         k: rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
         for k, block in verified.blocks.items()
     }
-
-
-def known_exact(
-    adapter: BlockAdapter, reports: dict[int, ErrorReport], n_prompts: int
-) -> dict[int, torch.Tensor]:
-    """Per block, the prompts on which the stitched model's block is known to reproduce the
-    teacher trajectory exactly: the re-derived surrogates' (same batches) and the teacher's
-    own blocks; the stitched run skips them while its state is the teacher's."""
-    teacher = [k for k in range(adapter.num_blocks) if k not in reports]
-    exact = teacher_blocks_exact(adapter, n_prompts, teacher)
-    for k, report in reports.items():
-        if report.exact_prompts is not None:
-            exact[k] = report.exact_prompts
-    return exact
 
 
 def chain_blocks(teacher: Teacher, verified: Verified) -> list[tuple[int, Surrogate]]:
@@ -420,7 +401,8 @@ def certify(cfg: DictConfig) -> CertifyResult:
         verified.heldout,
         states,
         cfg.batch_size,
-        known_exact(teacher.adapter, reports, len(verified.heldout)),
+        # the prompts each surrogate reproduced exactly when re-derived, in the same batches
+        {k: r.exact_prompts for k, r in reports.items() if r.exact_prompts is not None},
     )
     log.info("stage stitched: ppl delta %.3g (%.1f s)", stitched.ppl_delta, clock.done("stitched"))
     report, violations = build_report(

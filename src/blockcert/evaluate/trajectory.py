@@ -39,15 +39,6 @@ def teacher_trajectory(
     return [torch.cat(s) for s in states]
 
 
-def teacher_blocks_exact(
-    adapter: BlockAdapter, n_prompts: int, blocks: Sequence[int]
-) -> dict[int, torch.Tensor]:
-    """{k: [n_prompts] bool} for teacher blocks k: whether the block, run on teacher_trajectory's
-    own batches, maps each prompt's h_k to its stored h_{k+1} exactly (trajectory_is_exact)."""
-    same = trajectory_is_exact(adapter)
-    return {k: torch.full((n_prompts,), same) for k in blocks}
-
-
 def trajectory_is_exact(adapter: BlockAdapter) -> bool:
     """Whether teacher_trajectory stores the very tensors it feeds forward (a float32 teacher),
     so that a teacher block re-run on its batches gives the stored next state exactly."""
@@ -104,14 +95,18 @@ def _stitched_batch(
 ) -> _BatchFigures:
     """Stitched model on one batch `ids [b, s]` against its teacher states `[b, s, d]` each.
 
-    exact[k]: block k is known to map this batch's h_k to h_{k+1} exactly. While the stitched
-    state IS the teacher's, such a block is not run again (its output is h_{k+1}, its gap 0),
-    and the stitched logits are the baseline's when the last state is the teacher's.
+    exact[k]: surrogate k is known to map this batch's h_k to h_{k+1} exactly; the teacher's own
+    blocks do whenever the states are teacher_trajectory's batches of a float32 teacher
+    (trajectory_is_exact). While the stitched state IS the teacher's, such a block is not run
+    again (its output is h_{k+1}, its gap 0), and the stitched logits are the baseline's when
+    the last state is the teacher's.
     """
     exact = exact or {}
+    teacher_exact = trajectory_is_exact(adapter)
     h, gaps = states[0], []
     for k in range(adapter.num_blocks):
-        if h is states[k] and exact.get(k, False):
+        reproduces = exact.get(k, False) if k in surrogates else teacher_exact
+        if h is states[k] and reproduces:
             h, gap = states[k + 1], torch.zeros(states[k + 1].shape[:-1])
         else:
             h = _run_block(adapter, surrogates, k, h)
@@ -147,9 +142,9 @@ def stitched_evaluation(
     """Run the stitched model and compare it with the teacher trajectory and logits.
 
     teacher_states: teacher_trajectory(adapter, input_ids, batch_size). exact[k] `[n_prompts]`:
-    the prompts whose teacher input h_k block k of the stitched model is known to map to h_{k+1}
-    exactly in these batches (ErrorReport.exact_prompts, teacher_blocks_exact); on batches of
-    such prompts the block is not run again while the stitched state is the teacher's.
+    the prompts whose teacher input h_k surrogate k is known to map to h_{k+1} exactly in these
+    batches (ErrorReport.exact_prompts); on batches of such prompts the block, like the
+    teacher's own blocks, is not run again while the stitched state is the teacher's.
     """
     exact = exact or {}
     deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
@@ -349,8 +344,6 @@ def evaluate_prompts(
     stitched run uses); blocks that reproduce it exactly are not run again (_stitched_batch).
     """
     n = len(prompts)
-    same = trajectory_is_exact(adapter)
-    teacher_exact = {k: same for k in range(adapter.num_blocks) if k not in surrogates}
     zeros = lambda: torch.zeros(n, dtype=torch.float64)  # noqa: E731
     eps = {k: zeros() for k in surrogates}
     covered = {k: zeros() for k in surrogates}
@@ -359,7 +352,7 @@ def evaluate_prompts(
     for rows, states in zip(trajectory.batches, trajectory.states, strict=True):
         index = torch.tensor(rows)
         ids = torch.stack([prompts[i] for i in rows])
-        exact = dict(teacher_exact)
+        exact = {}
         for k, surrogate in surrogates.items():
             errors, exact[k] = _teacher_input_errors(surrogate, states[k], states[k + 1])
             eps[k][index] = errors.amax(-1).double()
