@@ -15,10 +15,7 @@ import torch
 
 import blockcert.cert.lipschitz_sound as lipschitz_sound
 import blockcert.cert.spectral as spectral
-from blockcert.cert.fp_allowance import fp_error
-from blockcert.cert.lipschitz import SATURATED, empirical_lipschitz, sound_lipschitz
-from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
-from blockcert.cert.lipschitz_sound import (
+from blockcert.cert.activations import (
     GELU_ARGMIN,
     GELU_CURVATURE,
     GELU_MIN,
@@ -27,6 +24,13 @@ from blockcert.cert.lipschitz_sound import (
     SILU_CURVATURE,
     SILU_MIN,
     SILU_SLOPE,
+    silu_curvature_range,
+    silu_slope_range,
+)
+from blockcert.cert.fp_allowance import fp_error
+from blockcert.cert.lipschitz import SATURATED, empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
+from blockcert.cert.lipschitz_sound import (
     _folded,
     _mlp_centre_lower,
     _mlp_state,
@@ -124,8 +128,8 @@ def test_local_silu_ranges_bound_the_activation_on_every_interval():
     (d1,) = torch.autograd.grad(torch.nn.functional.silu(pts).sum(), pts, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), pts)
     for got, exact in (
-        (lipschitz_sound._silu_slope_range(lo, hi), d1.detach().abs().amax(1)),
-        (lipschitz_sound._silu_curvature_range(lo, hi), d2.abs().amax(1)),
+        (silu_slope_range(lo, hi), d1.detach().abs().amax(1)),
+        (silu_curvature_range(lo, hi), d2.abs().amax(1)),
     ):
         assert (got >= exact).all()
         assert (got <= exact * (1 + 1e-3) + 1e-6).all()  # extrema: rounded constants, grid

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import blockcert.cert.lipschitz_sound as sound
+from blockcert.cert.activations import SILU_CURVATURE, SILU_SLOPE, SILU_SLOPE_MIN
 from blockcert.cert.lipschitz_sound import (
     _attention_rows,
     _folded,
@@ -243,14 +244,12 @@ def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
     g_in, u_in = f.mlp_in
     one = torch.ones(g_in.shape[0], dtype=torch.float64)
     terms = [(u_in, g_in, one), (g_in, u_in, one)]
-    best = _khatri_rao_ascent(f.w_down, terms, sound.SILU_SLOPE_MIN, sound.SILU_SLOPE)
+    best = _khatri_rao_ascent(f.w_down, terms, SILU_SLOPE_MIN, SILU_SLOPE)
     assert best <= f.paired_slope <= 10 * best, (f.paired_slope, best)
     up = forward64(view, x)["pre"][1]
     curvature = sound._paired_curvature(f, up)
     top = up.abs().amax(0)
-    best = _khatri_rao_ascent(
-        f.w_down, [(g_in, g_in, top)], -sound.SILU_CURVATURE, sound.SILU_CURVATURE
-    )
+    best = _khatri_rao_ascent(f.w_down, [(g_in, g_in, top)], -SILU_CURVATURE, SILU_CURVATURE)
     assert best <= curvature <= 10 * best, (curvature, best)
 
 
@@ -346,3 +345,77 @@ def test_heads_combined_query_centre_bounds_the_exact_sum(block):
             )
         exact = float(torch.linalg.matrix_norm(total, 2))
         assert exact <= float(combined[t]) <= float(c["query_centre"][:, t].sum()) * 1.001 + 1e-9
+
+
+def test_value_moves_bound_explicit_moves(block):
+    """sum_(h, s) coef_hts |u . W_o,h (dv'_s - dv_s)| <= value_moves for explicit tube moves:
+    softmax weights moved by shifted logits, and every source's normalised input moved by
+    lambda_s r, in random directions and all along one (where the heads' Gram bound has to
+    hold for a shared move), at the output directions an alternating ascent finds."""
+    from blockcert.cert.sound_attention_joint import value_moves
+
+    view, f, x = block
+    cen = forward64(view, x)
+    p, v = cen["p"], cen["v"]
+    a = view.attention
+    n, T, hd = p.shape[0], p.shape[-1], a.head_dim
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.log(p.clamp_min(1e-300)) + 0.2 * torch.rand(p.shape, generator=gen)
+    p_new = torch.softmax(logits.masked_fill(~causal, -torch.inf), dim=-1)
+    av = a.v.matrix() * view.attn_norm.weight.double()[None]
+    wo = a.o.matrix()
+    w_o = [wo[:, h * hd : (h + 1) * hd] for h in range(n)]
+    a_v = [av[g * hd : (g + 1) * hd] for g in a.kv_head_of_q]
+    # [H, t]: ||W_o,h sum_s (p' - p)(v_s - vbar_t)|| = ||W_o,h (p' - p) v|| (sum_s (p' - p) = 0)
+    reweighted = torch.stack([((p_new[h] - p[h]) @ v[h]) @ w_o[h].T for h in range(n)]).norm(dim=-1)
+    lam = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
+    r = 0.1
+    coef = torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0.0)
+    bound = value_moves(f, coef, p_new, lam, r, reweighted)  # [t]
+    shared = torch.randn(f.d, generator=gen, dtype=torch.float64)
+    for aligned in (False, True):
+        du = torch.randn(T, f.d, generator=gen, dtype=torch.float64)
+        if aligned:
+            du = shared.expand(T, -1).clone()
+        du = du / du.norm(dim=-1, keepdim=True) * (lam * r)[:, None]
+        for t in (1, T // 2, T - 1):
+            w = []  # [(h, s), d]: W_o,h (dv'_s - dv_s)
+            for h in range(n):
+                v_new = v[h] + du @ a_v[h].T
+                dev_new = v_new - p_new[h, t] @ v_new
+                dev = v[h] - p[h, t] @ v[h]
+                w.append(coef[h, t, :, None] * ((dev_new - dev) @ w_o[h].T))
+            w = torch.cat(w)
+            u = w.sum(0)
+            for _ in range(30):  # u -> sum sign(u . w) w, normalised
+                u = (torch.sign(w @ u)[:, None] * w).sum(0)
+                u = u / u.norm()
+            got = float((w @ u).abs().sum())
+            assert 0 < got <= float(bound[t]), (t, aligned, got, float(bound[t]))
+
+
+def test_centred_coefficients_represent_the_reweighting_of_centred_sums():
+    """For logit moves |e_s| <= Delta_s: sum_s (p'_s - p_s) w_s = sum_s c_s w_s for centred w
+    (sum_s p_s w_s = 0) with c_s = e^(-Omega') p_s (e^(e_s) - 1), and |c_s| <= _centred, which is
+    well below the bound p (e^(Delta + Omega) - 1) on |p' - p| itself for even shifts."""
+    from blockcert.cert.sound_attention import _centred
+
+    gen = torch.Generator().manual_seed(8)
+    s = 40
+    p = torch.softmax(torch.randn(s, generator=gen, dtype=torch.float64) * 2, dim=-1)
+    w = torch.randn(s, 5, generator=gen, dtype=torch.float64)
+    w = w - p @ w  # centred under p
+    delta = 0.3 * torch.rand(s, generator=gen, dtype=torch.float64)
+    bound = _centred(torch.log(p), p, delta)
+    omega = torch.logsumexp(torch.log(p) + delta, dim=-1)
+    moved = p * torch.expm1(delta + omega)  # >= |p' - p|
+    for trial in range(50):
+        signs = torch.randint(0, 2, (s,), generator=gen).double() * 2 - 1
+        e = delta * (signs if trial % 2 else torch.rand(s, generator=gen, dtype=torch.float64))
+        p_new = torch.softmax(torch.log(p) + e, dim=-1)
+        c = p * torch.expm1(e) / (p * torch.exp(e)).sum()
+        assert torch.allclose((p_new - p) @ w, c @ w, atol=1e-12)
+        assert (c.abs() <= bound).all()
+        assert ((p_new - p).abs() <= moved * (1 + 1e-9)).all()
+    assert float(bound.sum()) < 0.7 * float(moved.sum())

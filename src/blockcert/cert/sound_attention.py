@@ -25,7 +25,11 @@ Omega_t = log sum_s p_ts e^(Delta_ts) (Jensen bounds the softmax normaliser's mo
 is at most Delta_t = max_s Delta_ts), p'_ts / p_ts lies in [e^-(Delta_ts + Omega_t),
 e^(Delta_ts + Omega_t)], ||p' - p||_1 <= min(2, Delta_t) (Popoviciu), and each norm moves by
 at most the product of the moved vector's bound and the other factor's spectral norm (interval
-view of Shi et al. 2020, "Robustness verification for transformers"). Value and key paths of
+view of Shi et al. 2020, "Robustness verification for transformers"). Sums of the centred
+value deviations sum_s (p'_ts - p_ts) W_o (v_s - vbar_t) (the mean's reweighting) take the
+coefficients p_ts (e^(Delta_ts) - 1) e^(sum_s p_ts Delta_ts) instead of |p' - p| (_centred:
+they carry no normaliser term Omega_t), and on the aligned rows also Cauchy-Schwarz over the
+sources. Value and key paths of
 all heads are combined per source through their Gram bound ||sum_i Z_i||^2 <= sum_ij ||Z_i^T Z_j||
 (heads write to nearly orthogonal subspaces, so this is far below the sum over heads); the
 query path (s = t only) adds per head. On the tokens that can decide the max (the `aligned`
@@ -136,7 +140,23 @@ def attention_rows(
     # how far W_o (v_s - vbar_t) moves on the tube
     ev_s = f.c_ov[:, None, None] * lam_s * r
     mean_lam = torch.minimum((pu * lam_s).sum(-1), lam.max().expand_as(delta))
+    # sums of the centred deviations w_s = W_o (v_s - vbar_t) (sum_s p_ts w_s = 0) may take
+    # centred_p >= |e^(-Omega') p_s (e^(e_s) - 1)| as coefficients instead of |p' - p| (_centred)
+    # (rows where one exceeds 1, at radii near the tokens' norms, do not use them: |p' - p| <= 1)
+    centred_p = _centred(log_p, p, shift).masked_fill(~causal, 0.0)
+    centred_ok = (centred_p <= 1.0).all(-1)  # [H, t]
+    centred_p = centred_p.masked_fill(~centred_ok[..., None], 0.0)
+    has_rows = aligned is not None and len(aligned) > 0
     reweighted = torch.minimum(dp1 * a_ts.amax(-1), (moved_p * a_ts).sum(-1))
+    centred_sum = (centred_p * a_ts).sum(-1).masked_fill(~centred_ok, torch.inf)
+    reweighted = torch.minimum(reweighted, centred_sum)
+    if has_rows:  # ||sum_s c_s w_s|| <= sqrt(sum_s c_s) sqrt(lambda_max(sum_s c_s w_s w_s^T))
+        moved_spread = _output_spread(f, v, p, moved_p)
+        centred_spread = _output_spread(f, v, p, centred_p)
+        moved_sum = (moved_p.sum(-1) * moved_spread[1]).sqrt() * (1 + REL_MARGIN)
+        centred_sum = (centred_p.sum(-1) * centred_spread[1]).sqrt() * (1 + REL_MARGIN)
+        centred_sum = centred_sum.masked_fill(~centred_ok, torch.inf)
+        reweighted = torch.minimum(reweighted, torch.minimum(moved_sum, centred_sum))
     ev_bar = f.c_ov[:, None] * r * mean_lam + reweighted
     e_ts = (ev_s + ev_bar[..., None]).masked_fill(~causal, 0.0)
     a_up = a_ts + e_ts
@@ -151,7 +171,6 @@ def attention_rows(
     move = ev_bar.sum(0)
     # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
     q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
-    has_rows = aligned is not None and len(aligned) > 0
     joint_pass = has_rows and lam_centre is not None
     if has_rows and not joint_pass:  # the joint pass's caller keeps these from an earlier pass
         coef = beta * lam_s  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
@@ -161,8 +180,9 @@ def attention_rows(
     if has_rows:
         # the output moves by sum_h W_o,h [sum_s p'_ts (v'_s - v_s) + sum_s (p'_ts - p_ts)
         # (v_s - vbar_t)]: values, then the reweighting aligned like the key path
-        moved_spread = _output_spread(f, v, p, moved_p)
-        reweight = _key_path_aligned(f, moved_p, moved_spread)
+        centred_move = _key_path_aligned(f, centred_p, centred_spread)
+        centred_move = centred_move.where(centred_ok.all(0), torch.inf)
+        reweight = torch.minimum(_key_path_aligned(f, moved_p, moved_spread), centred_move)
         move = torch.minimum(move, values_move + reweight)
         k_move = f.c_q[:, None, None] * dk[:, None, :]
         keys_moved = (pu * a_up * k_move).sum(-1)
@@ -188,14 +208,49 @@ def attention_rows(
         reweighted_keys = torch.minimum(
             (coef * a_ts).sum((0, -1)), _key_path_aligned(f, coef, _output_spread(f, v, p, coef))
         )
+        # the query path's move with its heads combined like the key path's value moves:
+        # ||sum_h (Q'_h - Q_h)|| <= reweighting + value moves (coef p' ||A_q^T R^T (k_s - kbar)||)
+        # + key moves, against the per-head sum
+        q_side = pu * query_dir
+        q_reweight = torch.minimum(
+            dp1 * (a_ts * query_dir).amax(-1), (moved_p * a_ts * query_dir).sum(-1)
+        )
+        q_heads = q_reweight.sum(0) + joint.value_moves(f, q_side, pu, lam, r, reweighted)
+        q_heads = q_heads + keys_moved.sum(0)
+        query_move = torch.minimum(q_moved.sum(0), q_heads)
         tube = joint.tube_sources(
-            f, aligned, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam, reweighted_keys
+            f,
+            aligned,
+            p,
+            moved_p,
+            pu,
+            a_ts,
+            key_up,
+            dq,
+            query_move,
+            lam,
+            r,
+            reweighted,
+            reweighted_keys,
         )
         # lambda grows on the tube: sum_s lambda'_s ||J_ts^T u|| <= max_s (lambda'_s / lambda_s)
         # times the centre's sum
         grow = (lam / lam_centre).max() * (1 + REL_MARGIN)
         rows_bound = torch.minimum(rows_bound, grow * centre + tube)
     return rows_bound * (1 + REL_MARGIN), move * (1 + REL_MARGIN)
+
+
+def _centred(log_p: Tensor, p: Tensor, shift: Tensor) -> Tensor:
+    """[H, t, s] coefficients for sums of centred deviations (sum_s p_ts w_s = 0) on the tube.
+
+    With e_s = z'_s - z_s (|e_s| <= Delta_s = shift) and Omega' = log sum_s p_s e^(e_s), p'_s =
+    p_s e^(e_s - Omega'), so sum_s (p'_s - p_s) w_s = e^(-Omega') sum_s p_s (e^(e_s) - 1) w_s
+    (twice sum_s p_s w_s = 0), and e^(-Omega') <= e^(sum_s p_s Delta_s) (Jensen), |e^(e_s) - 1|
+    <= e^(Delta_s) - 1: the coefficient p_s (e^(Delta_s) - 1) e^(p . Delta) has no normaliser
+    term, where |p' - p| <= p (e^(Delta_s + Omega) - 1) has one (about half of it for even
+    shifts). Log space, like the weights' own bounds."""
+    mean = (p * shift).sum(-1, keepdim=True)
+    return torch.exp(log_p + torch.log(torch.expm1(shift)) + mean) * (1 + REL_MARGIN)
 
 
 def _query_combined(f, c: dict, cen: dict, rows: Tensor) -> Tensor:

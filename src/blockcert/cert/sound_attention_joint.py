@@ -141,22 +141,58 @@ def _row_gram(prod: dict, cen: dict, rot: Tensor, t: int, w: Tensor, lam: Tensor
 
 
 def tube_sources(
-    f, rows: Tensor, p, moved_p, a_ts, e_ts, key_up, dq, q_moved, lam, reweighted_keys
+    f, rows: Tensor, p, moved_p, pu, a_ts, key_up, dq, query, lam, r, reweighted, reweighted_keys
 ) -> Tensor:
     """[t] >= max_(||u|| = 1) sum_s lambda'_s ||(J'_ts - J_ts)^T u|| on the tube.
 
     Value path: sum_h (p'_hs - p_hs) W_o,h A_v,h, at most sqrt(|p' - p|^T N |p' - p|) (the Gram
-    bound of sound_attention). Key path per head: p' dv' kappa'^T - p dv kappa^T =
-    (p' - p) dv' kappa'^T + p (dv' - dv) kappa'^T + p dv (kappa' - kappa)^T (rank one each:
-    ||(w kappa^T)^T u|| = |u . w| ||kappa||), with |u . W_o dv'| <= |u . W_o dv| + e_ts,
-    ||W_o (dv' - dv)|| <= e_ts, ||W_o dv|| = a_ts, ||kappa'|| <= key_up and ||kappa' - kappa|| <=
-    scale sigma ||A_k|| dq_t; reweighted_keys [t] >= max_u sum_(h, s) |p' - p| key_up lambda_s
-    |u . W_o dv| (aligned over (h, s) by sound_attention). Query path (s = t): sum_h
-    ||Q'_h - Q_h|| <= scale sigma sum_h q_moved_h. All [H, t, s] except dq and q_moved [H, t],
-    lam [T] (the tube's lambda) and rows [t] (the query rows' positions)."""
+    bound of sound_attention, N_hg >= ||B_h^T B_g||, B_h = W_o,h A_v,h). Key path per head:
+    p' dv' kappa'^T - p dv kappa^T = (p' - p) dv' kappa'^T + p (dv' - dv) kappa'^T +
+    p dv (kappa' - kappa)^T (rank one each: ||(w kappa^T)^T u|| = |u . w| ||kappa||), with
+    ||kappa'|| <= key_up, ||kappa' - kappa|| <= scale sigma ||A_k|| dq_t, ||W_o dv|| = a_ts, and
+    reweighted_keys [t] >= max_u sum_(h, s) |p' - p| key_up lambda_s |u . W_o dv| (aligned over
+    (h, s) by sound_attention). The value moves under the key terms, sum_(h, s) c_hs |u . W_o,h
+    (dv'_s - dv_s)| with c = (p + |p' - p|) key_up lambda_s, split as dv' - dv = A_v du_s -
+    (vbar' - vbar), vbar' - vbar = sum_s' p'_s' A_v du_s' + sum_s' (p' - p)_s' (v_s' - vbar):
+    every head sees the SAME input move du_s (||du_s|| <= lambda_s r), so sum_h c_h |u . B_h du|
+    <= ||du|| ||sum_h +-c_h B_h^T u|| <= ||du|| sqrt(c^T N c) for every sign pattern: the heads
+    are combined by the Gram bound per source, for the sources' own moves and (weights C_h pu_hs',
+    C_h = sum_s c_hs) for the mean's; the mean's reweighting stays per head (reweighted [H, t]).
+    Query path (s = t): ||sum_h (Q'_h - Q_h)|| <= scale sigma query (query [t], sound_attention).
+    All [H, t, s] except dq and reweighted [H, t], lam [T] (the tube's lambda) and rows [t] (the
+    query rows' positions)."""
     scale = abs(f.view.attention.scale) * f.sigma
-    value = torch.einsum("hts,hg,gts->ts", moved_p, f.ov_gram, moved_p).clamp_min(0.0).sqrt()
+    value = _head_gram(_ov_gram(f), moved_p)
     kappa_move = scale * f.c_k[:, None, None] * dq[:, :, None]
-    key = moved_p * e_ts * key_up + p * (e_ts * key_up + a_ts * kappa_move)
-    total = ((value + key.sum(0)) * lam[None, :]).sum(-1) + scale * q_moved.sum(0) * lam[rows]
+    key_centre = (p * a_ts * kappa_move).sum(0)
+    coef = (p + moved_p) * key_up * lam[None, None, :]
+    moves = value_moves(f, coef, pu, lam, r, reweighted)
+    total = ((value + key_centre) * lam[None, :]).sum(-1) + moves
+    total = total + scale * query * lam[rows]
     return (total + reweighted_keys) * (1 + REL_MARGIN)
+
+
+def value_moves(f, coef: Tensor, pu: Tensor, lam: Tensor, r: float, reweighted: Tensor) -> Tensor:
+    """[t] >= sum_(h, s) coef_hts |u . W_o,h (dv'_s - dv_s)| for every unit u (coef [H, t, s]
+    >= 0), dv_s = v_s - vbar_t: the sources' own moves and the mean's, heads combined by the Gram
+    bound per source (tube_sources), the mean's reweighting per head (reweighted [H, t])."""
+    gram = _ov_gram(f)
+    own = (_head_gram(gram, coef) * lam[None, :]).sum(-1) * r
+    weight = coef.sum(-1)  # [H, t]
+    mean_lam = torch.minimum((pu * lam[None, None, :]).sum(-1), lam.max().expand_as(weight))
+    shared = torch.minimum(
+        (_head_gram(gram, weight[..., None] * pu) * lam[None, :]).sum(-1) * r,
+        (weight * f.c_ov[:, None] * mean_lam).sum(0) * r,
+    )
+    return (own + shared + (weight * reweighted).sum(0)) * (1 + REL_MARGIN)
+
+
+def _ov_gram(f) -> Tensor:
+    """N [H, H] >= ||B_h^T B_g||, capped by ||B_h|| ||B_g||."""
+    return torch.minimum(f.ov_gram, f.c_ov[:, None] * f.c_ov[None, :])
+
+
+def _head_gram(gram: Tensor, coef: Tensor) -> Tensor:
+    """[t, s] sqrt(c^T N c) over heads for coef c [H, t, s] >= 0 (N [H, H] >= 0)."""
+    quad = torch.einsum("hts,hg,gts->ts", coef, gram, coef).clamp_min(0.0)
+    return quad.sqrt() * (1 + REL_MARGIN)

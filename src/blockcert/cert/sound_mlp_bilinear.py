@@ -1,0 +1,136 @@
+"""How far a gated MLP's Jacobian moves on a tube, bounded through its bilinear form.
+
+Notation of blockcert.cert.lipschitz_sound: w the normalised MLP input (gamma folded), g = A_g w
+and u = A_u w the pre-activations (constant parts included), J_M(w) = W_d (diag(silu'(g) o u)
+A_g + diag(silu(g)) A_u). For w' = w + dw the mean value theorem per neuron (xi_i, xi'_i
+between g_i and g'_i) gives, for every x,
+
+  (J_M(w') - J_M(w)) x = W_d [silu'(g') o (A_u dw) o (A_g x)
+                              + silu'(xi) o (A_g dw) o (A_u x)
+                              + u o silu''(xi') o (A_g dw) o (A_g x)],
+
+a bilinear form in (dw, x). With Khatri-Rao rows (A_p dw o A_q x = KR_pq (dw (x) x) and
+||dw (x) x|| = ||dw|| ||x||) it is W~ diag(k) M (dw (x) x), W~ = [W_d W_d W_d], M the three
+stacked Khatri-Rao matrices (u,g), (g,u), (g,g) and k the three coefficient vectors above. On a
+tube ||dw|| <= rho each coefficient lies within h of its centre value c = (silu'(g), silu'(g),
+u o silu''(g)): |silu'(a) - silu'(g_i)| <= K_i |a - g_i| with K_i >= |silu''| on the neuron's
+interval g_i +- ||A_g,i|| rho (and within silu''s range), |silu''(a) - silu''(g_i)| <=
+SILU_JERK |a - g_i|. Hence
+
+  ||J_M(w') - J_M(w)|| <= rho (||W~ diag(c) M|| + ||W~ diag(e) M||),  |e| <= h,
+
+the first per token from lambda_max(W_d Y W_d^T), Y = sum_ab diag(c_a) T_ab diag(c_b) with
+T_ab = M_a M_b^T, T_ab,ij = (p_a,i . p_b,j)(q_a,i . q_b,j) (centre_bilinear: one certified
+eigenvalue, ~0.1 s a token on SmolLM2), and the second by AM-GM on the Gram: y^T diag(e) T
+diag(e) y <= sum_i y_i^2 D_i with D = sum_a h_a o (sum_b |T_ab| h_b), then a Perron bound of
+||W_d diag(sqrt D)|| (tube_spread). The centre's own slopes replace silu's global slope range
+in the second-order term, and W_d, A_g and A_u keep their directions together (the per-neuron
+and product forms of lipschitz_sound lose one or the other); the smaller bound is used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blockcert.cert.activations import (
+    SILU_JERK,
+    SILU_SLOPE,
+    SILU_SLOPE_MIN,
+    silu_curvature,
+    silu_curvature_range,
+    silu_slope,
+)
+from blockcert.cert.spectral import (
+    perron_root_upper,
+    spectral_norm_certified_batched,
+    top_eigenvalue_certified_batched,
+)
+
+Tensor = torch.Tensor
+
+REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
+GRAM_ROUNDING = 5e-12  # float64 rounding of T_ab,ij (and of Y) relative to size_a,i size_b,j
+BATCH_ENTRIES = 2**25  # entries of the m x m matrices Y formed together (256 MiB)
+
+
+def bilinear_products(w_down: Tensor, gate: Tensor, up: Tensor) -> dict:
+    """Per-block products ([m, m] each) of the gated MLP's Khatri-Rao Gram.
+
+    With c_1 = c_2 (the two slope blocks share their centre and their h):
+    Y = D_1 S D_1 + D_1 C D_3 + D_3 C^T D_1 + D_3 R D_3, S = T_11 + T_12 + T_21 + T_22 =
+    2 (UU o GG + UG o UG^T), C = T_13 + T_23 = 2 UG o GG, R = T_33 = GG o GG (UU = A_u A_u^T,
+    GG = A_g A_g^T, UG = A_u A_g^T); the abs sums P, Q, R_abs enter D the same way."""
+    gg, uu, ug = gate @ gate.T, up @ up.T, up @ gate.T
+    slope_pair = uu * gg
+    cross = ug * ug.T
+    mixed = ug * gg
+    curved = gg * gg
+    norm_g, norm_u = gate.norm(dim=1), up.norm(dim=1)
+    return {
+        "S": 2 * (slope_pair + cross),
+        "C": 2 * mixed,
+        "R": curved,
+        "P": 2 * (slope_pair.abs() + cross.abs()),
+        "Q": 2 * mixed.abs(),
+        "R_abs": curved.abs(),
+        "size_slope": norm_g * norm_u,  # ||p_i|| ||q_i|| of the two slope blocks
+        "size_curved": norm_g * norm_g,
+        "gate_norms": norm_g,
+        "down_abs_norm": float(spectral_norm_certified_batched(w_down.abs()[None])[0]),
+    }
+
+
+def _centres(g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    return silu_slope(g), u * silu_curvature(g)
+
+
+def centre_bilinear(w_down: Tensor, prod: dict, g: Tensor, u: Tensor) -> Tensor:
+    """[n] >= ||W~ diag(c) M|| for the tokens' pre-activations g, u [n, m] (float64)."""
+    out = []
+    m, d = w_down.shape[1], w_down.shape[0]
+    batch = max(1, min(8, BATCH_ENTRIES // (m * m)))
+    for start in range(0, g.shape[0], batch):
+        c1, c3 = _centres(g[start : start + batch], u[start : start + batch])
+        y = c1[:, :, None] * prod["S"] * c1[:, None, :]
+        mix = c1[:, :, None] * prod["C"] * c3[:, None, :]
+        y += mix + mix.transpose(1, 2)
+        y += c3[:, :, None] * prod["R"] * c3[:, None, :]
+        mats = w_down @ y @ w_down.T
+        mats = (mats + mats.transpose(1, 2)) / 2
+        top = top_eigenvalue_certified_batched(mats).clamp_min(0.0)
+        # Y's own rounding: |dY_ij| <= GRAM_ROUNDING sigma_i sigma_j, so ||W_d dY W_d^T|| <=
+        # GRAM_ROUNDING (sum_i sigma_i ||W_d,:i||)^2; the triple product's, as in _paired_slope
+        sigma = c1.abs() * 2 * prod["size_slope"] + c3.abs() * prod["size_curved"]
+        gram = GRAM_ROUNDING * (sigma @ w_down.norm(dim=0)).pow(2)
+        rowsum = y.abs().sum(-1).amax(-1)
+        product = 2 * (2 * m + d) * 2.0**-53 * prod["down_abs_norm"] ** 2 * rowsum
+        out.append((top + gram + product).sqrt())
+    return torch.cat(out) * (1 + REL_MARGIN)
+
+
+def coefficient_spread(prod: dict, g: Tensor, u: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """(h_slope, h_curved) [..., m]: how far the coefficients move from their centre on the tube
+    ||dw|| <= rho [...] (g, u [..., m] broadcast against rho[..., None])."""
+    reach = rho[..., None] * prod["gate_norms"] * (1 + REL_MARGIN) + 1e-12
+    lo, hi = g - reach, g + reach
+    bend = silu_curvature_range(lo, hi)
+    c1 = silu_slope(g)
+    width = torch.maximum(SILU_SLOPE - c1, c1 - SILU_SLOPE_MIN)
+    h_slope = torch.minimum(bend * reach, width) * (1 + REL_MARGIN) + 1e-12
+    jerk = torch.minimum(SILU_JERK * reach, bend + silu_curvature(g).abs())
+    h_curved = u.abs() * jerk * (1 + REL_MARGIN) + 1e-12 * (1 + u.abs())
+    return h_slope, h_curved
+
+
+def tube_spread(
+    w_down_gram_abs: Tensor, prod: dict, g: Tensor, u: Tensor, rho: Tensor, iterations: int = 6
+) -> Tensor:
+    """[...] >= ||W~ diag(e) M|| over |e| <= h (coefficient_spread at rho [...]), per unit rho."""
+    h1, h3 = coefficient_spread(prod, g, u, rho)
+    d = h1 * (h1 @ prod["P"] + h3 @ prod["Q"].T) + h3 * (h1 @ prod["Q"] + h3 @ prod["R_abs"])
+    # T's rounding adds GRAM_ROUNDING tau_i sum_j tau_j to D_i (tau = sum_a h_a size_a)
+    tau = h1 * 2 * prod["size_slope"] + h3 * prod["size_curved"]
+    d = d + GRAM_ROUNDING * tau * tau.sum(-1, keepdim=True)
+    d = d.clamp_min(0.0)
+    root = perron_root_upper(lambda y: (d * y) @ w_down_gram_abs, torch.ones_like(d), iterations)
+    return (root * (1 + 1e-9)).sqrt() * (1 + REL_MARGIN)
