@@ -10,7 +10,9 @@ ratio, the saturation constant a_k, and the measured fp32-vs-float64 error at th
 --refine-tokens N caps the tokens per prompt whose MLP bound uses the spectral norm (default: all
 that can decide the max); --joint-tokens N|all gives that many rows per prompt the joint attention
 bound (blockcert.cert.sound_attention_joint; default all, 0: none), and the sound L without it is
-printed beside it (--no-baseline skips that).
+printed beside it (--no-baseline skips that). The empirical L is projected ascent on the max over
+tokens, then --targeted-tokens N (default 4) tokens per prompt ascended on alone
+(blockcert.cert.lipschitz_empirical; 0: the max alone).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--empirical-prompts", type=int, default=4)
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--targeted-tokens", type=int, default=4, help="tokens ascended on alone")
     ap.add_argument("--shells", type=int, default=1, help="tube shells of the sound bound")
     ap.add_argument("--refine-tokens", type=int, default=None, help="spectral MLP bound cap")
     ap.add_argument("--joint-tokens", default="all", help="rows with the joint bound (all, N)")
@@ -85,6 +88,7 @@ def main() -> None:
             ascent_steps=args.steps,
             restarts=args.restarts,
             seed=k,
+            targeted_tokens=args.targeted_tokens,
         )
         fp = fp_error(surrogate, [x])
         row = {

@@ -280,9 +280,19 @@ def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, mo
 
 
 def test_aligned_query_move_bounds_explicit_moves(block):
-    """Reweighting moves |p' - p| <= moved_p (summing to zero) and value moves of norm <= e_ts
-    (random and all aligned to one direction) stay within _query_move_aligned, per head."""
-    from blockcert.cert.sound_attention import _query_move_aligned, rope_matrices
+    """Softmax weights moved by logit shifts |e_ts| <= Delta_ts and value moves y_s - m with
+    ||y_s|| <= own_s and a common ||m|| <= mean (random and all aligned to one direction) stay
+    within _query_move_aligned, per head, with the reweighting through |p' - p| <= moved_p alone
+    and with the centred coefficients and the drift on the centre's query term as well, and
+    with the value moves split into their own and the mean's parts (never above the first)."""
+    from blockcert.cert.sound_attention import (
+        _centre,
+        _centred,
+        _centred_query_dir,
+        _drift,
+        _query_move_aligned,
+        rope_matrices,
+    )
 
     view, f, x = block
     cen = forward64(view, x)
@@ -291,12 +301,27 @@ def test_aligned_query_move_bounds_explicit_moves(block):
     n, T, hd = p.shape[0], p.shape[-1], a.head_dim
     gen = torch.Generator().manual_seed(4)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    moved_p = (0.3 * p).masked_fill(~causal, 0.0)
-    pu = (1.3 * p).clamp_max(1.0)
-    e_ts = torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0.0)
+    shift = (0.3 * torch.rand(n, T, T, generator=gen, dtype=torch.float64)).masked_fill(~causal, 0)
+    log_p = torch.log(p)
+    omega = torch.logsumexp(log_p + shift, dim=-1)
+    moved_p = torch.where(causal, p * torch.expm1(shift + omega[..., None]), 0.0)
+    centred_p = torch.where(causal, _centred(log_p, p, shift), 0.0)
+    drift = _drift(p, shift, omega) * _centre(f, cen)["query_centre"]
+    pu = torch.where(causal, torch.exp(log_p + shift + omega[..., None]).clamp_max(1.0), 0.0)
+    own = 0.01 * torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0)
+    mean = 0.01 * torch.rand(n, T, generator=gen, dtype=torch.float64)
+    e_ts = (own + mean[..., None]).masked_fill(~causal, 0)
     rot = rope_matrices(a.inv_freq, T, hd)
+    q_dir = _centred_query_dir(f, k, p @ k, rot).masked_fill(~causal, 0)
+    mean_shift = torch.minimum((moved_p * q_dir).sum(-1), (centred_p * q_dir).sum(-1))
+    split = (own, mean * mean_shift)
     o_moved = _output_spread(f, v, p, moved_p)[1]
-    bound = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts)  # [H, T]
+    centred = (centred_p, _output_spread(f, v, p, centred_p)[1], drift)
+    alone = (centred_p, o_moved, torch.full_like(drift, torch.inf))
+    unsplit = (e_ts, torch.full_like(mean, torch.inf))
+    bound = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, centred, split)
+    plain = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, alone, unsplit)
+    assert (bound <= plain).all() and (bound < 0.95 * plain).any()
     wo, wq = a.o.matrix(), view.attention.q.matrix() * view.attn_norm.weight.double()[None]
     worst = 0.0
     for h in range(n):
@@ -307,15 +332,19 @@ def test_aligned_query_move_bounds_explicit_moves(block):
             b = (k[h, src] - p[h, t, src] @ k[h, src]) @ rot[t] @ a_q  # rows b_s^T [s, d]
             dev = (v[h, src] - p[h, t, src] @ v[h, src]) @ w_o.T  # rows a_s^T [s, d]
             sign = torch.randint(0, 2, (t + 1,), generator=gen).double() * 2 - 1
-            change = sign * moved_p[h, t, src]  # |p' - p| <= moved_p
-            reweight = dev.T @ (change[:, None] * b)
+            moved = torch.softmax(log_p[h, t, src] + sign * shift[h, t, src], dim=-1)
+            assert ((moved - p[h, t, src]).abs() <= moved_p[h, t, src] * (1 + 1e-9)).all()
+            reweight = dev.T @ ((moved - p[h, t, src])[:, None] * b)
             u = torch.randn(wo.shape[0], generator=gen, dtype=torch.float64)
-            for xs in (
+            m = torch.randn(wo.shape[0], generator=gen, dtype=torch.float64)
+            m = m * mean[h, t] / m.norm()
+            for ys in (
                 torch.randn(t + 1, wo.shape[0], generator=gen, dtype=torch.float64),
                 u.expand(t + 1, -1).clone(),
+                -m.expand(t + 1, -1).clone(),
             ):
-                xs = xs * (e_ts[h, t, src] / xs.norm(dim=-1))[:, None]
-                values = xs.T @ (pu[h, t, src, None] * b)
+                ys = ys * (own[h, t, src] / ys.norm(dim=-1))[:, None]
+                values = (ys - m).T @ (moved[:, None] * b)
                 exact = float(torch.linalg.matrix_norm(reweight + values, 2))
                 assert exact <= float(bound[h, t]), (h, t, exact, float(bound[h, t]))
                 worst = max(worst, exact / float(bound[h, t]))
@@ -352,6 +381,7 @@ def test_value_moves_bound_explicit_moves(block):
     softmax weights moved by shifted logits, and every source's normalised input moved by
     lambda_s r, in random directions and all along one (where the heads' Gram bound has to
     hold for a shared move), at the output directions an alternating ascent finds."""
+    from blockcert.cert.sound_attention import _centred
     from blockcert.cert.sound_attention_joint import value_moves
 
     view, f, x = block
@@ -373,12 +403,23 @@ def test_value_moves_bound_explicit_moves(block):
     r = 0.1
     coef = torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0.0)
     bound = value_moves(f, coef, p_new, lam, r, reweighted)  # [t]
+    # the mean's reweighting aligned over (h, s) with the centred coefficients of the logit
+    # shifts (|e| <= 0.2) instead of the exact per-head norms: a bound as well
+    shift = torch.full_like(p, 0.2).masked_fill(~causal, 0.0)
+    centred = _centred(torch.log(p), p, shift).masked_fill(~causal, 0.0)
+    weighted = coef.sum(-1, keepdim=True) * centred
+    mean_reweighting = _key_path_aligned(f, weighted, _output_spread(f, v, p, weighted))
+    aligned_bound = value_moves(f, coef, p_new, lam, r, 1e6 * reweighted, mean_reweighting)
+    reweighting_only = value_moves(f, coef, p_new, lam, 0.0, 1e6 * reweighted, mean_reweighting)
+    assert (aligned_bound < 1e3 * bound).all()  # the aligned term, not the inflated norms
     shared = torch.randn(f.d, generator=gen, dtype=torch.float64)
-    for aligned in (False, True):
+    for aligned in (False, True, None):  # None: no input moves, the mean's reweighting alone
         du = torch.randn(T, f.d, generator=gen, dtype=torch.float64)
         if aligned:
             du = shared.expand(T, -1).clone()
         du = du / du.norm(dim=-1, keepdim=True) * (lam * r)[:, None]
+        if aligned is None:
+            du, bound, aligned_bound = 0 * du, reweighting_only, reweighting_only
         for t in (1, T // 2, T - 1):
             w = []  # [(h, s), d]: W_o,h (dv'_s - dv_s)
             for h in range(n):
@@ -393,6 +434,7 @@ def test_value_moves_bound_explicit_moves(block):
                 u = u / u.norm()
             got = float((w @ u).abs().sum())
             assert 0 < got <= float(bound[t]), (t, aligned, got, float(bound[t]))
+            assert got <= float(aligned_bound[t]), (t, aligned, got, float(aligned_bound[t]))
 
 
 def test_centred_coefficients_represent_the_reweighting_of_centred_sums():
@@ -419,3 +461,39 @@ def test_centred_coefficients_represent_the_reweighting_of_centred_sums():
         assert (c.abs() <= bound).all()
         assert ((p_new - p).abs() <= moved * (1 + 1e-9)).all()
     assert float(bound.sum()) < 0.7 * float(moved.sum())
+
+
+def test_drift_bounds_the_reweighting_of_uncentred_sums():
+    """For logit moves |e_s| <= Delta_s and any X_s: sum_s (p'_s - p_s) X_s = sum_s c_s X_s +
+    (e^(-Omega') - 1) sum_s p_s X_s with |c_s| <= _centred and |e^(-Omega') - 1| <= _drift; for
+    sources whose p-weighted sum nearly cancels, the norm bound is well below sum |p' - p| ||X||."""
+    from blockcert.cert.sound_attention import _centred, _drift
+
+    gen = torch.Generator().manual_seed(9)
+    s = 40
+    p = torch.softmax(torch.randn(s, generator=gen, dtype=torch.float64) * 2, dim=-1)
+    x = torch.randn(s, 5, 3, generator=gen, dtype=torch.float64)
+    x = x - 0.9 * torch.einsum("s,sij->ij", p, x)  # a sum that mostly cancels
+    norms = torch.linalg.matrix_norm(x, 2)
+    centre = float(torch.linalg.matrix_norm(torch.einsum("s,sij->ij", p, x), 2))
+    delta = 0.3 * torch.rand(s, generator=gen, dtype=torch.float64)
+    omega = torch.logsumexp(torch.log(p) + delta, dim=-1)
+    coef, drift = _centred(torch.log(p), p, delta), float(_drift(p, delta, omega))
+    bound = float(coef @ norms) + drift * centre
+    moved = p * torch.expm1(delta + omega)  # >= |p' - p|
+    worst = 0.0
+    for trial in range(200):
+        signs = torch.randint(0, 2, (s,), generator=gen).double() * 2 - 1
+        e = delta * (signs if trial % 2 else torch.rand(s, generator=gen, dtype=torch.float64))
+        p_new = torch.softmax(torch.log(p) + e, dim=-1)
+        factor = 1 / (p * torch.exp(e)).sum()  # e^(-Omega')
+        assert abs(float(factor) - 1) <= drift
+        change = torch.einsum("s,sij->ij", p_new - p, x)
+        split = torch.einsum("s,sij->ij", factor * p * torch.expm1(e) + (factor - 1) * p, x)
+        assert torch.allclose(change, split, atol=1e-12)
+        worst = max(worst, float(torch.linalg.matrix_norm(change, 2)))
+    for sign in (1.0, -1.0):
+        factor = 1 / (p * torch.exp(sign * delta)).sum()  # the extremes of Omega'
+        assert abs(float(factor) - 1) <= drift
+    assert worst <= bound
+    assert bound < 0.7 * float(moved @ norms), (bound, float(moved @ norms))

@@ -133,9 +133,11 @@ def empirical_lipschitz(
     ascent_steps: int = 60,
     seed: int = 0,
     restarts: int = 8,
+    targeted_tokens: int = 0,
 ) -> Lipschitz:
     """Largest observed d(g(X+D), g(X)) / d(D) with d(D) <= r over prompts `inputs` [b, s, d]:
-    a LOWER estimate of the Lipschitz constant, labelled `empirical`."""
+    a LOWER estimate of the Lipschitz constant, labelled `empirical`; targeted_tokens: that many
+    tokens per prompt also ascended on alone (blockcert.cert.lipschitz_empirical)."""
     result = empirical_ascent(
         surrogate.graph,
         surrogate.weights,
@@ -145,6 +147,7 @@ def empirical_lipschitz(
         restarts,
         ascent_steps,
         seed,
+        targeted_tokens=targeted_tokens,
     )
     parts = {"prompts": inputs.shape[0], "per_prompt": result.per_prompt}
     return Lipschitz(result.value, "empirical", radius, result.method, parts)

@@ -170,7 +170,21 @@ def attention_rows(
     values_move = torch.minimum((f.c_ov[:, None] * mean_lam).sum(0), (value * lam_s[0]).sum(-1)) * r
     move = ev_bar.sum(0)
     # query path per head: ||Q'_h|| <= min(||Q_h|| + ||Q'_h - Q_h||, direct)
-    q_moved, q_direct = _query_moves(f, query_dir, pu, moved_p, delta, a_ts, a_up, dk)  # [H, T]
+    # the query path's reweighting sum_s (p' - p)_s X_s is not centred (sum_s p_s X_s = Q_h, the
+    # query path itself): _drift
+    drift = _drift(p, shift, omega) * c["query_centre"]
+    centred_query = (centred_p, drift.masked_fill(~centred_ok, torch.inf))
+    # the value moves under it split into each source's own, W_o (v'_s - v_s) (<= ev_s), and
+    # the mean's, W_o (vbar'_t - vbar_t) (<= ev_bar), common to all sources: sum_s p'_s b_s =
+    # sum_s (p'_s - p_s) b_s (b_s = A_q^T R_t^T (k_s - kbar_t) sums to zero under p), so the
+    # mean's part is at most ev_bar times that centred sum's norm
+    mean_shift = torch.minimum(dp1 * query_dir.amax(-1), (moved_p * query_dir).sum(-1)).minimum(
+        (centred_p * query_dir).sum(-1).masked_fill(~centred_ok, torch.inf)
+    )
+    split_moves = (ev_s.expand_as(a_ts).masked_fill(~causal, 0.0), ev_bar * mean_shift)
+    q_moved, q_direct, q_reweight = _query_moves(
+        f, query_dir, pu, moved_p, delta, a_ts, a_up, dk, centred_query, split_moves
+    )
     joint_pass = has_rows and lam_centre is not None
     if has_rows and not joint_pass:  # the joint pass's caller keeps these from an earlier pass
         coef = beta * lam_s  # [H, t, s] >= p'_ts ||kappa'_ts|| lambda_s
@@ -186,8 +200,18 @@ def attention_rows(
         move = torch.minimum(move, values_move + reweight)
         k_move = f.c_q[:, None, None] * dk[:, None, :]
         keys_moved = (pu * a_up * k_move).sum(-1)
+        centred_aligned = (centred_p, centred_spread[1], centred_query[1])
         q_aligned = _query_move_aligned(
-            f, c["rot"], cen["k"], p, moved_p, moved_spread[1], pu, e_ts
+            f,
+            c["rot"],
+            cen["k"],
+            p,
+            moved_p,
+            moved_spread[1],
+            pu,
+            e_ts,
+            centred_aligned,
+            split_moves,
         )
         q_moved = torch.minimum(q_moved, q_aligned + keys_moved)
     query = torch.minimum(c["query_centre"] + q_moved, q_direct).sum(0)  # [t]
@@ -212,12 +236,16 @@ def attention_rows(
         # ||sum_h (Q'_h - Q_h)|| <= reweighting + value moves (coef p' ||A_q^T R^T (k_s - kbar)||)
         # + key moves, against the per-head sum
         q_side = pu * query_dir
-        q_reweight = torch.minimum(
-            dp1 * (a_ts * query_dir).amax(-1), (moved_p * a_ts * query_dir).sum(-1)
-        )
         q_heads = q_reweight.sum(0) + joint.value_moves(f, q_side, pu, lam, r, reweighted)
         q_heads = q_heads + keys_moved.sum(0)
         query_move = torch.minimum(q_moved.sum(0), q_heads)
+        # the mean's reweighting under the key terms, sum_h C_h |u . W_o,h sum_s (p' - p)_hs
+        # (v_s - vbar_t)| with C_h the key coefficients' total (tube_sources), aligned over
+        # (h, s) with the centred coefficients C_h centred_p_hs
+        key_total = ((p + moved_p) * key_up * lam_s).sum(-1, keepdim=True)  # [H, t, 1]
+        coef = key_total * centred_p
+        mean_reweighting = _key_path_aligned(f, coef, _output_spread(f, v, p, coef))
+        mean_reweighting = mean_reweighting.where(centred_ok.all(0), torch.inf)
         tube = joint.tube_sources(
             f,
             aligned,
@@ -232,6 +260,7 @@ def attention_rows(
             r,
             reweighted,
             reweighted_keys,
+            mean_reweighting,
         )
         # lambda grows on the tube: sum_s lambda'_s ||J_ts^T u|| <= max_s (lambda'_s / lambda_s)
         # times the centre's sum
@@ -251,6 +280,18 @@ def _centred(log_p: Tensor, p: Tensor, shift: Tensor) -> Tensor:
     shifts). Log space, like the weights' own bounds."""
     mean = (p * shift).sum(-1, keepdim=True)
     return torch.exp(log_p + torch.log(torch.expm1(shift)) + mean) * (1 + REL_MARGIN)
+
+
+def _drift(p: Tensor, shift: Tensor, omega: Tensor) -> Tensor:
+    """[H, t] >= |e^(-Omega') - 1| on the tube, for sums that are not centred.
+
+    With p'_s = p_s e^(e_s - Omega') (_centred), sum_s (p'_s - p_s) X_s = e^(-Omega') sum_s p_s
+    (e^(e_s) - 1) X_s + (e^(-Omega') - 1) sum_s p_s X_s: the _centred coefficients on the
+    sources and this drift on the centre's own sum (often far below sum_s p_s ||X_s||). Omega' =
+    log sum_s p_s e^(e_s) lies in [-p . Delta, omega] (Jensen; omega >= log sum_s p_s e^(Delta_s)).
+    """
+    low = torch.expm1((p * shift).sum(-1))  # e^(p . Delta) - 1
+    return torch.maximum(low, -torch.expm1(-omega)) * (1 + REL_MARGIN)
 
 
 def _query_combined(f, c: dict, cen: dict, rows: Tensor) -> Tensor:
@@ -395,7 +436,9 @@ def _metric_top(metric: Tensor, slack: Tensor, scat: Tensor, rounding: Tensor) -
     return (top + slack[:, None] * trace.sqrt()).pow(2)
 
 
-def _query_move_aligned(f, rot: Tensor, k: Tensor, p, moved_p, o_moved, pu, e_ts) -> Tensor:
+def _query_move_aligned(
+    f, rot: Tensor, k: Tensor, p, moved_p, o_moved, pu, e_ts, centred: tuple, split: tuple
+) -> Tensor:
     """[H, t] >= the tube move of ||W_o,h Cov'_t R_t A_q,h|| from reweighting and from the values,
     for rows t (rot [t, hd, hd] = R_t; p, moved_p, pu, e_ts [H, t, s]; k [H, s, hd]; o_moved
     [H, t] >= lambda_max(sum_s moved_p a_s a_s^T), from _output_spread), by
@@ -404,13 +447,23 @@ def _query_move_aligned(f, rot: Tensor, k: Tensor, p, moved_p, o_moved, pu, e_ts
     b_s = A_q,h^T R_t^T (k_s - kbar_t) and c = |p' - p| (reweighting), and
     ||sum_s p'_s x_s b_s^T|| <= sqrt(sum p'_s e_ts^2) sqrt(lambda_max(sum p' b b^T)) for the
     value moves ||x_s|| <= e_ts (the p'-weighted deviations sum to zero, so kbar_t may stay the
-    centre's)."""
+    centre's). centred: (coefficients, their output spread, drift term) of _drift, the same
+    Cauchy-Schwarz on the centred coefficients plus the drift on the centre's own sum. split:
+    (own [H, t, s], mean [H, t]) with the value moves x_s = y_s - m, ||y_s|| <= own and
+    ||sum_s p'_s m b_s^T|| <= mean (_query_moves), the own part by the same Cauchy-Schwarz."""
     turn = f.q_metric[:, None] @ rot.transpose(-1, -2)[None]  # [H, t, hd, hd] M_q R_t^T
     kbar = p @ k
     q_moved = _metric_top(turn, f.q_slack, *_scatter(moved_p, k, kbar))
+    coef, o_centred, drift = centred
+    q_centred = _metric_top(turn, f.q_slack, *_scatter(coef, k, kbar))
+    reweight = torch.minimum(
+        (o_moved * q_moved).sqrt(), (o_centred * q_centred).sqrt() * (1 + 1e-8) + drift
+    )
     q_weighted = _metric_top(turn, f.q_slack, *_scatter(pu, k, kbar))
-    values = (pu * e_ts.pow(2)).sum(-1) * q_weighted
-    return ((o_moved * q_moved).sqrt() + values.sqrt()) * (1 + 1e-8)
+    values = ((pu * e_ts.pow(2)).sum(-1) * q_weighted).sqrt()
+    own, mean = split
+    values = torch.minimum(values, ((pu * own.pow(2)).sum(-1) * q_weighted).sqrt() + mean)
+    return (reweight + values) * (1 + 1e-8)
 
 
 def _cross_traces(o_cross: Tensor, scat: Tensor) -> Tensor:
@@ -496,9 +549,14 @@ def _query_centre(f, cen: dict, vt: Tensor, rot: Tensor) -> Tensor:
     return centre + f.c_q[:, None] * (rounding + f.o_slack[:, None] * raw)
 
 
-def _query_moves(f, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> tuple[Tensor, Tensor]:
-    """([H, T], [H, T]): how far ||W_o,h Cov_t R_t A_q,h|| can move on the tube, and a direct
-    bound of its tube value (per source, no centre term).
+def _query_moves(
+    f, q_side, pu, moved_p, delta, a_ts, a_up, dk, centred: tuple, split: tuple
+) -> tuple[Tensor, Tensor, Tensor]:
+    """([H, T] each): how far ||W_o,h Cov_t R_t A_q,h|| can move on the tube, a direct bound of
+    its tube value (per source, no centre term), and the reweighting part of the move; centred:
+    (coefficients, drift term) with sum_s coef_s ||X_s|| + drift >= the reweighting's norm;
+    split: (own [H, t, s], mean [H, t]) >= the value moves' own parts ||W_o (v'_s - v_s)|| and
+    the norm of the mean's part sum_s p'_s W_o (vbar'_t - vbar_t) b_s^T.
 
     Cov'_t = sum_s p'_ts (v'_s - vbar'_t)(k'_s - kbar_t)^T for the CENTRE mean kbar_t (the
     weights (v' - vbar') sum to zero under p'), so every source contributes a rank-one term
@@ -506,11 +564,15 @@ def _query_moves(f, q_side, pu, moved_p, delta, a_ts, a_up, dk) -> tuple[Tensor,
     """
     aq = a_ts * q_side
     reweight = torch.minimum(delta.clamp_max(2.0) * aq.amax(-1), (moved_p * aq).sum(-1))
+    reweight = torch.minimum(reweight, (centred[0] * aq).sum(-1) + centred[1])
     e_ts = a_up - a_ts
     k_move = f.c_q[:, None, None] * dk[:, None, :]
-    moved = reweight + (pu * (e_ts * q_side + a_up * k_move)).sum(-1)
+    values = torch.minimum(
+        (pu * e_ts * q_side).sum(-1), (pu * split[0] * q_side).sum(-1) + split[1]
+    )
+    moved = reweight + values + (pu * a_up * k_move).sum(-1)
     direct = (pu * a_up * (q_side + k_move)).sum(-1)
-    return moved, direct
+    return moved, direct, reweight
 
 
 def _centred_query_dir(f, k: Tensor, kbar: Tensor, rot: Tensor) -> Tensor:

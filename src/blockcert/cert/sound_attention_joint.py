@@ -141,7 +141,20 @@ def _row_gram(prod: dict, cen: dict, rot: Tensor, t: int, w: Tensor, lam: Tensor
 
 
 def tube_sources(
-    f, rows: Tensor, p, moved_p, pu, a_ts, key_up, dq, query, lam, r, reweighted, reweighted_keys
+    f,
+    rows: Tensor,
+    p,
+    moved_p,
+    pu,
+    a_ts,
+    key_up,
+    dq,
+    query,
+    lam,
+    r,
+    reweighted,
+    reweighted_keys,
+    mean_reweighting=None,
 ) -> Tensor:
     """[t] >= max_(||u|| = 1) sum_s lambda'_s ||(J'_ts - J_ts)^T u|| on the tube.
 
@@ -159,6 +172,8 @@ def tube_sources(
     are combined by the Gram bound per source, for the sources' own moves and (weights C_h pu_hs',
     C_h = sum_s c_hs) for the mean's; the mean's reweighting stays per head (reweighted [H, t]).
     Query path (s = t): ||sum_h (Q'_h - Q_h)|| <= scale sigma query (query [t], sound_attention).
+    mean_reweighting [t] (optional): >= max_u sum_h C_h |u . W_o,h sum_s (p' - p)_hs (v_s - vbar_t)|
+    with C_h = sum_s coef_hs, the mean's reweighting under the key terms aligned over heads.
     All [H, t, s] except dq and reweighted [H, t], lam [T] (the tube's lambda) and rows [t] (the
     query rows' positions)."""
     scale = abs(f.view.attention.scale) * f.sigma
@@ -166,16 +181,19 @@ def tube_sources(
     kappa_move = scale * f.c_k[:, None, None] * dq[:, :, None]
     key_centre = (p * a_ts * kappa_move).sum(0)
     coef = (p + moved_p) * key_up * lam[None, None, :]
-    moves = value_moves(f, coef, pu, lam, r, reweighted)
+    moves = value_moves(f, coef, pu, lam, r, reweighted, mean_reweighting)
     total = ((value + key_centre) * lam[None, :]).sum(-1) + moves
     total = total + scale * query * lam[rows]
     return (total + reweighted_keys) * (1 + REL_MARGIN)
 
 
-def value_moves(f, coef: Tensor, pu: Tensor, lam: Tensor, r: float, reweighted: Tensor) -> Tensor:
+def value_moves(
+    f, coef: Tensor, pu: Tensor, lam: Tensor, r: float, reweighted: Tensor, mean_reweighting=None
+) -> Tensor:
     """[t] >= sum_(h, s) coef_hts |u . W_o,h (dv'_s - dv_s)| for every unit u (coef [H, t, s]
     >= 0), dv_s = v_s - vbar_t: the sources' own moves and the mean's, heads combined by the Gram
-    bound per source (tube_sources), the mean's reweighting per head (reweighted [H, t])."""
+    bound per source (tube_sources), the mean's reweighting per head (reweighted [H, t]) or as
+    mean_reweighting [t] (tube_sources) where that is given and smaller."""
     gram = _ov_gram(f)
     own = (_head_gram(gram, coef) * lam[None, :]).sum(-1) * r
     weight = coef.sum(-1)  # [H, t]
@@ -184,7 +202,10 @@ def value_moves(f, coef: Tensor, pu: Tensor, lam: Tensor, r: float, reweighted: 
         (_head_gram(gram, weight[..., None] * pu) * lam[None, :]).sum(-1) * r,
         (weight * f.c_ov[:, None] * mean_lam).sum(0) * r,
     )
-    return (own + shared + (weight * reweighted).sum(0)) * (1 + REL_MARGIN)
+    reweighting = (weight * reweighted).sum(0)
+    if mean_reweighting is not None:
+        reweighting = torch.minimum(reweighting, mean_reweighting)
+    return (own + shared + reweighting) * (1 + REL_MARGIN)
 
 
 def _ov_gram(f) -> Tensor:
