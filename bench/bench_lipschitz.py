@@ -1,6 +1,6 @@
 """Sound vs empirical Lipschitz constants per block of a teacher (full-capacity surrogates).
 
-    python bench/bench_lipschitz.py --model smollm2 --prompts 8 --radius-fraction 1e-3 [--shells 8]
+    python bench/bench_lipschitz.py --model smollm2 --prompts 8 --radius-fraction 1e-3 [--shells 16]
 
 For every block k: g_k = extract_block(adapter, k), inputs h_k on held-out Shakespeare prompts
 (capture.prompts.build_prompts, conf/data/shakespeare.yaml), r = radius_fraction * median ||h_k||.

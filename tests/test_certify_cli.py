@@ -212,6 +212,7 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
         "lipschitz.refine_tokens=0",
         "lipschitz.joint_tokens=-1",
         "lipschitz.empirical_prompts=-1",
+        "lipschitz.targeted_tokens=-1",
     ):
         proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr

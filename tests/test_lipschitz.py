@@ -396,6 +396,14 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
             link.saturation,
             link.bound_sound,
         )
+    # a targeted phase adds candidates to the same generic ascent: never a smaller estimate
+    targeted = compose_chain(
+        blocks[:1], states[:1], 2, 1, 1, 2, 1e-3, restarts=1, targeted_tokens=2
+    )
+    first, again = chain.links[0], targeted.links[0]
+    assert again.lipschitz_empirical >= first.lipschitz_empirical
+    assert "2 targeted token(s)" in again.parts["empirical_method"]
+    assert "targeted" not in first.parts["empirical_method"]
 
 
 def _lean_step(lip: Fraction, sat: Fraction, e: Fraction, prev: Fraction) -> Fraction:

@@ -176,6 +176,7 @@ def compose(
         lip.ascent_steps,
         min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
         restarts=lip.restarts,
+        targeted_tokens=lip.targeted_tokens,
         tube_shells=lip.tube_shells,
         refine_tokens=lip.refine_tokens,
         joint_tokens=lip.joint_tokens,
@@ -200,6 +201,7 @@ def check_lipschitz_options(cfg: DictConfig) -> None:
     """Reject bad lipschitz.* counts with one line, before the model loads."""
     sound_prompt_count(cfg)
     _count_option(cfg, "empirical_prompts", nullable=False, least=0)
+    _count_option(cfg, "targeted_tokens", nullable=False, least=0)
     _count_option(cfg, "tube_shells", nullable=False)
     _count_option(cfg, "refine_tokens", nullable=True)
     _count_option(cfg, "joint_tokens", nullable=True, least=0)
@@ -325,6 +327,7 @@ def build_report(
             "sound": None if chain.final_sound is None else float(chain.final_sound),
             "empirical": _float_or_none(chain.final_empirical),
             "empirical_prompts": cfg.lipschitz.empirical_prompts,
+            "targeted_tokens": cfg.lipschitz.targeted_tokens,
             "n_prompts": n,
             "tube_shells": cfg.lipschitz.tube_shells,
             "refine_tokens": cfg.lipschitz.refine_tokens,

@@ -2,20 +2,21 @@
 
 Notation of blockcert.cert.lipschitz_sound: w the normalised MLP input (gamma folded), g = A_g w
 and u = A_u w the pre-activations (constant parts included), J_M(w) = W_d (diag(silu'(g) o u)
-A_g + diag(silu(g)) A_u). For w' = w + dw the mean value theorem per neuron (xi_i, xi'_i
-between g_i and g'_i) gives, for every x,
+A_g + diag(silu(g)) A_u). For w' = w + dw, with g_tau = g + tau A_g dw, u' - u = A_u dw and
+f(b) - f(a) = (b - a) mean_tau f'(a + tau (b - a)), for every x
 
   (J_M(w') - J_M(w)) x = W_d [silu'(g') o (A_u dw) o (A_g x)
-                              + silu'(xi) o (A_g dw) o (A_u x)
-                              + u o silu''(xi') o (A_g dw) o (A_g x)],
+                              + mean_tau silu'(g_tau) o (A_g dw) o (A_u x)
+                              + u o mean_tau silu''(g_tau) o (A_g dw) o (A_g x)],
 
 a bilinear form in (dw, x). With Khatri-Rao rows (A_p dw o A_q x = KR_pq (dw (x) x) and
 ||dw (x) x|| = ||dw|| ||x||) it is W~ diag(k) M (dw (x) x), W~ = [W_d W_d W_d], M the three
 stacked Khatri-Rao matrices (u,g), (g,u), (g,g) and k the three coefficient vectors above. On a
 tube ||dw|| <= rho each coefficient lies within h of its centre value c = (silu'(g), silu'(g),
-u o silu''(g)): |silu'(a) - silu'(g_i)| <= K_i |a - g_i| with K_i >= |silu''| on the neuron's
-interval g_i +- ||A_g,i|| rho (and within silu''s range), |silu''(a) - silu''(g_i)| <=
-SILU_JERK |a - g_i|. Hence
+u o silu''(g)): |silu'(g_tau) - silu'(g_i)| <= K_i tau ||A_g,i|| rho with K_i >= |silu''| on
+the neuron's interval g_i +- ||A_g,i|| rho, so the endpoint's slope moves by at most K_i
+||A_g,i|| rho and the two means by at most half that (K_i ||A_g,i|| rho / 2, and SILU_JERK
+||A_g,i|| rho / 2 for silu''), each within the activation's range. Hence
 
   ||J_M(w') - J_M(w)|| <= rho (||W~ diag(c) M|| + ||W~ diag(e) M||),  |e| <= h,
 
@@ -56,10 +57,10 @@ BATCH_ENTRIES = 2**25  # entries of the m x m matrices Y formed together (256 Mi
 def bilinear_products(w_down: Tensor, gate: Tensor, up: Tensor) -> dict:
     """Per-block products ([m, m] each) of the gated MLP's Khatri-Rao Gram.
 
-    With c_1 = c_2 (the two slope blocks share their centre and their h):
-    Y = D_1 S D_1 + D_1 C D_3 + D_3 C^T D_1 + D_3 R D_3, S = T_11 + T_12 + T_21 + T_22 =
-    2 (UU o GG + UG o UG^T), C = T_13 + T_23 = 2 UG o GG, R = T_33 = GG o GG (UU = A_u A_u^T,
-    GG = A_g A_g^T, UG = A_u A_g^T); the abs sums P, Q, R_abs enter D the same way."""
+    T_11 = T_22 = UU o GG, T_12 = T_21 = UG o UG^T, T_13 = T_23 = UG o GG, T_33 = GG o GG
+    (UU = A_u A_u^T, GG = A_g A_g^T, UG = A_u A_g^T). The two slope blocks share their centre
+    c_1 = c_2, so Y = D_1 S D_1 + D_1 C D_3 + D_3 C^T D_1 + D_3 R D_3 with S = T_11 + T_12 +
+    T_21 + T_22 and C = T_13 + T_23; their spreads differ, so D takes the abs blocks apart."""
     gg, uu, ug = gate @ gate.T, up @ up.T, up @ gate.T
     slope_pair = uu * gg
     cross = ug * ug.T
@@ -70,9 +71,10 @@ def bilinear_products(w_down: Tensor, gate: Tensor, up: Tensor) -> dict:
         "S": 2 * (slope_pair + cross),
         "C": 2 * mixed,
         "R": curved,
-        "P": 2 * (slope_pair.abs() + cross.abs()),
-        "Q": 2 * mixed.abs(),
-        "R_abs": curved.abs(),
+        "pair_abs": slope_pair.abs(),  # |T_11| = |T_22|
+        "cross_abs": cross.abs(),  # |T_12| = |T_21|
+        "mixed_abs": mixed.abs(),  # |T_13| = |T_23|
+        "curved_abs": curved.abs(),  # |T_33|
         "size_slope": norm_g * norm_u,  # ||p_i|| ||q_i|| of the two slope blocks
         "size_curved": norm_g * norm_g,
         "gate_norms": norm_g,
@@ -108,28 +110,35 @@ def centre_bilinear(w_down: Tensor, prod: dict, g: Tensor, u: Tensor) -> Tensor:
     return torch.cat(out) * (1 + REL_MARGIN)
 
 
-def coefficient_spread(prod: dict, g: Tensor, u: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
-    """(h_slope, h_curved) [..., m]: how far the coefficients move from their centre on the tube
-    ||dw|| <= rho [...] (g, u [..., m] broadcast against rho[..., None])."""
+def coefficient_spread(
+    prod: dict, g: Tensor, u: Tensor, rho: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(h_end, h_mean, h_curved) [..., m]: how far the endpoint's slope silu'(g'), the mean
+    slope and u o the mean curvature along the segment move from their centre values on the
+    tube ||dw|| <= rho [...] (g, u [..., m] broadcast against rho[..., None])."""
     reach = rho[..., None] * prod["gate_norms"] * (1 + REL_MARGIN) + 1e-12
     lo, hi = g - reach, g + reach
     bend = silu_curvature_range(lo, hi)
     c1 = silu_slope(g)
     width = torch.maximum(SILU_SLOPE - c1, c1 - SILU_SLOPE_MIN)
-    h_slope = torch.minimum(bend * reach, width) * (1 + REL_MARGIN) + 1e-12
-    jerk = torch.minimum(SILU_JERK * reach, bend + silu_curvature(g).abs())
+    h_end = torch.minimum(bend * reach, width) * (1 + REL_MARGIN) + 1e-12
+    h_mean = torch.minimum(bend * reach / 2, width) * (1 + REL_MARGIN) + 1e-12
+    jerk = torch.minimum(SILU_JERK * reach / 2, bend + silu_curvature(g).abs())
     h_curved = u.abs() * jerk * (1 + REL_MARGIN) + 1e-12 * (1 + u.abs())
-    return h_slope, h_curved
+    return h_end, h_mean, h_curved
 
 
 def tube_spread(
     w_down_gram_abs: Tensor, prod: dict, g: Tensor, u: Tensor, rho: Tensor, iterations: int = 6
 ) -> Tensor:
     """[...] >= ||W~ diag(e) M|| over |e| <= h (coefficient_spread at rho [...]), per unit rho."""
-    h1, h3 = coefficient_spread(prod, g, u, rho)
-    d = h1 * (h1 @ prod["P"] + h3 @ prod["Q"].T) + h3 * (h1 @ prod["Q"] + h3 @ prod["R_abs"])
+    h1, h2, h3 = coefficient_spread(prod, g, u, rho)
+    pair, cross, mixed = prod["pair_abs"], prod["cross_abs"], prod["mixed_abs"]
+    d = h1 * (h1 @ pair + h2 @ cross + h3 @ mixed.T)
+    d = d + h2 * (h1 @ cross + h2 @ pair + h3 @ mixed.T)
+    d = d + h3 * ((h1 + h2) @ mixed + h3 @ prod["curved_abs"])
     # T's rounding adds GRAM_ROUNDING tau_i sum_j tau_j to D_i (tau = sum_a h_a size_a)
-    tau = h1 * 2 * prod["size_slope"] + h3 * prod["size_curved"]
+    tau = (h1 + h2) * prod["size_slope"] + h3 * prod["size_curved"]
     d = d + GRAM_ROUNDING * tau * tau.sum(-1, keepdim=True)
     d = d.clamp_min(0.0)
     root = perron_root_upper(lambda y: (d * y) @ w_down_gram_abs, torch.ones_like(d), iterations)

@@ -100,6 +100,7 @@ def compose_chain(
     ascent_steps: int,
     min_radius: float,
     restarts: int = 8,
+    targeted_tokens: int = 0,
     tube_shells: int = 1,
     refine_tokens: int | None = None,
     joint_tokens: int | None = 0,
@@ -139,6 +140,7 @@ def compose_chain(
                 ascent_steps,
                 seed=k,
                 restarts=restarts,
+                targeted_tokens=targeted_tokens,
             )
             lip_empirical, empirical_method = round_up(empirical.value), empirical.method
             bound_empirical = step_bound(bound_empirical, eps_q, lip_empirical, saturation)

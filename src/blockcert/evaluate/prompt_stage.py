@@ -82,6 +82,7 @@ def _ragged_chain(
         lipschitz["ascent_steps"],
         min_radius=min_radius,
         restarts=lipschitz["restarts"],
+        targeted_tokens=lipschitz["targeted_tokens"],
     )
     links = composed.links
     return {
