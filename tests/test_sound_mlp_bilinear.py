@@ -147,3 +147,26 @@ def test_block_bound_with_the_bilinear_term_is_tighter_and_still_sound(
     assert with_term.lipschitz <= 0.95 * without.lipschitz, (with_term.lipschitz, without.lipschitz)
     assert with_term.lipschitz >= independent_ascent(surrogate, x, r, restarts=2, steps=30)
 
+
+def test_refinement_settles_at_a_refined_token(tiny_llama, token_ids, monkeypatch):
+    """One token per round: the spectral round stops at constants that the bilinear bounds lower
+    afterwards, so without settling a token it skipped holds the max (tiny_llama block 0); with
+    settling the max sits at a refined token, and is lower."""
+    monkeypatch.setattr(sound, "REFINE_BATCH", 1)
+    x, _ = tiny_llama.block_pair(token_ids, 0)
+    view = block_view(extract_block(tiny_llama, 0))
+    f = sound._folded(view)
+    cen = sound.forward64(view, x[0].double())
+    r = 1e-2 * float(x[0].norm(dim=-1).median())
+
+    def worst() -> tuple[float, bool]:
+        rows, lmlp, spec = sound._two_pass_rows(f, cen, r, 1, None, 0.0, 0)
+        per_token = sound._prompt_constants(rows, lmlp, r)
+        return float(per_token.max()), bool(torch.isfinite(spec.spectral[per_token.argmax()]))
+
+    settled, settled_refined = worst()
+    plain = sound._refine_rows
+    monkeypatch.setattr(sound, "_refine_rows", lambda *args, settle=False: plain(*args))
+    unsettled, unsettled_refined = worst()
+    assert settled_refined and not unsettled_refined
+    assert settled < unsettled, (settled, unsettled)
