@@ -715,6 +715,7 @@ def _two_pass_rows(
     rows = _prompt_rows(f, cen, r, shells)
     spec = _CentreMlp.unknown(rows.z.shape[0])
     budget = rows.z.shape[0] if refine is None else refine
+    # one round only: it orders the tokens for the aligned pass; the later calls settle
     budget -= _refine_rows(f, cen, rows, r, spec, budget, floor)
     score = _prompt_constants(rows, _mlp_rows(rows, spec), r)
     top = torch.argsort(score, descending=True)[:ALIGNED_TOKENS]

@@ -134,8 +134,9 @@ def tube_spread(
     """[...] >= ||W~ diag(e) M|| over |e| <= h (coefficient_spread at rho [...]), per unit rho."""
     h1, h2, h3 = coefficient_spread(prod, g, u, rho)
     pair, cross, mixed = prod["pair_abs"], prod["cross_abs"], prod["mixed_abs"]
-    d = h1 * (h1 @ pair + h2 @ cross + h3 @ mixed.T)
-    d = d + h2 * (h1 @ cross + h2 @ pair + h3 @ mixed.T)
+    curved_in = h3 @ mixed.T  # both slope blocks meet the curvature block through |T_13|
+    d = h1 * (h1 @ pair + h2 @ cross + curved_in)
+    d = d + h2 * (h1 @ cross + h2 @ pair + curved_in)
     d = d + h3 * ((h1 + h2) @ mixed + h3 @ prod["curved_abs"])
     # T's rounding adds GRAM_ROUNDING tau_i sum_j tau_j to D_i (tau = sum_a h_a size_a)
     tau = (h1 + h2) * prod["size_slope"] + h3 * prod["size_curved"]
