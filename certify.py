@@ -10,7 +10,23 @@ import hydra
 from omegaconf import DictConfig
 
 from blockcert.allocator import keep_freed_memory
-from blockcert.cli import check_choices, one_line_errors, quiet_libraries
+from blockcert.cli import one_line_errors, preflight, quiet_libraries
+
+# Keys a user types at the command line, with the type the run needs (checked before loading).
+TYPES = {
+    "runs": str,
+    "out": str,
+    "corpus_path": str,
+    "batch_size": int,
+    "tolerance.eps_rel": float,
+    "tolerance.eps_abs": float,
+    "tolerance.coverage_fraction": float,
+    "verifier.n_prompts": int,
+    "verifier.alpha": float,
+    "verifier.seed": int,
+    "verifier.corpus": str,
+    "lean.build": bool,
+}
 
 
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
@@ -25,6 +41,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
+    preflight("certify", sys.argv[1:], TYPES)
     quiet_libraries()
     main()

@@ -13,7 +13,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from blockcert.allocator import keep_freed_memory
-from blockcert.cli import check_choices, one_line_errors, quiet_libraries
+from blockcert.cli import one_line_errors, preflight, quiet_libraries
+
+# Keys a user types at the command line, with the type the run needs (checked before loading).
+TYPES = {
+    "block": int,
+    "seed": int,
+    "edit.steps": int,
+    "edit.lr": float,
+    "edit.n_prefixes": int,
+    "edit.memit_lambda": float,
+    "edit.certify": bool,
+}
 
 
 def _model_args() -> list[str]:
@@ -45,6 +56,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
+    preflight("edit", sys.argv[1:], TYPES)
     quiet_libraries()
     main()

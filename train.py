@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from blockcert.allocator import keep_freed_memory
-from blockcert.cli import check_choices, check_types, one_line_errors, quiet_libraries, quote_blocks
+from blockcert.cli import one_line_errors, preflight, quiet_libraries, quote_blocks
 
 # Keys a user types at the command line, with the type the run needs (checked before loading).
 TYPES = {
@@ -43,7 +43,6 @@ TYPES = {
 def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()  # reuse large freed buffers (see blockcert/allocator.py)
     with one_line_errors():
-        check_types(cfg, TYPES)
         from blockcert.train import blocks_table, summary_lines, train
 
         result = train(cfg)
@@ -65,7 +64,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
     sys.argv[1:] = quote_blocks(sys.argv[1:])
+    preflight("train", sys.argv[1:], TYPES)
     quiet_libraries()
     main()

@@ -28,16 +28,13 @@ from blockcert.stitched import load_teacher, stitch
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.view import BlockView
-from blockcert.verify.claims import verify_artifacts
+from blockcert.verify.claims import TeacherFacts, verify_artifacts
 from blockcert.verify.collect import certificates_per_block
 
 
-def verified_run(teacher, adapter, run: Path, params: list[int]):
+def verified_run(teacher, run: Path, facts: TeacherFacts):
     ((block, (path, certificate)),) = certificates_per_block(run, teacher.name).items()
-    verified = verify_artifacts(
-        path, certificate, teacher.weights_sha256, adapter.num_blocks, params
-    )
-    return block, verified
+    return block, verify_artifacts(path, certificate, facts)
 
 
 @torch.no_grad()
@@ -90,9 +87,10 @@ def main() -> None:
     start = time.perf_counter()
     teacher = load_teacher(args.model)
     adapter = adapter_for(teacher)
-    params = [extract_block(adapter, k).num_params for k in range(adapter.num_blocks)]
+    facts = TeacherFacts.of(teacher)
+    params = facts.block_params
     runs = {
-        name: verified_run(teacher, adapter, run, params)
+        name: verified_run(teacher, run, facts)
         for name, run in (("transcoder", args.transcoder), ("pruned", args.pruned))
     }
     blocks = {block for block, _ in runs.values()}

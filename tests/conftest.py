@@ -63,3 +63,26 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_reduced_run(tmp_path_factory):
+    """One reduced-capacity tiny_llama run of block 1 (coverage counts differ across tau); the
+    attack tests edit copies of it."""
+    from tests.forgery import TINY_TRAIN
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    proc = run_script("train.py", *TINY_TRAIN, f"runs_root={tmp}", f"cache.root={tmp}/cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cert,) = (tmp / "tiny_llama").rglob("certificate.json")
+    return cert.parent
+
+
+@pytest.fixture
+def forged(tmp_path, tiny_reduced_run):
+    """A copy of the tiny run to forge: tmp_path/runs/block1."""
+    import shutil
+
+    copy = tmp_path / "runs" / "block1"
+    shutil.copytree(tiny_reduced_run, copy)
+    return copy

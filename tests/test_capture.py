@@ -9,7 +9,7 @@ from blockcert.capture.prompts import build_prompts
 from blockcert.capture.store import PairStore
 from blockcert.capture.stream import ResidualPairStream, teacher_pass
 from blockcert.errors import BlockCertError
-from blockcert.hashing import token_ids_sha256
+from blockcert.hashing import documents_sha256, token_ids_sha256
 from blockcert.models.load import byte_tokenizer
 
 
@@ -22,6 +22,9 @@ class ListCorpus(Corpus):
 
     def describe(self):
         return {"source": "test", "licence": "test"}
+
+    def recipe(self):
+        return {"name": "text", "sha256": documents_sha256(self.docs)}
 
 
 def test_shakespeare_corpus_is_real_text():

@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from blockcert.cert.certificate import load_certificate, seal, write_certificate
 from blockcert.cert.coverage import Coverage, clopper_pearson_upper
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.cert.spectral import spectral_norm_upper
@@ -15,6 +14,7 @@ from blockcert.errors import VerificationError
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
+from blockcert.verify.collect import load_certificate
 
 
 @pytest.mark.parametrize("misses,n", [(0, 100), (3, 100), (50, 1000), (7, 7)])
@@ -69,12 +69,11 @@ def test_sound_lipschitz_is_finite_when_the_tube_reaches_zero(tiny_llama, token_
     assert sound.value >= float(ratio.max())
 
 
-def test_tampered_certificate_is_rejected(tmp_path):
-    cert = seal({"block": 3, "metrics": {"eps_max": 0.25}})
-    path = write_certificate(tmp_path, cert)
-    assert load_certificate(path)["metrics"]["eps_max"] == 0.25
+def test_tampered_certificate_is_rejected(forged):
+    path = forged / "certificate.json"
+    claimed = load_certificate(path)["metrics"]["eps_max"]
     data = json.loads(path.read_text())
-    data["metrics"]["eps_max"] = 0.125
+    data["metrics"]["eps_max"] = claimed / 2
     path.write_text(json.dumps(data))
     with pytest.raises(VerificationError, match="certificate_sha256"):
         load_certificate(path)

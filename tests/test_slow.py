@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blockcert.cert.certificate import load_certificate
 from blockcert.surrogate.capacity import importance, keep_heads, keep_neurons
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
+from blockcert.verify.collect import load_certificate
 from tests.conftest import run_script
 
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from blockcert.cert.certificate import load_certificate
 from blockcert.errors import BlockCertError
 from blockcert.lit.callback import check_certificate_options
+from blockcert.verify.collect import load_certificate
 from tests.conftest import run_script
 
 TINY = [

@@ -5,99 +5,17 @@ re-seals the certificate, as a forger would; the verifier must still name the fi
 """
 
 import dataclasses
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from safetensors.torch import load_file, save_file
 
 import blockcert.compose.chain as chain
-from blockcert.cert.certificate import load_certificate, seal, write_certificate
-from blockcert.certify import certify
 from blockcert.errors import BoundViolationError, VerificationError
-from blockcert.hashing import sha256_file, token_ids_sha256
-from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE
+from blockcert.verify.collect import load_certificate
 from blockcert.verify.split import rebuild_split
-from tests.conftest import CONF, load_teacher, run_script
-
-TINY = [
-    "data.n_train_prompts=16",
-    "data.n_heldout_prompts=8",
-    "data.seq_len=32",
-    "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
-]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """One reduced-capacity tiny_llama run of block 1 (coverage counts differ across tau)."""
-    tmp = tmp_path_factory.mktemp("verify")
-    proc = run_script(
-        "train.py",
-        "model=tiny_llama",
-        "block=1",
-        "surrogate.head_fraction=0.5",
-        "surrogate.mlp_fraction=0.5",
-        "trainer.max_epochs=1",
-        "callbacks.certificate.taus_abs=[0.02,0.05,0.1,1.0]",
-        f"runs_root={tmp}",
-        f"cache.root={tmp}/cache",
-        *TINY,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (cert,) = (tmp / "tiny_llama").rglob("certificate.json")
-    return cert.parent
-
-
-@pytest.fixture
-def forged(tmp_path, run_dir):
-    copy = tmp_path / "runs" / "block1"
-    shutil.copytree(run_dir, copy)
-    return copy
-
-
-def _reseal(run: Path, graph=None, weights=None, tokens=None, cert=None) -> None:
-    """Apply the edits, re-hash every file and re-seal the certificate."""
-    certificate = load_certificate(run / "certificate.json")
-    if graph is not None:
-        data = json.loads((run / GRAPH_FILE).read_text())
-        graph(data)
-        (run / GRAPH_FILE).write_text(json.dumps(data))
-    if weights is not None:
-        tensors = load_file(str(run / WEIGHTS_FILE))
-        weights(tensors)
-        save_file(tensors, str(run / WEIGHTS_FILE))
-    if tokens is not None:
-        ids = tokens(load_file(str(run / "heldout_tokens.safetensors"))["input_ids"])
-        save_file({"input_ids": ids.contiguous()}, str(run / "heldout_tokens.safetensors"))
-        data = certificate["data"]
-        data.update(sha256=token_ids_sha256(ids), n_prompts=ids.shape[0], n_tokens=ids.numel())
-        data["tokens_file_sha256"] = sha256_file(run / "heldout_tokens.safetensors")
-    for name in (GRAPH_FILE, WEIGHTS_FILE):
-        certificate["surrogate"]["files"][name] = sha256_file(run / name)
-    if cert is not None:
-        cert(certificate)
-    body = {k: v for k, v in certificate.items() if k != "certificate_sha256"}
-    write_certificate(run, seal(body))
-
-
-def _certify(tmp_path, runs):
-    overrides = [
-        "model=tiny_llama",
-        f"runs={runs}",
-        f"out={tmp_path}/report",
-        f"lean.root={tmp_path}/lean",
-        "lean.build=false",
-        "lipschitz.random_trials=1",
-        "lipschitz.ascent_steps=1",
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="certify", overrides=overrides)
-    return certify(cfg)
+from tests.conftest import load_teacher, run_script
+from tests.forgery import certify_in_process, reseal
 
 
 def _node(data: dict, output: str) -> dict:
@@ -105,8 +23,8 @@ def _node(data: dict, output: str) -> dict:
 
 
 def test_untouched_run_verifies(tmp_path, forged):
-    _reseal(forged)  # re-hashing an honest run changes nothing
-    result = _certify(tmp_path, forged.parent)
+    reseal(forged)  # re-hashing an honest run changes nothing
+    result = certify_in_process(tmp_path, forged.parent)
     assert result.report["verification"]["status"] == "passed"
     assert result.report["certified_blocks"] == [1]
 
@@ -132,22 +50,22 @@ GRAPH_ATTACKS = {
 @pytest.mark.parametrize("attack", sorted(GRAPH_ATTACKS))
 def test_forged_graph_is_rejected_naming_the_node(tmp_path, forged, attack):
     edit, named = GRAPH_ATTACKS[attack]
-    _reseal(forged, graph=edit)
+    reseal(forged, graph=edit)
     with pytest.raises(VerificationError, match="surrogate IR node") as err:
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
     assert named in str(err.value) and "certificate.json" in str(err.value)
 
 
 def test_wrong_weight_shape_is_rejected(tmp_path, forged):
-    _reseal(forged, weights=lambda w: w.update({"q.weight": w["q.weight"][:-1].clone()}))
+    reseal(forged, weights=lambda w: w.update({"q.weight": w["q.weight"][:-1].clone()}))
     with pytest.raises(VerificationError, match="node 'q'"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def test_unreferenced_tensor_is_rejected(tmp_path, forged):
-    _reseal(forged, weights=lambda w: w.update(extra=torch.zeros(3)))
+    reseal(forged, weights=lambda w: w.update(extra=torch.zeros(3)))
     with pytest.raises(VerificationError, match="no node"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def _swap_coverage_taus(cert: dict) -> None:
@@ -185,48 +103,49 @@ CLAIM_ATTACKS = {
 @pytest.mark.parametrize("attack", sorted(CLAIM_ATTACKS))
 def test_forged_claim_is_rejected(tmp_path, forged, attack):
     edit, named = CLAIM_ATTACKS[attack]
-    _reseal(forged, cert=edit)
+    reseal(forged, cert=edit)
     with pytest.raises(VerificationError, match=named):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def test_coverage_entry_for_every_claimed_tau_only(tmp_path, forged):
-    _reseal(forged, cert=lambda c: c["metrics"]["coverage"].pop())
+    reseal(forged, cert=lambda c: c["metrics"]["coverage"].pop())
     with pytest.raises(VerificationError, match="coverage"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def test_cherry_picked_heldout_prompts_are_rejected(tmp_path, forged):
-    _reseal(forged, tokens=lambda ids: ids[:4])
+    reseal(forged, tokens=lambda ids: ids[:4])
     with pytest.raises(VerificationError, match="recorded data recipe"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
-def test_training_prompts_as_heldout_are_rejected(tmp_path, forged, run_dir):
+def test_training_prompts_as_heldout_are_rejected(tmp_path, forged, tiny_reduced_run):
+    run_dir = tiny_reduced_run
     cert = load_certificate(run_dir / "certificate.json")
-    split = rebuild_split(cert["data"]["recipe"], load_teacher("tiny_llama").tokenizer, "test")
-    _reseal(forged, tokens=lambda ids: split.train[: len(ids)])
+    split = rebuild_split(cert["data"]["recipe"], load_teacher("tiny_llama").tokenizer)
+    reseal(forged, tokens=lambda ids: split.train[: len(ids)])
     with pytest.raises(VerificationError, match="data.tokens_file"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def test_forged_recipe_target_is_refused(tmp_path, forged):
     recipe = {"_target_": "os.system", "command": "true"}
-    _reseal(forged, cert=lambda c: c["data"]["recipe"].update(corpus=recipe))
+    reseal(forged, cert=lambda c: c["data"]["recipe"].update(corpus=recipe))
     with pytest.raises(VerificationError, match="data.recipe.corpus"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
 
 
 def test_newest_certificate_is_chosen_by_path_not_by_claimed_time(tmp_path, forged):
     older = forged.parent / "a-older-run"  # sorts before block1
     shutil.copytree(forged, older)
-    _reseal(older, cert=lambda c: c.update(created_at="2999-01-01T00:00:00+00:00"))
-    result = _certify(tmp_path, forged.parent)
+    reseal(older, cert=lambda c: c.update(created_at="2999-01-01T00:00:00+00:00"))
+    result = certify_in_process(tmp_path, forged.parent)
     assert result.report["certificates"]["1"] == str(forged / "certificate.json")
 
 
 def test_forged_graph_exits_3_with_one_line_from_the_command_line(tmp_path, forged):
-    _reseal(forged, graph=GRAPH_ATTACKS["duplicate_output"][0])
+    reseal(forged, graph=GRAPH_ATTACKS["duplicate_output"][0])
     proc = run_script(
         "certify.py",
         "model=tiny_llama",
@@ -250,5 +169,5 @@ def test_a_broken_sound_constant_makes_certify_exit_4(tmp_path, forged, monkeypa
 
     monkeypatch.setattr(chain, "sound_lipschitz", broken)
     with pytest.raises(BoundViolationError, match="exceeds sound"):
-        _certify(tmp_path, forged.parent)
+        certify_in_process(tmp_path, forged.parent)
     assert (tmp_path / "report" / "certify_report.json").is_file()  # written for inspection

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -21,10 +22,18 @@ from omegaconf import DictConfig
 
 from blockcert.cert.metrics import ErrorReport
 from blockcert.cli import check_count
+from blockcert.compose.bound import step_taken
 from blockcert.compose.chain import Chain, compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
+from blockcert.evaluate.own_split import (
+    check_own_options,
+    draw_own_prompts,
+    own_prompt_errors,
+    own_split_lines,
+    own_split_section,
+)
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
@@ -35,8 +44,10 @@ from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import Surrogate
 from blockcert.verify.claims import (
+    TeacherFacts,
     Tolerance,
     VerifiedBlock,
+    blame,
     check_split,
     rederive_claims,
     verify_artifacts,
@@ -59,6 +70,8 @@ class Verified:
 
     blocks: dict[int, VerifiedBlock]
     heldout: torch.Tensor  # [n_prompts, seq] shared by every certificate
+    recipe: dict  # the data recipe the split was rebuilt from (the first certificate's)
+    fresh_pool: torch.Tensor  # recipe windows no certificate trains or evaluates on
 
     @property
     def first(self) -> int:
@@ -90,24 +103,28 @@ def load_teacher(cfg: DictConfig) -> Teacher:
 
 def verify_certificates(cfg: DictConfig, teacher: Teacher, runs: Path) -> Verified:
     """Stage 1: hashes, IR and split of every chosen certificate; VerificationError if not."""
-    adapter = teacher.adapter
     chosen = certificates_per_block(runs, teacher.model.name)
-    params = [extract_block(adapter, k).num_params for k in range(adapter.num_blocks)]
-    blocks, heldout = {}, None
+    facts = TeacherFacts.of(teacher.model)
+    blocks, splits = {}, []
     for k, (path, certificate) in chosen.items():
-        block = verify_artifacts(
-            path, certificate, teacher.model.weights_sha256, adapter.num_blocks, params
-        )
-        if heldout is not None and not torch.equal(block.heldout, heldout):
-            raise BlockCertError(
-                f"{path}: its held-out prompts differ from the other certificates'; compose only "
-                "certificates measured on the same data (same data config and seed)."
-            )
-        rebuilt = rebuild_split(certificate["data"].get("recipe"), teacher.model.tokenizer, path)
-        check_split(block, rebuilt)
-        heldout = block.heldout
+        with blame(path):
+            block = verify_artifacts(path, certificate, facts)
+            if blocks and not torch.equal(block.heldout, next(iter(blocks.values())).heldout):
+                raise BlockCertError(
+                    f"{path}: its held-out prompts differ from the other certificates'; compose "
+                    "only certificates measured on the same data (same data config and seed)."
+                )
+            recipe = certificate["data"]["recipe"]
+            rebuilt = rebuild_split(recipe, teacher.model.tokenizer, cfg.corpus_path)
+            check_split(block, rebuilt)
         blocks[k] = block
-    return Verified(blocks, heldout)
+        splits.append(rebuilt)
+    first = blocks[min(blocks)]
+    # fresh windows for the verifier's own prompts: none that any certificate trained on
+    trained = {tuple(row) for split in splits for row in split.train.tolist()}
+    pool = splits[0].rest
+    keep = [i for i, row in enumerate(pool.tolist()) if tuple(row) not in trained]
+    return Verified(blocks, first.heldout, first.certificate["data"]["recipe"], pool[keep])
 
 
 def _pairs(states: list[torch.Tensor], k: int, batch_size: int):
@@ -120,10 +137,11 @@ def rederive(
     verified: Verified, states: list[torch.Tensor], cfg: DictConfig, tolerance: Tolerance
 ) -> dict[int, ErrorReport]:
     """Stage 2: every claim of every certificate recomputed on teacher pairs (exit 3 if not)."""
-    return {
-        k: rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
-        for k, block in verified.blocks.items()
-    }
+    reports = {}
+    for k, block in verified.blocks.items():
+        with blame(block.path):
+            reports[k] = rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
+    return reports
 
 
 def chain_blocks(teacher: Teacher, verified: Verified) -> list[tuple[int, Surrogate]]:
@@ -257,9 +275,11 @@ def _coverage_rows(report: ErrorReport) -> list[dict]:
 def _block_rows(
     composition: Composition, observed: list[float], reports: dict[int, ErrorReport]
 ) -> list[dict]:
-    rows = []
+    rows, prev = [], Fraction(0)
     for link in composition.chain.links:
         metrics = reports.get(link.block)
+        step = step_taken(prev, link.lipschitz_sound, link.saturation)
+        prev = link.bound_sound
         rows.append(
             {
                 "block": link.block,
@@ -278,6 +298,8 @@ def _block_rows(
                     link.parts.get("sound", {}).get("saturated_step", False)
                 ),
                 "lipschitz_empirical": _float_or_none(link.lipschitz_empirical),
+                # which term of min(L*B_(k-1), B_(k-1) + a) the sound chain takes here
+                "step": step,
                 "bound_sound": None if link.bound_sound is None else float(link.bound_sound),
                 "bound_empirical": _float_or_none(link.bound_empirical),
                 "observed": observed[link.block],
@@ -314,8 +336,9 @@ def build_report(
             "n_prompts": len(verified.heldout),
             "n_tokens": verified.heldout.numel(),
             "sha256": verified.blocks[verified.first].certificate["data"]["sha256"],
-            "split": "rebuilt from each certificate's recipe; equal to its token file; "
-            "disjoint from the training prompts",
+            "recipe": verified.recipe,
+            "split": "rebuilt from each certificate's recipe (the author's choice of corpus, "
+            "seed and sizes); equal to its token file; disjoint from the training prompts",
         },
         "verification": {"status": "passed", "tolerance": tolerance.describe()},
         "bound": {
@@ -372,9 +395,34 @@ class StageClock:
         return self.seconds[stage]
 
 
+def own_split_stage(
+    cfg: DictConfig,
+    teacher: Teacher,
+    verified: Verified,
+    reports: dict[int, ErrorReport],
+    report: dict,
+) -> None:
+    """The verifier's own fresh prompts (evaluate/own_split.py): report["own_split"]."""
+    options = cfg.verifier
+    if options.n_prompts == 0:
+        report["own_split"] = None
+        return
+    own = draw_own_prompts(options, verified.recipe, verified.fresh_pool, teacher.model.tokenizer)
+    surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
+    errors = own_prompt_errors(teacher.adapter, surrogates, own.ids, cfg.batch_size)
+    certificates = {k: b.certificate for k, b in verified.blocks.items()}
+    heldout = {k: r.prompt_max for k, r in reports.items()}
+    section, findings = own_split_section(
+        options, own, errors, heldout, certificates, verified.recipe
+    )
+    report["own_split"] = section
+    report["findings"] += findings
+
+
 def certify(cfg: DictConfig) -> CertifyResult:
     """Run every stage; returns the report (also written under cfg.out) and summary lines."""
     check_lipschitz_options(cfg)  # a bad option fails before the model loads
+    check_own_options(cfg.verifier)
     clock = StageClock()
     teacher = load_teacher(cfg)
     clock.done("load")
@@ -411,6 +459,8 @@ def certify(cfg: DictConfig) -> CertifyResult:
     report, violations = build_report(
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
+    own_split_stage(cfg, teacher, verified, reports, report)
+    clock.done("own prompts")
     # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
     # the statistics need the fp32 allowance on every held-out prompt: reuse the bound's when
     # it covered them all
@@ -445,6 +495,16 @@ def empirical_text(value: float | None) -> str:
     return "not computed (lipschitz.empirical_prompts=0)" if value is None else f"{value:.6g}"
 
 
+def chain_steps_text(rows: list[dict]) -> str:
+    """Which blocks step by L*B and which by B + a (where L is vacuous at the tube's radius)."""
+    parts = []
+    for step in ("L*B", "B+a"):
+        blocks = [str(r["block"]) for r in rows if r["step"] == step]
+        if blocks:
+            parts.append(f"{step} on block(s) {', '.join(blocks)}")
+    return "; ".join(parts)
+
+
 def summary_lines(report: dict) -> list[str]:
     s, b = report["stitched"], report["bound"]
     rows = [
@@ -455,6 +515,7 @@ def summary_lines(report: dict) -> list[str]:
             f"{report['data']['n_prompts']} held-out prompts",
         ),
         ("sound bound", "unbounded" if b["sound"] is None else f"{b['sound']:.6g}"),
+        ("chain steps", chain_steps_text(report["blocks"])),
         ("empirical bound", empirical_text(b["empirical"])),
         ("observed max deviation", f"{b['observed']:.6g} (same prompts)"),
         ("bound / observed", "n/a" if b["tightness"] is None else f"{b['tightness']:.4g}"),
@@ -466,8 +527,20 @@ def summary_lines(report: dict) -> list[str]:
         ("top-1 agreement", f"{s['top1_agreement']:.4%}"),
         ("lean", f"{report['lean']['status']}: {report['lean']['message']}"),
     ]
+    recipe = report["data"]["recipe"]
+    rows.insert(
+        1,
+        (
+            "held-out split",
+            f"{report['data']['n_prompts']} prompts from the recipe's corpus "
+            f"{recipe['corpus']['name']} (seed {recipe['seed']}, {recipe['n_train_prompts']} "
+            f"training prompts, seq_len {recipe['seq_len']}), rebuilt and checked",
+        ),
+    )
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if report.get("own_split"):
+        lines += own_split_lines(report["own_split"])
     lines += [f"FINDING: {f}" for f in report["findings"]]
     lines.append(f"report: {report['files'][0]}")
     return lines

@@ -93,6 +93,43 @@ def check_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise SystemExit(2)
 
 
+def _overrides(argv: list[str]) -> list[str]:
+    """The config overrides among the command-line arguments (not Hydra's own flags)."""
+    return [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+
+
+def preflight(
+    config_name: str, argv: list[str], types: dict[str, type], conf_dir: Path = CONF_DIR
+) -> None:
+    """Compose the entry's config from the command line as Hydra will, before Hydra runs.
+
+    A group choice naming no file, an override naming no key (`block=abc` for certify.py), a
+    value of the wrong type or an `out=` that is an existing file is one line and exit 2,
+    never Hydra's traceback. A multirun (-m) is only checked for its group choices: its sweep
+    values are not single values.
+    """
+    check_choices(argv, conf_dir)
+    if "-m" in argv or "--multirun" in argv:
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=_overrides(argv))
+    except Exception as err:  # Hydra's override and composition errors
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        check_types(cfg, types)
+        out = OmegaConf.select(cfg, "out", default=None)
+        if out is not None and Path(str(out)).exists() and not Path(str(out)).is_dir():
+            raise BlockCertError(f"out={out!r} is an existing file; give a directory.")
+    except BlockCertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
 def _project_error(err: BaseException) -> BlockCertError | None:
     """The BlockCertError behind `err`, also when a library (Hydra's instantiate) wrapped it."""
     seen = set()

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockcert.atomic import write_atomic, write_text_atomic
-from blockcert.cert.certificate import CERTIFICATE_FILE, load_certificate
+from blockcert.cert.certificate import CERTIFICATE_FILE
 from blockcert.cli import one_line_errors
 from blockcert.errors import BlockCertError
 from blockcert.lit.wandb_log import coverage_key, log_files
+from blockcert.verify.collect import load_certificate
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,9 @@ from torch import nn
 from blockcert.errors import BlockCertError
 from blockcert.models.adapters import adapter_for
 from blockcert.models.teacher import Teacher
-from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
-from blockcert.verify.claims import verify_artifacts
+from blockcert.verify.claims import TeacherFacts, blame, verify_artifacts
 from blockcert.verify.collect import certificates_per_block
 
 
@@ -104,15 +103,12 @@ def stitch(teacher: Teacher, surrogates: Mapping[int, Surrogate]) -> nn.Module:
 
 def verified_surrogates(teacher: Teacher, runs: str | Path) -> dict[int, Surrogate]:
     """{block: surrogate} of the newest certificate per block under `runs`, each verified."""
-    adapter = adapter_for(teacher)
     chosen = certificates_per_block(runs, teacher.name)
-    params = [extract_block(adapter, k).num_params for k in range(adapter.num_blocks)]
+    facts = TeacherFacts.of(teacher)
     surrogates = {}
     for k, (path, certificate) in chosen.items():
-        verified = verify_artifacts(
-            path, certificate, teacher.weights_sha256, adapter.num_blocks, params
-        )
-        surrogates[k] = verified.surrogate
+        with blame(path):
+            surrogates[k] = verify_artifacts(path, certificate, facts).surrogate
     return surrogates
 
 

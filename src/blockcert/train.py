@@ -299,9 +299,17 @@ def summary_lines(cert: dict) -> list[str]:
 
 
 def lipschitz_shown(lip: dict, spec: str) -> str:
-    """A certificate's constant as the summary shows it; None is unbounded or not computed."""
+    """A certificate's constant as the summary shows it; None is unbounded or not computed.
+    A sound constant that is vacuous at its radius says so, and which chain step wins there."""
     if lip["value"] is not None:
-        return format(lip["value"], spec)
+        shown = format(lip["value"], spec)
+        if lip.get("vacuous"):
+            a = lip["parts"]["saturation"]
+            shown += (
+                f" (vacuous at this radius: L*r = {lip['value'] * lip['radius']:.3g} >= "
+                f"r + a = {lip['radius'] + a:.3g}; the chain steps by B + a there)"
+            )
+        return shown
     return (
         "not computed (0 prompts)" if lip["parts"].get("prompts") == 0 else "unbounded on this tube"
     )

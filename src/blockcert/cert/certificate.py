@@ -1,7 +1,8 @@
 """Certificate: versioned JSON with hashes of every artifact and its own SHA-256.
 
 certificate_sha256 = SHA-256 of the canonical JSON (sorted keys, no spaces, no NaN) of every
-other field. Written atomically; read back with `load_certificate`, which checks that hash.
+other field. Written atomically; read back (as untrusted input) with
+`blockcert.verify.collect.load_certificate`, which checks its schema and that hash.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from blockcert.atomic import write_text_atomic
-from blockcert.errors import BlockCertError, VerificationError
+from blockcert.errors import BlockCertError
 from blockcert.hashing import sha256_text
 
-SCHEMA_VERSION = 2  # 2: coverage per token and per prompt; data.recipe
+SCHEMA_VERSION = 3  # 3: data.recipe names a corpus by key, never code; lipschitz.*.vacuous
 CERTIFICATE_FILE = "certificate.json"
 TOKENS_FILE = "heldout_tokens.safetensors"
 
@@ -31,6 +32,18 @@ def canonical_json(data: dict) -> str:
 def certificate_sha256(certificate: dict) -> str:
     body = {k: v for k, v in certificate.items() if k != "certificate_sha256"}
     return sha256_text(canonical_json(body))
+
+
+def lipschitz_claim(lipschitz) -> dict:
+    """A Lipschitz constant as a certificate records it, with `vacuous`: for a sound L with a
+    saturation constant a (parts["saturation"]), whether L*r >= r + a, i.e. at its own radius
+    the chain step min(L*B, B + a) is B + a and L decides nothing; None where not applicable."""
+    claim = lipschitz.to_dict()
+    a = claim["parts"].get("saturation")
+    value, radius = claim["value"], claim["radius"]
+    applies = claim["kind"] == "sound" and value is not None and a is not None
+    claim["vacuous"] = bool(value * radius >= radius + a) if applies else None
+    return claim
 
 
 def code_version() -> dict[str, str | None]:
@@ -62,22 +75,3 @@ def seal(body: dict) -> dict:
 def write_certificate(directory: str | Path, certificate: dict) -> Path:
     text = json.dumps(certificate, indent=2, sort_keys=True, allow_nan=False) + "\n"
     return write_text_atomic(Path(directory) / CERTIFICATE_FILE, text)
-
-
-def load_certificate(path: str | Path) -> dict:
-    """Read a certificate and check its schema version and own hash (VerificationError if not)."""
-    path = Path(path)
-    try:
-        certificate = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise VerificationError(f"{path}: not a readable certificate ({err}).") from None
-    if certificate.get("schema_version") != SCHEMA_VERSION:
-        raise VerificationError(
-            f"{path}: schema_version {certificate.get('schema_version')} is not {SCHEMA_VERSION}."
-        )
-    if certificate.get("certificate_sha256") != certificate_sha256(certificate):
-        raise VerificationError(
-            f"{path}: field certificate_sha256 does not match the canonical JSON of the other "
-            "fields (the certificate was edited)."
-        )
-    return certificate

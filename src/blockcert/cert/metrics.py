@@ -41,9 +41,13 @@ class ErrorReport:
     # (None where the output was not materialised: the fused route); lets the stitched run skip
     # blocks whose input and output are the teacher's. Not a claim: never serialised.
     exact_prompts: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # [n_prompts] fp32: each prompt's largest token error (the verifier's own-prompt test
+    # compares them with fresh prompts'). Not a claim: never serialised.
+    prompt_max: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("coverage", "exact_prompts")}
+        hidden = ("coverage", "exact_prompts", "prompt_max")
+        data = {k: v for k, v in self.__dict__.items() if k not in hidden}
         data["coverage"] = [c.to_dict() for c in self.coverage]
         return data
 
@@ -162,4 +166,5 @@ def measure_errors(
         target_norm_mean=float(target_norm.double().mean()),
         coverage=coverage_entries(err, rel_err, taus_abs, taus_rel, delta, stats.counts),
         exact_prompts=None if any(e is None for e in exact) else torch.cat(exact),
+        prompt_max=err.amax(dim=1),
     )

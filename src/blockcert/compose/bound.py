@@ -81,3 +81,13 @@ def closed_form_bound(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> Frac
             product *= Fraction(lip_j)
         total += Fraction(eps_k) * product
     return total
+
+
+def step_taken(prev: Fraction, lip: Fraction | None, sat: Fraction | None) -> str:
+    """Which term of min(L * B, B + a) the step takes at B = prev: "L*B" or "B+a" (a tie is
+    L*B); with one constant claimed, that one. Reports say it beside every block."""
+    if lip is None:
+        return "B+a"
+    if sat is None or Fraction(lip) * prev <= prev + Fraction(sat):
+        return "L*B"
+    return "B+a"

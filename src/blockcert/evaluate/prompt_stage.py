@@ -279,6 +279,7 @@ def fresh_prompt_statistics(
     lipschitz: Mapping,
     tokenizer,
     batch_size: int,
+    text_path: str | None = None,
 ) -> dict:
     """(a) direct and (b) compositional statements on the held-out prompts, checked on the
     check split when `n_check_prompts` > 0 (cfg: the `statistics:` config section)."""
@@ -315,12 +316,14 @@ def fresh_prompt_statistics(
         "check": None,
     }
     n_check = cfg["n_check_prompts"]
-    if n_check is None:
-        config = certificates[first].get("config", {}) or {}
-        n_check = (config.get("data") or {}).get("n_check_prompts", 0) or 0
+    if n_check is None:  # the count the run was trained with (its config is free-form JSON)
+        data = certificates[first]["config"].get("data")
+        n_check = data.get("n_check_prompts") if isinstance(data, dict) else None
+        n_check = n_check if isinstance(n_check, int) and not isinstance(n_check, bool) else 0
+        n_check = min(max(n_check, 0), 1 << 16)
     if n_check > 0:
-        recipe = certificates[first]["data"].get("recipe") or certificates[first]["config"]["data"]
-        check = list(check_split(recipe, tokenizer, heldout, n_check))
+        recipe = certificates[first]["data"]["recipe"]
+        check = list(check_split(recipe, tokenizer, heldout, n_check, text_path))
         check_traj = ragged_teacher_trajectory(adapter, check, batch_size)
         check_eval = evaluate_prompts(adapter, surrogates, check, check_traj, taus_cert)
         values = {
@@ -414,6 +417,7 @@ def run_prompt_stages(
             cfg.lipschitz,
             tokenizer,
             cfg.batch_size,
+            cfg.get("corpus_path"),
         )
         report["statistics"] = section
         lines += statistics_lines(section)

@@ -49,8 +49,9 @@ def render_markdown(report: dict) -> str:
     lines += [
         "",
         "| block | certified | eps measured | fp32 allowance (h, s) | eps_k composed | L_k sound "
-        "| a_k | L_k empirical | B_k sound | B_k empirical | observed e_k (bound's prompts) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| a_k | step | L_k empirical | B_k sound | B_k empirical "
+        "| observed e_k (bound's prompts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in report["blocks"]:
         lines.append(
@@ -58,10 +59,12 @@ def render_markdown(report: dict) -> str:
             f"| {_fmt(b['eps_measured'])} "
             f"| {_fmt(b['fp_allowance_centre'])}, {_fmt(b['fp_allowance_stitched'])} "
             f"| {_fmt(b['eps'])} | {_fmt(b['lipschitz_sound'])} | {_fmt(b['saturation'])} "
-            f"| {_fmt(b['lipschitz_empirical'], NOT_COMPUTED)} | {_fmt(b['bound_sound'])} "
-            f"| {_fmt(b['bound_empirical'], NOT_COMPUTED)} | {b['observed']:.4g} |"
+            f"| {b['step']} | {_fmt(b['lipschitz_empirical'], NOT_COMPUTED)} "
+            f"| {_fmt(b['bound_sound'])} | {_fmt(b['bound_empirical'], NOT_COMPUTED)} "
+            f"| {b['observed']:.4g} |"
         )
     lines += _coverage_lines(report)
+    lines += _own_split_lines(report.get("own_split"))
     if "prompts" in report:
         table = report["prompts"]["table"]
         lines += ["", f"## Certificate prompts vs your prompts ({report['prompts']['name']})", ""]
@@ -73,6 +76,30 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- (b) {stats['compositional']['statement']}")
     lines += ["", f"Recomputation tolerance: {report['verification']['tolerance']}."]
     return "\n".join(lines) + "\n"
+
+
+def _own_split_lines(own: dict | None) -> list[str]:
+    """The verifier's own fresh prompts against each certificate's eps_max."""
+    if not own:
+        return []
+    lines = [
+        "",
+        f"## The verifier's own prompts ({own['n_prompts']} from {own['corpus']}, "
+        f"seed {own['seed']})",
+        "",
+        f"Test: {own['test']}.",
+        "",
+        "| block | eps certified | eps on these prompts | ratio | prompts above | p exceed "
+        "| p rank | flagged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in own["blocks"]:
+        lines.append(
+            f"| {r['block']} | {_fmt(r['eps_certificate'])} | {_fmt(r['eps_verifier'])} "
+            f"| {_fmt(r['ratio'], 'n/a')} | {r['n_exceed']} | {_fmt(r['p_exceed'], 'n/a')} "
+            f"| {_fmt(r['p_rank'], 'n/a')} | {'YES' if r['flagged'] else 'no'} |"
+        )
+    return lines
 
 
 def _coverage_lines(report: dict) -> list[str]:

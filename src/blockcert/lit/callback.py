@@ -20,6 +20,7 @@ from blockcert.cert.certificate import (
     CERTIFICATE_FILE,
     TOKENS_FILE,
     code_version,
+    lipschitz_claim,
     seal,
     write_certificate,
 )
@@ -120,18 +121,6 @@ def _lipschitz_inputs(datamodule, n_prompts: int) -> torch.Tensor:
     return torch.cat(batches)[:n_prompts]
 
 
-def split_recipe(config: dict, n_train: int, n_heldout: int) -> dict:
-    """How the verifier rebuilds the train / held-out split: corpus, sizes, seed."""
-    data = config.get("data", {})
-    return {
-        "corpus": data.get("corpus"),
-        "seq_len": data.get("seq_len"),
-        "n_train_prompts": n_train,
-        "n_heldout_prompts": n_heldout,
-        "seed": data.get("seed"),
-    }
-
-
 def certify_block(
     surrogate,
     datamodule,
@@ -207,10 +196,10 @@ def certify_block(
             "train_sha256": token_ids_sha256(datamodule.prompts.train),
             "n_train_prompts": len(datamodule.prompts.train),
             "pairs_source": datamodule.pairs_source,
-            "recipe": split_recipe(config, len(datamodule.prompts.train), report.n_prompts),
+            "recipe": datamodule.prompts.recipe,
         },
         "metrics": report.to_dict(),
-        "lipschitz": {"sound": sound.to_dict(), "empirical": empirical.to_dict()},
+        "lipschitz": {"sound": lipschitz_claim(sound), "empirical": lipschitz_claim(empirical)},
         "code": code_version(),
         "config": config,
     }

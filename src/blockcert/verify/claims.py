@@ -1,35 +1,80 @@
 """Check a certificate against the artifacts it names, and re-derive every claim it makes.
 
 The certificate, its IR and its token file are untrusted. In order:
-1. `verify_artifacts`: block index, teacher weights hash, IR and weight file hashes, the IR graph
-   against its family template (`block_view`), params / capacity / teacher params recomputed,
-   held-out token file and token ids hashes, counts and shapes;
+1. `verify_artifacts` (after collect.py parsed the certificate against its schema): teacher
+   weights hash; the IR JSON and weights read as bounded regular files of the run directory,
+   hashed as read; the IR JSON against its schema, the weights' safetensors header before any
+   tensor is built (float32 only, at most the teacher block's parameter count); the IR graph
+   against its family template (`block_view`); the family and d_model against the teacher's;
+   params / capacity / teacher params recomputed; the held-out token file (one int64 tensor
+   `[prompts, seq]`) and its hashes, counts and shape;
 2. `check_split`: the train / held-out split rebuilt from the recorded recipe (corpus, sizes,
    seed) equals the token file, the training ids hash matches, and no held-out prompt is a
    training prompt;
 3. `rederive_claims`: every metric recomputed with the reference code on teacher pairs of the
    held-out tokens; coverage entries matched by (kind, unit, tau), never by position.
-Any mismatch raises VerificationError (exit 3) naming the file and the field.
+Any mismatch raises VerificationError (exit 3) naming the file and the field; `blame` turns any
+other error while a file is checked (a malformed tensor file, a shape the interpreter cannot
+run) into one too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 from blockcert.capture.prompts import PromptSplit
 from blockcert.cert.coverage import clopper_pearson_upper
 from blockcert.cert.metrics import ErrorReport, measure_errors
-from blockcert.errors import VerificationError
-from blockcert.hashing import sha256_file, token_ids_sha256
-from blockcert.surrogate.ir import Surrogate, load_surrogate
-from blockcert.surrogate.view import BlockView, InvalidGraphError, block_view
+from blockcert.errors import BlockCertError, VerificationError
+from blockcert.hashing import sha256_bytes, token_ids_sha256
+from blockcert.models.adapters import adapter_for
+from blockcert.models.teacher import Teacher
+from blockcert.surrogate.extract import extract_block
+from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, Graph, Node, Surrogate
+from blockcert.surrogate.view import TRANSCODER, BlockView, InvalidGraphError, block_view
+from blockcert.verify.run_files import (
+    GRAPH_MAX_BYTES,
+    SAFETENSORS_HEADER_MAX_BYTES,
+    parse_json,
+    read_run_file,
+    safetensors_header,
+    tensor_elements,
+)
+from blockcert.verify.schema import parse_graph
 
 SCALAR_METRICS = ("eps_max", "mean", "rms", "p50", "p99", "rel_max", "rel_mean", "rel_p99")
+TOKENS_MAX_BYTES = 256 << 20  # 32 M token ids
+
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    """What a certificate is checked against: the teacher loaded now."""
+
+    sha256: str
+    family: str
+    d_model: int
+    block_params: list[int]  # parameters of each teacher block
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_params)
+
+    @classmethod
+    def of(cls, teacher: Teacher) -> TeacherFacts:
+        adapter = adapter_for(teacher)
+        return cls(
+            sha256=teacher.weights_sha256,
+            family=teacher.family,
+            d_model=adapter.d_model,
+            block_params=[extract_block(adapter, k).num_params for k in range(adapter.num_blocks)],
+        )
 
 
 @dataclass(frozen=True)
@@ -66,48 +111,84 @@ class VerifiedBlock:
         return self.certificate["certificate_sha256"]
 
 
+@contextlib.contextmanager
+def blame(path: Path) -> Iterator[None]:
+    """Any error other than the project's own while `path` is checked: one line naming it."""
+    try:
+        yield
+    except BlockCertError:
+        raise
+    except (Exception, RecursionError, MemoryError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise VerificationError(f"{path}: {type(err).__name__}: {detail}") from None
+
+
 def _mismatch(path: Path, field: str, detail: str) -> VerificationError:
     return VerificationError(f"{path}: field {field} does not match: {detail}")
 
 
-def _field(path: Path, certificate: dict, *keys: str):
-    value = certificate
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            raise VerificationError(f"{path}: field {'.'.join(keys)} is missing.")
-        value = value[key]
-    return value
-
-
-def verify_artifacts(
-    path: Path, certificate: dict, model_sha256: str, num_blocks: int, teacher_params: list[int]
-) -> VerifiedBlock:
-    """Check every hash and the IR of one certificate; teacher_params[k]: block k's size."""
-    run_dir = path.parent
-    block = _field(path, certificate, "block")
-    if not isinstance(block, int) or isinstance(block, bool) or not 0 <= block < num_blocks:
+def verify_artifacts(path: Path, certificate: dict, teacher: TeacherFacts) -> VerifiedBlock:
+    """Check every hash and the IR of one schema-checked certificate against the teacher."""
+    block = certificate["block"]
+    if block >= teacher.num_blocks:
         raise _mismatch(
-            path, "block", f"{block!r} is not a block of the model (0..{num_blocks - 1})"
+            path, "block", f"{block} is not a block of the model (0..{teacher.num_blocks - 1})"
         )
-    if _field(path, certificate, "model", "sha256") != model_sha256:
+    if certificate["model"]["sha256"] != teacher.sha256:
         raise _mismatch(path, "model.sha256", "the teacher weights loaded now hash differently")
-    files = _field(path, certificate, "surrogate", "files")
-    for name, expected in files.items():
-        file = run_dir / name
-        if Path(name).name != name or not file.is_file() or sha256_file(file) != expected:
-            raise _mismatch(path, f"surrogate.files[{name}]", f"{file} is missing or changed")
-    surrogate = load_surrogate(run_dir)
+    surrogate = _load_surrogate(path, certificate, teacher.block_params[block])
     try:
         view = block_view(surrogate)
     except InvalidGraphError as err:
         raise VerificationError(f"{path}: {err}") from None
-    _check_surrogate_claims(path, certificate, surrogate, view, teacher_params[block])
+    _check_against_teacher(path, view, teacher)
+    _check_surrogate_claims(path, certificate, surrogate, view, teacher.block_params[block])
     heldout = _verified_tokens(path, certificate)
     return VerifiedBlock(block, path, certificate, surrogate, view, heldout)
 
 
+def _hashed_file(path: Path, certificate: dict, name: str, max_bytes: int) -> bytes:
+    data = read_run_file(path.parent, name, f"surrogate.files[{name}]", max_bytes, str(path))
+    if sha256_bytes(data) != certificate["surrogate"]["files"][name]:
+        raise _mismatch(path, f"surrogate.files[{name}]", f"{path.parent / name} changed")
+    return data
+
+
+def _load_surrogate(path: Path, certificate: dict, teacher_params: int) -> Surrogate:
+    """The IR graph and weights, read, hashed and parsed before any tensor is built."""
+    graph_where = str(path.parent / GRAPH_FILE)
+    graph_data = _hashed_file(path, certificate, GRAPH_FILE, GRAPH_MAX_BYTES)
+    graph = parse_graph(parse_json(graph_data, graph_where), graph_where)
+    # a surrogate is never larger than the teacher block it replaces
+    weights_max = 8 + SAFETENSORS_HEADER_MAX_BYTES + 4 * teacher_params
+    weights_where = str(path.parent / WEIGHTS_FILE)
+    weights_data = _hashed_file(path, certificate, WEIGHTS_FILE, weights_max)
+    header = safetensors_header(weights_data, weights_where)
+    dtypes = sorted({entry["dtype"] for entry in header.values()} - {"F32"})
+    if dtypes:
+        raise VerificationError(f"{weights_where}: weights must be float32, found {dtypes[0]}.")
+    if tensor_elements(header) > teacher_params:
+        raise VerificationError(
+            f"{weights_where}: {tensor_elements(header)} parameters, more than the teacher "
+            f"block's {teacher_params}."
+        )
+    weights = load_safetensors(weights_data)
+    nodes = [Node(**node.model_dump()) for node in graph.nodes]
+    ir = Graph(**{**graph.model_dump(), "nodes": nodes})
+    return Surrogate(ir, weights)
+
+
+def _check_against_teacher(path: Path, view: BlockView, teacher: TeacherFacts) -> None:
+    if view.family not in (teacher.family, teacher.family + TRANSCODER):
+        raise _mismatch(
+            path, "surrogate.family", f"{view.family!r} cannot replace a {teacher.family} block"
+        )
+    if view.d_model != teacher.d_model:
+        raise _mismatch(path, "d_model", f"IR has {view.d_model}, the teacher {teacher.d_model}")
+
+
 def _check_surrogate_claims(path, certificate, surrogate, view, teacher_params: int) -> None:
-    claimed = _field(path, certificate, "surrogate")
+    claimed = certificate["surrogate"]
     recomputed = {
         "family": view.family,
         "params": view.num_params,
@@ -126,27 +207,28 @@ def _check_surrogate_claims(path, certificate, surrogate, view, teacher_params: 
 
 
 def _verified_tokens(path: Path, certificate: dict) -> torch.Tensor:
-    data = _field(path, certificate, "data")
-    tokens_file = path.parent / str(_field(path, certificate, "data", "tokens_file"))
-    if not tokens_file.is_file() or sha256_file(tokens_file) != data.get("tokens_file_sha256"):
-        raise _mismatch(path, "data.tokens_file_sha256", f"{tokens_file} is missing or changed")
-    try:
-        ids = load_file(str(tokens_file))["input_ids"]
-    except (OSError, KeyError, ValueError) as err:
-        raise _mismatch(path, "data.tokens_file", f"unreadable token file ({err})") from None
-    if ids.dim() != 2 or ids.dtype != torch.int64 or ids.numel() == 0:
+    data = certificate["data"]
+    name = data["tokens_file"]
+    where = str(path.parent / name)
+    raw = read_run_file(path.parent, name, "data.tokens_file", TOKENS_MAX_BYTES, str(path))
+    if sha256_bytes(raw) != data["tokens_file_sha256"]:
+        raise _mismatch(path, "data.tokens_file_sha256", f"{where} is missing or changed")
+    header = safetensors_header(raw, where)
+    entry = header.get("input_ids")
+    if set(header) != {"input_ids"} or entry["dtype"] != "I64" or len(entry["shape"]) != 2:
         raise _mismatch(
-            path,
-            "data.tokens_file",
-            f"token ids must be int64 [prompts, seq], got {tuple(ids.shape)} {ids.dtype}",
+            path, "data.tokens_file", "the token file must hold one int64 tensor input_ids [n, seq]"
         )
-    if token_ids_sha256(ids) != data.get("sha256"):
+    ids = load_safetensors(raw)["input_ids"]
+    if ids.numel() == 0:
+        raise _mismatch(path, "data.tokens_file", "the token file holds no token")
+    if token_ids_sha256(ids) != data["sha256"]:
         raise _mismatch(path, "data.sha256", "the held-out token ids hash differently")
     shape = {"n_prompts": ids.shape[0], "seq_len": ids.shape[1], "n_tokens": ids.numel()}
     for key, value in shape.items():
-        if data.get(key) != value:
+        if data[key] != value:
             raise _mismatch(
-                path, f"data.{key}", f"claimed {data.get(key)!r}, the token file has {value}"
+                path, f"data.{key}", f"claimed {data[key]!r}, the token file has {value}"
             )
     return ids
 
@@ -161,9 +243,9 @@ def check_split(block: VerifiedBlock, rebuilt: PromptSplit) -> None:
             "the held-out prompts are not the ones the recorded data recipe (corpus, sizes, seed) "
             "produces",
         )
-    if token_ids_sha256(rebuilt.train) != data.get("train_sha256"):
+    if token_ids_sha256(rebuilt.train) != data["train_sha256"]:
         raise _mismatch(path, "data.train_sha256", "the rebuilt training prompts hash differently")
-    if data.get("n_train_prompts") != len(rebuilt.train):
+    if data["n_train_prompts"] != len(rebuilt.train):
         raise _mismatch(path, "data.n_train_prompts", f"the recipe gives {len(rebuilt.train)}")
     train_rows = {tuple(row) for row in rebuilt.train.tolist()}
     shared = sum(tuple(row) in train_rows for row in block.heldout.tolist())
@@ -176,25 +258,25 @@ def check_split(block: VerifiedBlock, rebuilt: PromptSplit) -> None:
 def rederive_claims(block: VerifiedBlock, pairs, tolerance: Tolerance) -> ErrorReport:
     """Recompute every metric; VerificationError if a claim is not reproduced."""
     path = block.path
-    claimed = _field(path, block.certificate, "metrics")
-    entries = _field(path, block.certificate, "metrics", "coverage")
-    keys = [_coverage_key(path, c) for c in entries]
+    claimed = block.certificate["metrics"]
+    entries = claimed["coverage"]
+    keys = [_coverage_key(c) for c in entries]
     if len(set(keys)) != len(keys):
         raise _mismatch(path, "metrics.coverage", "an entry (kind, unit, tau) appears twice")
     taus = {kind: sorted({tau for k, _, tau in keys if k == kind}) for kind in ("abs", "rel")}
-    deltas = {c.get("delta") for c in entries}
-    if len(deltas) != 1 or not all(isinstance(d, float) and 0 < d < 1 for d in deltas):
+    deltas = {c["delta"] for c in entries}
+    if len(deltas) != 1:
         raise _mismatch(path, "metrics.coverage[].delta", "one confidence level 0 < delta < 1")
     report = measure_errors(block.surrogate, pairs, taus["abs"], taus["rel"], deltas.pop())
     mine = {c.key: c for c in report.coverage}
     if set(mine) != set(keys):
         raise _mismatch(path, "metrics.coverage", "each tau needs a token and a prompt entry")
     for name in ("n_prompts", "n_tokens"):
-        if claimed.get(name) != getattr(report, name):
+        if claimed[name] != getattr(report, name):
             raise _mismatch(path, f"metrics.{name}", f"recomputed {getattr(report, name)}")
     for name in (*SCALAR_METRICS, "target_norm_mean"):
-        value = claimed.get(name)
-        if not isinstance(value, (int, float)) or not tolerance.close(value, getattr(report, name)):
+        value = claimed[name]
+        if not tolerance.close(value, getattr(report, name)):
             raise _mismatch(
                 path,
                 f"metrics.{name}",
@@ -206,37 +288,30 @@ def rederive_claims(block: VerifiedBlock, pairs, tolerance: Tolerance) -> ErrorR
     return report
 
 
-def _coverage_key(path: Path, entry: dict) -> tuple[str, str, float]:
-    kind, unit, tau = entry.get("kind"), entry.get("unit"), entry.get("tau")
-    if kind not in ("abs", "rel") or unit not in ("token", "prompt"):
-        raise _mismatch(path, "metrics.coverage[].kind/unit", f"{kind!r}/{unit!r}")
-    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
-        raise _mismatch(path, "metrics.coverage[].tau", f"{tau!r} is not a finite tau >= 0")
-    return kind, unit, float(tau)
+def _coverage_key(entry: dict) -> tuple[str, str, float]:
+    # types and ranges are the schema's (verify/schema.py: CoverageEntry)
+    return entry["kind"], entry["unit"], float(entry["tau"])
 
 
 def _check_coverage_entry(path: Path, entry: dict, mine, tolerance: Tolerance) -> None:
     name = f"metrics.coverage[{mine.kind}/{mine.unit}<={mine.tau:g}]"
-    covered, n = entry.get("covered"), entry.get("n")
+    covered, n = entry["covered"], entry["n"]
     if n != mine.n:
         raise _mismatch(path, f"{name}.n", f"claimed {n!r}, recomputed {mine.n}")
-    if (
-        not isinstance(covered, int)
-        or abs(covered - mine.covered) > tolerance.coverage_fraction * n
-    ):
+    if abs(covered - mine.covered) > tolerance.coverage_fraction * n:
         raise _mismatch(path, f"{name}.covered", f"claimed {covered!r}, recomputed {mine.covered}")
     # the derived figures must follow from the claimed count (and so lie near the recomputed)
     fraction = covered / n
-    if not math.isclose(entry.get("fraction", math.nan), fraction, rel_tol=1e-12, abs_tol=1e-15):
+    if not math.isclose(entry["fraction"], fraction, rel_tol=1e-12, abs_tol=1e-15):
         raise _mismatch(
             path,
             f"{name}.fraction",
-            f"claimed {entry.get('fraction')!r}, {covered}/{n} = {fraction:.12g}",
+            f"claimed {entry['fraction']!r}, {covered}/{n} = {fraction:.12g}",
         )
     upper = clopper_pearson_upper(n - covered, n, mine.delta)
-    if not math.isclose(entry.get("miss_rate_upper", math.nan), upper, rel_tol=1e-9, abs_tol=1e-15):
+    if not math.isclose(entry["miss_rate_upper"], upper, rel_tol=1e-9, abs_tol=1e-15):
         raise _mismatch(
             path,
             f"{name}.miss_rate_upper",
-            f"claimed {entry.get('miss_rate_upper')!r}, Clopper-Pearson gives {upper:.9g}",
+            f"claimed {entry['miss_rate_upper']!r}, Clopper-Pearson gives {upper:.9g}",
         )

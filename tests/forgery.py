@@ -1,0 +1,83 @@
+"""A forger's tools: edit a copy of a real run, re-hash every file and re-seal the certificate,
+as someone who controls the run directory would; and certify.py run in-process on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file, save_file
+
+from blockcert.cert.certificate import CERTIFICATE_FILE, seal, write_certificate
+from blockcert.certify import certify
+from blockcert.hashing import sha256_file, token_ids_sha256
+from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE
+from tests.conftest import CONF
+
+TOKENS_FILE = "heldout_tokens.safetensors"
+TINY_TRAIN = [
+    "model=tiny_llama",
+    "block=1",
+    "surrogate.head_fraction=0.5",
+    "surrogate.mlp_fraction=0.5",
+    "trainer.max_epochs=1",
+    "callbacks.certificate.taus_abs=[0.02,0.05,0.1,1.0]",
+    "data.n_train_prompts=16",
+    "data.n_heldout_prompts=8",
+    "data.seq_len=32",
+    "logger=csv",
+    "callbacks.certificate.lipschitz_prompts=2",
+]
+
+
+def read_certificate(run: Path) -> dict:
+    return json.loads((run / CERTIFICATE_FILE).read_text())
+
+
+def reseal(run: Path, graph=None, weights=None, tokens=None, cert=None) -> None:
+    """Apply the edits (each a function that edits in place or returns the new value), re-hash
+    every file and re-seal the certificate."""
+    certificate = read_certificate(run)
+    if graph is not None:
+        data = json.loads((run / GRAPH_FILE).read_text())
+        graph(data)
+        (run / GRAPH_FILE).write_text(json.dumps(data))
+    if weights is not None:
+        tensors = load_file(str(run / WEIGHTS_FILE))
+        weights(tensors)
+        save_file(tensors, str(run / WEIGHTS_FILE))
+    if tokens is not None:
+        ids = tokens(load_file(str(run / TOKENS_FILE))["input_ids"])
+        save_file({"input_ids": ids.contiguous()}, str(run / TOKENS_FILE))
+        data = certificate["data"]
+        data.update(sha256=token_ids_sha256(ids), n_prompts=ids.shape[0], n_tokens=ids.numel())
+    if (run / TOKENS_FILE).is_file():
+        certificate["data"]["tokens_file_sha256"] = sha256_file(run / TOKENS_FILE)
+    for name in (GRAPH_FILE, WEIGHTS_FILE):
+        if (run / name).is_file() and isinstance(certificate["surrogate"].get("files"), dict):
+            certificate["surrogate"]["files"][name] = sha256_file(run / name)
+    if cert is not None:
+        cert(certificate)
+    body = {k: v for k, v in certificate.items() if k != "certificate_sha256"}
+    write_certificate(run, seal(body))
+
+
+def certify_in_process(tmp_path: Path, runs: Path, *extra: str):
+    """certify(cfg) on tiny_llama with cheap Lipschitz options (no Lean build)."""
+    return certify(certify_config(tmp_path, runs, *extra))
+
+
+def certify_config(tmp_path: Path, runs: Path, *extra: str):
+    overrides = [
+        "model=tiny_llama",
+        f"runs={runs}",
+        f"out={tmp_path}/report",
+        f"lean.root={tmp_path}/lean",
+        "lean.build=false",
+        "lipschitz.random_trials=1",
+        "lipschitz.ascent_steps=1",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="certify", overrides=overrides)
