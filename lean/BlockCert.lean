@@ -1,4 +1,6 @@
-import BlockCert.RatOrder
+prelude
+import BlockCert.Core
+import BlockCert.Arith
 import BlockCert.Bound
 import BlockCert.Composition
 import BlockCert.Check

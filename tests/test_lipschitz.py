@@ -47,6 +47,7 @@ from blockcert.cert.spectral import (
 )
 from blockcert.compose.bound import bound_trajectory, step_bound
 from blockcert.compose.chain import compose_chain
+from blockcert.compose.grid import grid_trajectory
 from blockcert.compose.rational import round_up
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block
@@ -406,41 +407,33 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
     assert "targeted" not in first.parts["empirical_method"]
 
 
-def _lean_step(lip: Fraction, sat: Fraction, e: Fraction, prev: Fraction) -> Fraction:
-    """Bound.lean's `stepCore` + e, transliterated branch by branch (negative: not claimed)."""
-    if lip >= 0:
-        core = min(lip * prev, prev + sat) if sat >= 0 else lip * prev
-    else:
-        core = prev + sat
-    return core + e
-
-
 def test_lean_and_python_saturated_recursions_agree_on_three_blocks():
-    from tests.test_lean_files import parse_rat
+    from tests.test_grid import lean_step
+    from tests.test_lean_files import parse_instance
 
     text = (LEAN / "BlockCert" / "Examples" / "SaturationThreeBlocks.lean").read_text()
-
-    def rat_list(name):
-        body = re.search(rf"^def {name} : List Rat := \[(.*?)\]$", text, re.S | re.M).group(1)
-        return [parse_rat(item) for item in re.split(r",\s*\n\s*", body.strip())]
-
-    eps, lips, sats = rat_list("eps"), rat_list("Ls"), rat_list("As")
-    lean_value = parse_rat(
-        re.search(
-            r"theorem bound_eq : bound \(nth eps\) \(nth Ls\) \(nth As\) 3 = (.+) := by", text
-        ).group(1)
+    den, blocks, claimed = parse_instance(text)
+    # the value the kernel proves by `rfl` in `bound_eq` (tests/test_lean_kernel.py runs it)
+    lean_value = int(
+        re.search(r"theorem bound_eq : Eq \(blocksBound den blocks\) (\d+) := rfl", text).group(1)
     )
-    python = bound_trajectory(
-        eps, [None if v < 0 else v for v in lips], [None if v < 0 else v for v in sats]
+    python = grid_trajectory(blocks, den)
+    lean = [0]
+    for block in blocks:
+        lean.append(lean_step(den, block, lean[-1]))
+    assert python == lean and python[-1] == lean_value == claimed == 9 * den // 8
+    # every product is exact on this grid, so the exact rational recursion agrees
+    exact = bound_trajectory(
+        [Fraction(b.eps, den) for b in blocks],
+        [None if b.lip is None else Fraction(b.lip, den) for b in blocks],
+        [None if b.sat is None else Fraction(b.sat, den) for b in blocks],
     )
-    lean = Fraction(0)
-    for e, lip, sat in zip(eps, lips, sats, strict=True):
-        lean = _lean_step(lip, sat, e, lean)
-    assert python[-1] == lean == lean_value == Fraction(9, 8)
+    assert [Fraction(b, den) for b in python] == exact
     # every branch is exercised: L * B, saturation B + a, and a block without L
-    assert python[1] == lips[0] * 0 + eps[0]
-    assert python[2] == python[1] + sats[1] + eps[1] < lips[1] * python[1] + eps[1]
-    assert lips[2] < 0
+    assert python[1] == blocks[0].eps and blocks[0].lip * python[0] == 0
+    assert python[2] == python[1] + blocks[1].sat + blocks[1].eps
+    assert python[1] + blocks[1].sat < blocks[1].lip * python[1] // den
+    assert blocks[2].lip is None
 
 
 def test_empirical_estimate_is_not_rounding_noise_at_tiny_radii(tiny_llama, token_ids):

@@ -3,7 +3,7 @@
 Stages, each a function over small dataclasses:
   load_teacher -> verify_certificates (hashes, IR, split; exit 3) -> teacher_trajectory ->
   rederive (every claim recomputed; exit 3) -> compose (B_k per block) -> stitched evaluation ->
-  build_report -> write files -> Lean instance (+ lake build).
+  build_report -> write files -> Lean instance (+ kernel check).
 A sound bound below the observed deviation is a bug: exit 4, after the report is written so
 that it can be inspected. Library code returns lines; the entry script prints them.
 """
@@ -39,7 +39,7 @@ from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
 from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
-from blockcert.prove.lake import run_lake_build
+from blockcert.prove.checker import check_lean
 from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import Surrogate
@@ -247,20 +247,21 @@ def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[s
 
 
 def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict:
-    """Stage 5: the Lean instance of this run, kernel-checked when `lake` is available."""
+    """Stage 5: the Lean instance of this run, kernel-checked when a Lean is installed."""
     eps_q, lips_q, sats_q = composition.chain.lean_lists("sound")
     provenance = {f"block {k}": f"{b.path} sha256={b.sha256}" for k, b in verified.blocks.items()}
     provenance["kind"] = "sound"
     lean_root = Path(cfg.lean.root)
-    lean_file = write_lean_instance(
+    lean_file, instance = write_lean_instance(
         lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance, sats_q
     )
-    result = run_lake_build(lean_root) if cfg.lean.build else None
+    result = check_lean(lean_root, lean_file) if cfg.lean.build else None
     if result is None:
         status = {"status": "skipped", "toolchain": None, "message": "lean.build=false"}
     else:
         status = {"status": result.status, "toolchain": result.toolchain, "message": result.message}
     status["file"] = str(lean_file)
+    status["bound"] = instance.bound_text()  # what the theorem states: claimed / den, exactly
     return status
 
 

@@ -1,4 +1,4 @@
-"""The global deviation bound in exact rationals: the recursion the Lean checker recomputes.
+"""The global deviation bound in exact rationals, the figure the reports quote.
 
 Block k has local error eps_k, optionally a Lipschitz constant L_k on its tube, and optionally a
 saturation constant a_k (its residual update moves by at most a_k: d(g(y), g(x)) <= d(y, x) + a_k).
@@ -6,9 +6,10 @@ With B_0 = 0:
 
     B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
 
-using only the constants that are claimed (None here; a negative number in Lean, see
-`lean_constant`). Every block must claim at least one of them. This is the one implementation;
-`lean/BlockCert/Bound.lean` (`stepBound`, `bound`) is the same recursion, term for term.
+using only the constants that are claimed (None). Every block must claim at least one of them.
+The Lean kernel recomputes the same recursion on the fixed-point grid (compose.grid, term for
+term `lean/BlockCert/Bound.lean`), with every constant and product rounded up, so its value is
+at least this one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from blockcert.errors import BlockCertError
-
-NOT_CLAIMED = Fraction(-1)  # how Lean spells "this constant is not claimed for this block"
 
 
 def _check_lengths(eps: Sequence, lips: Sequence, sats: Sequence | None) -> None:
@@ -64,11 +63,6 @@ def bound_trajectory(
         # B_k = min(L_k * B_{k-1}, B_{k-1} + a_k) + eps_k
         bounds.append(step_bound(bounds[-1], eps_k, lip_k, sat_k))
     return bounds
-
-
-def lean_constant(value: Fraction | None) -> Fraction:
-    """A claimed constant as itself, an unclaimed one as -1 (Lean's `stepCore` skips it)."""
-    return NOT_CLAIMED if value is None else Fraction(value)
 
 
 def closed_form_bound(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> Fraction:

@@ -1,7 +1,7 @@
-"""Floats to short exact rationals, rounded outward, and their Lean spelling.
+"""Floats to short exact rationals, rounded outward.
 
 A float is already an exact binary rational, but one with a huge power-of-two denominator.
-Lean instances and reports use `sig_digits` significant decimal digits instead, rounded so that
+Reports use `sig_digits` significant decimal digits instead, rounded so that
 the rational never understates an upper bound (`round_up`) or overstates a lower one
 (`round_down`). Every step is exact `Fraction` arithmetic: no float rounding after `Fraction(x)`.
 """
@@ -60,16 +60,3 @@ def round_up(x: float | int | Fraction, sig_digits: int = 12) -> Fraction:
 def round_down(x: float | int | Fraction, sig_digits: int = 12) -> Fraction:
     """Largest rational with `sig_digits` significant decimal digits that is <= Fraction(x)."""
     return _round(x, sig_digits, up=False)
-
-
-def lean_rat_literal(q: Fraction) -> str:
-    """A core-Lean term for q: `(n : Rat)` or `((n : Rat) / d)`, negatives as `(-(...))`.
-
-    The numerals elaborate through `OfNat Rat n` and `/` through `Div Rat`, both computable, so
-    the kernel can evaluate them under `decide +kernel`.
-    """
-    q = Fraction(q)
-    body = f"({abs(q.numerator)} : Rat)"
-    if q.denominator != 1:
-        body = f"({body} / {q.denominator})"
-    return f"(-{body})" if q < 0 else body

@@ -1,1 +1,1 @@
-"""Lean hand-off: per-run instances and the lake runner."""
+"""Lean hand-off: per-run instances, the bundled Lean kernel, and the lake runner."""

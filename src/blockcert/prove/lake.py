@@ -8,23 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-INSTALL_HINT = (
-    "install Lean with elan (curl https://raw.githubusercontent.com/leanprover/elan/master/"
-    "elan-init.sh -sSf | sh), then run `cd lean && lake build`"
-)
-
-LeanStatus = Literal["checked", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class LeanResult:
-    status: LeanStatus
-    toolchain: str | None  # `lean --version` in the project, when it could be read
-    message: str
+from blockcert.prove.result import INSTALL_HINT, LeanResult
 
 
 def _toolchain_version(lean_root: Path) -> str | None:
