@@ -259,7 +259,7 @@ def test_chain_figure_drops_missing_and_zero_values():
     assert figure.count('data-series="bound_sound" data-block=') == 2
     assert figure.count('data-series="observed" data-block="5"') == 1
     assert 'data-series="observed" data-block="4"' not in figure
-    assert "B_k empirical" in figure and "at block(s) 4" in figure
+    assert "B_k empirical" in figure and "at block(s) 4." in figure
     # the y axis spans whole decades around the values: 10^-1 .. 10^2
     assert 'data-log-lo="-1"' in figure and 'data-log-hi="2"' in figure
     empty = chain_figure([{"block": 0, "bound_sound": 0.0, "bound_empirical": None, "observed": 0}])

@@ -189,7 +189,7 @@ def chain_figure(blocks: Sequence[Mapping]) -> Markup:
     if missing:
         notes.append(f"Absent (not computed, or 0 everywhere): {', '.join(missing)}.")
     zeros = [str(b["block"]) for b in blocks if _positive(b.get("observed")) is None]
-    if zeros:
+    if zeros and "observed" in points:
         notes.append(
             f"Observed e_k = 0 (not drawn on the log axis) at block(s) {', '.join(zeros)}."
         )

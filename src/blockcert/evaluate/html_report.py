@@ -45,7 +45,8 @@ INLINE_FIGURES = {
 
 
 def _badge(status: str) -> Markup:
-    return tag("span", status, class_=f"badge {status.split()[0].lower()}")
+    kind = (status.split() or ["none"])[0].lower()  # checked / skipped / failed ... colour it
+    return tag("span", status, class_=f"badge {kind}")
 
 
 def _summary_sentences(report: dict) -> list[str]:
@@ -76,7 +77,7 @@ def _card(label: str, value: str) -> Markup:
 def _summary(report: dict) -> Markup:
     s, out = report["stitched"], report["bound"]
     cards = [
-        ("B_L (sound)", num(out["claimed"], "unbounded")),
+        (f"B_L ({out['kind']})", num(out["claimed"], "unbounded")),
         ("observed e_L", num(out["observed"])),
         ("bound / observed", num(out["tightness"], "n/a")),
         ("B_L empirical", num(out["empirical"])),
@@ -109,7 +110,7 @@ def _statements(report: dict) -> Markup:
         f"recomputed from the teacher ({report['verification']['tolerance']}).",
         f"Held-out data (sha256 {data['sha256']}): {data['split']}.",
         f"Certificate selection: {report['selection']}.",
-        f"Lean: {lean['status']} — {lean['message']}.",
+        f"Lean: {lean['status']} — {lean['message'].rstrip('.')}.",
     ]
     stats = report.get("statistics")
     if stats is not None:
