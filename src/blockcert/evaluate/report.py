@@ -1,4 +1,4 @@
-"""certify_report.json / .md and plots, written atomically into the output directory."""
+"""certify_report.json / .md / .html and plots, written atomically into the output directory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from blockcert.atomic import write_atomic, write_text_atomic  # noqa: E402
+from blockcert.evaluate.html_report import write_html  # noqa: E402
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -189,4 +190,6 @@ def write_report(report: dict, final_deviation, out: Path) -> list[Path]:
         write_text_atomic(out / "certify_report.json", json.dumps(report, indent=2) + "\n"),
         write_text_atomic(out / "certify_report.md", render_markdown(report)),
     ]
-    return files + write_plots(report, final_deviation, out)
+    files += write_plots(report, final_deviation, out)
+    # last: the page embeds the plots and links every file above
+    return files + [write_html(report, out, files)]

@@ -1,0 +1,250 @@
+"""The HTML sections of certify's prompt stages: the verifier's prompt set (`prompts=`) and the
+statistical statements about fresh prompts (`statistics:`), from evaluate.prompt_stage's report
+sections. Values escaped through html_parts (prompt labels and sources are user input).
+"""
+
+from __future__ import annotations
+
+from blockcert.evaluate.html_parts import (
+    Markup,
+    join,
+    key_values,
+    num,
+    pct,
+    section,
+    symbols,
+    table,
+    tag,
+)
+
+
+def _comparison(lines: list[str]) -> Markup:
+    """comparison_lines' text table ("a | b | c" rows, the first the header) as a table."""
+    rows = [[cell.strip() for cell in line.split(" | ")] for line in lines]
+    return table(rows[0], rows[1:], "prompts-comparison", notation=False)
+
+
+def _prompt_blocks(blocks: list[dict]) -> Markup:
+    headers = [
+        "block",
+        "certificate",
+        "eps",
+        "eps / certificate's",
+        "fp32 allowance",
+        "coverage @ tau (certificate's)",
+        "L_k sound",
+        "a_k",
+        "L_k empirical",
+        "B_k sound",
+        "B_k empirical",
+        "observed e_k",
+    ]
+    rows = []
+    for b in blocks:
+        ratio, coverage = "n/a (teacher)", "n/a (teacher)"
+        if b["certified"]:
+            ratio = "n/a" if b["eps_ratio"] is None else f"{b['eps_ratio']:.3g}x"
+            coverage = (
+                f"{pct(b['coverage'])} @ {b['tau']:g} ({pct(b['coverage_certificate'], 'n/a')})"
+            )
+        rows.append(
+            [
+                b["block"],
+                "yes" if b["certified"] else "teacher",
+                num(b["eps"]),
+                ratio,
+                num(b["fp_allowance"]),
+                coverage,
+                num(b["lipschitz_sound"], "unbounded"),
+                num(b["saturation"]),
+                num(b["lipschitz_empirical"]),
+                num(b["bound_sound"], "unbounded"),
+                num(b["bound_empirical"]),
+                num(b["observed"]),
+            ]
+        )
+    attrs = [{"class_": "prompt-block-row", "data_block": b["block"]} for b in blocks]
+    return tag("div", table(headers, rows, "prompts-blocks", attrs, text_columns=2), class_="wide")
+
+
+def _categories(categories: dict) -> Markup:
+    headers = [
+        "category",
+        "prompts",
+        "tokens",
+        "observed final max",
+        "ppl delta",
+        "mean KL",
+        "top-1",
+    ]
+    rows = [
+        [
+            label,
+            c["n_prompts"],
+            c["n_tokens"],
+            num(c["observed_final_max"]),
+            num(c["ppl_delta"], digits=3),
+            num(c["kl_mean"], digits=3),
+            pct(c["top1_agreement"], "n/a"),
+        ]
+        for label, c in categories.items()
+    ]
+    return table(headers, rows, "prompts-categories")
+
+
+def _per_prompt(per_prompt: dict) -> Markup:
+    headers = ["prompt", "tokens", "final deviation", "ppl delta", "mean KL"]
+    columns = zip(
+        per_prompt["label"],
+        per_prompt["n_tokens"],
+        per_prompt["final_deviation"],
+        per_prompt["ppl_delta"],
+        per_prompt["kl_mean"],
+        strict=True,
+    )
+    rows = [
+        [label, n, num(d), num(p, digits=3), num(kl, digits=3)] for label, n, d, p, kl in columns
+    ]
+    summary = tag("summary", f"per prompt ({len(rows)})")
+    return tag("details", join([summary, table(headers, rows, "prompts-per-prompt")]))
+
+
+def prompt_set_section(prompts: dict) -> Markup:
+    """report["prompts"]: the certificate prompts against the verifier's own."""
+    bound = prompts["bound"]
+    pairs = [(f"source: {key}", value) for key, value in prompts["source"].items()]
+    pairs += [
+        ("sha256 (token ids)", tag("code", prompts["sha256"])),
+        ("prompts / tokens", f"{prompts['n_prompts']} / {prompts['n_tokens']}"),
+        ("prompts cut to the context", prompts["n_truncated"]),
+        ("batching", prompts["batching"]),
+        (
+            f"global bound B_L ({bound['kind']})",
+            f"{num(bound['final'], 'unbounded')}; bound / observed = "
+            f"{num(bound['tightness'], 'n/a')}; empirical chain {num(bound['empirical'])}",
+        ),
+    ]
+    return section(
+        "prompts",
+        f"Certificate prompts vs your prompts ({prompts['name']})",
+        key_values(pairs),
+        _comparison(prompts["table"]),
+        tag("h3", "Per block on your prompts"),
+        _prompt_blocks(prompts["blocks"]),
+        tag("h3", "Per category"),
+        _categories(prompts["categories"]),
+        _per_prompt(prompts["per_prompt"]),
+    )
+
+
+def _verdict(within: bool) -> Markup:
+    return (
+        tag("span", "ok", class_="badge ok")
+        if within
+        else tag("span", "EXCEEDED", class_="badge exceeded")
+    )
+
+
+def _direct(stats: dict) -> Markup:
+    headers = ["(a) figure", "threshold", "n", "beyond", "delta", "miss rate <="]
+    rows = [
+        [
+            d["name"],
+            num(d["threshold"]),
+            d["n"],
+            d["n_exceed"],
+            num(d["delta"]),
+            num(d["miss_upper"]),
+        ]
+        for d in stats["direct"]
+    ]
+    return table(headers, rows, "statistics-direct")
+
+
+def _compositional(c: dict) -> Markup:
+    headers = ["block", "tau_k", "fp32 slack", "L^_k", "radius r_k = B_{k-1}", "B_k"]
+    columns = zip(
+        c["blocks"], c["taus"], c["slack"], c["lipschitz"], c["radii"], c["bounds"][1:], strict=True
+    )
+    rows = [[k, *(num(v, "unbounded") for v in values)] for k, *values in columns]
+    event_headers = ["block", "event", "threshold", "n", "misses", "delta", "miss rate <="]
+    events = [
+        [
+            e["block"],
+            e["event"],
+            num(e["threshold"]),
+            e["n"],
+            e["misses"],
+            num(e["delta"]),
+            num(e["miss_upper"]),
+        ]
+        for e in c["events"]
+    ]
+    note = tag(
+        "p",
+        symbols(
+            f"{c['kind']} L^_k; {c['n_calibration']} calibration prompt(s) fix tau_k and L^_k, the "
+            f"rest count misses. Joint event: {c['joint_misses']} miss(es), miss rate <= "
+            f"{num(c['joint_upper'])}."
+        ),
+        class_="note",
+    )
+    return join(
+        [
+            table(headers, rows, "statistics-chain"),
+            table(event_headers, events, "statistics-events", text_columns=2),
+            note,
+        ]
+    )
+
+
+def _check(check: dict) -> Markup:
+    headers = ["check split", "beyond / n", "fraction", "stated <=", "verdict"]
+    rows = [
+        [
+            d["name"],
+            f"{d['beyond']} / {d['n']}",
+            num(d["fraction"]),
+            num(d["miss_upper"]),
+            _verdict(d["within"]),
+        ]
+        for d in check["direct"]
+    ]
+    c = check["compositional"]
+    for name, fraction in (
+        ("(b) stitched deviation beyond B_L", c["beyond_bound_fraction"]),
+        ("(b) some event missed", c["any_event_fraction"]),
+    ):
+        beyond = f"{round(fraction * c['n'])} / {c['n']}"
+        rows.append(
+            [
+                name,
+                beyond,
+                num(fraction),
+                num(c["miss_upper"]),
+                _verdict(fraction <= c["miss_upper"]),
+            ]
+        )
+    title = tag("h3", f"Check split ({check['n_prompts']} untouched prompts)")
+    return join([title, table(headers, rows, "statistics-check")])
+
+
+def statistics_section(stats: dict) -> Markup:
+    """report["statistics"]: (a) direct and (b) compositional statements, and their check."""
+    statements = [f"(a) {d['statement']}" for d in stats["direct"]]
+    statements.append(f"(b) {stats['compositional']['statement']}")
+    items = join(tag("li", s, class_="statement") for s in statements)
+    parts = [
+        tag(
+            "p",
+            f"Scope: {stats['note']} (delta {stats['delta']:g}, n = {stats['n_prompts']}).",
+            class_="note",
+        ),
+        tag("ul", items, class_="statements"),
+        _direct(stats),
+        tag("h3", "(b) compositional chain"),
+        _compositional(stats["compositional"]),
+    ]
+    if stats.get("check") is not None:
+        parts.append(_check(stats["check"]))
+    return section("statistics", "Fresh prompts (statistical, under the i.i.d. assumption)", *parts)
