@@ -14,7 +14,7 @@ With --runs, as a user runs them (fresh caches): `train.py block=K surrogate.ful
 and `train.py blocks=all surrogate.full_capacity=true`, each with its wall time and peak RSS
 (ratio target <= 2); with --certify also `certify.py` over the blocks= run, and the total of
 train + certify (target <= 180 s), certify's stage split from its report. --fast runs the
-whole-model path of the README: certificates without the per-block Lipschitz constants
+whole-model path of docs/whole-model.md: certificates without the per-block Lipschitz constants
 (certify.py composes its own) and certify.py without the empirical comparison chain.
 """
 
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument(
         "--certify-override", action="append", default=[], help="extra certify.py override"
     )
-    parser.add_argument("--fast", action="store_true", help="the README's whole-model path")
+    parser.add_argument("--fast", action="store_true", help="see docs/whole-model.md")
     args = parser.parse_args()
     if args.fast:
         args.override += FAST_TRAIN

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SmolLM2 edit figures of README "Editing": one fact into block 12, certified, composed.
+# The SmolLM2 edit figures of docs/results.md ("Editing"): one fact into block 12, certified, composed.
 # Writes runs/smollm2/edits/<time>/{edit_report.md,edit_report.json,edit_tradeoff.png,certify/}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
