@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from blockcert.kernels import fused_projection_error, fused_projection_error_reference
+from blockcert.kernels.cert_reduce import fused_projection_error, fused_projection_error_reference
 
 # MLP widths of the seed models at each d_model: SmolLM2, GPT-2, TinyLlama, Llama-3.2-3B;
 # any other d uses k = 4 d

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import blockcert.kernels as kernels
-from blockcert.kernels import (
+import blockcert.kernels.cert_reduce as kernels
+from blockcert.kernels.cert_reduce import (
     fused_projection_error_reference,
     pair_error_reference,
 )
@@ -25,7 +25,7 @@ from blockcert.kernels import (
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 with_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[-1])
-INTERPRETED = kernels.cert_reduce.INTERPRET
+INTERPRETED = kernels.INTERPRET
 interpreted = pytest.mark.skipif(
     not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child of test_interpreter_suite"
 )
@@ -352,15 +352,18 @@ class TestCompiledKernel:
 
 
 def test_package_kernels_import_beside_an_unrelated_top_level_kernels(tmp_path):
-    """An unrelated top-level `kernels` distribution must not shadow blockcert.kernels."""
+    """An unrelated top-level `kernels` distribution resolves as `kernels`, also from the
+    repository root (where the top-level kernels/ folder is a namespace portion, no package),
+    and blockcert's kernels as blockcert.kernels."""
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels" / "__init__.py").write_text("UNRELATED = True\n")
     code = (
-        "import kernels, blockcert.kernels as bk; "
+        "import kernels, blockcert.kernels.cert_reduce as bk; "
         "assert kernels.UNRELATED; assert callable(bk.fused_projection_error); print('ok')"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ import torch
 
 from blockcert.cert.coverage import Coverage
 from blockcert.errors import BlockCertError
-from blockcert.kernels import ErrorStats, fused_projection_error, pair_error, use_triton
+from blockcert.kernels.cert_reduce import ErrorStats, fused_projection_error, pair_error, use_triton
 from blockcert.surrogate.interpret import run_graph, run_values
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import BlockView, block_view
