@@ -77,3 +77,21 @@ def test_tampered_certificate_is_rejected(forged):
     path.write_text(json.dumps(data))
     with pytest.raises(VerificationError, match="certificate_sha256"):
         load_certificate(path)
+
+
+def test_a_sound_constant_vacuous_at_its_radius_says_so():
+    """vacuous: L*r >= r + a, so min(L*B, B + a) steps by B + a at the certificate's radius."""
+    from blockcert.cert.certificate import lipschitz_claim
+    from blockcert.cert.lipschitz import Lipschitz
+    from blockcert.train import lipschitz_shown
+
+    def claim(value, radius, a, kind="sound"):
+        return lipschitz_claim(Lipschitz(value, kind, radius, "m", {"saturation": a}))
+
+    assert claim(5.8e6, 0.08, 5.79)["vacuous"] is True
+    assert claim(10.0, 1.0, 20.0)["vacuous"] is False
+    assert claim(None, 1.0, 2.0)["vacuous"] is None
+    assert claim(3.0, 1.0, 0.5, kind="empirical")["vacuous"] is None
+    shown = lipschitz_shown(claim(5.8e6, 0.08, 5.79), ".6g")
+    assert "vacuous at this radius" in shown and "B + a" in shown
+    assert "vacuous" not in lipschitz_shown(claim(10.0, 1.0, 20.0), ".6g")

@@ -39,6 +39,7 @@ from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
 from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.progress import progress
 from blockcert.prove.checker import check_lean
 from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
@@ -138,7 +139,7 @@ def rederive(
 ) -> dict[int, ErrorReport]:
     """Stage 2: every claim of every certificate recomputed on teacher pairs (exit 3 if not)."""
     reports = {}
-    for k, block in verified.blocks.items():
+    for k, block in progress(verified.blocks.items(), len(verified.blocks), "re-derive", "blocks"):
         with blame(block.path):
             reports[k] = rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
     return reports

@@ -25,6 +25,7 @@ import torch
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
 from blockcert.compose.bound import step_bound
 from blockcert.compose.rational import round_up
+from blockcert.progress import progress
 from blockcert.surrogate.ir import Surrogate
 
 
@@ -111,7 +112,8 @@ def compose_chain(
     links: list[BlockLink] = []
     bound_sound = Fraction(0)
     bound_empirical = Fraction(0) if empirical_prompts > 0 else None
-    for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
+    steps = progress(zip(blocks, inputs, strict=True), len(blocks), "Lipschitz chain", "blocks")
+    for (k, surrogate, certified, eps), x in steps:
         eps_q = round_up(eps)
         batches = input_batches(x, batch_size)
         # the tube must contain every point within B_{k-1}: round the float radius up

@@ -37,6 +37,7 @@ from blockcert.capture.prompts import build_prompts
 from blockcert.errors import BlockCertError
 from blockcert.hashing import token_ids_sha256
 from blockcert.models.adapters import BlockAdapter
+from blockcert.progress import progress
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 
@@ -90,7 +91,8 @@ def own_prompt_errors(
     only up to the last certified block."""
     last = max(surrogates)
     errors: dict[int, list[torch.Tensor]] = {k: [] for k in surrogates}
-    for start in range(0, len(ids), batch_size):
+    starts = range(0, len(ids), batch_size)
+    for start in progress(starts, len(starts), "verifier's own prompts", "batches"):
         h = adapter.embed(ids[start : start + batch_size]).float()
         for k in range(last + 1):
             h_next = adapter.block(k, h).float()

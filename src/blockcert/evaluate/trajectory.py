@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from blockcert.models.adapters import BlockAdapter
+from blockcert.progress import progress
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 
@@ -30,7 +31,8 @@ def teacher_trajectory(
 ) -> list[torch.Tensor]:
     """[h_0, ..., h_L], each `[n_prompts, seq, d_model]` fp32 on CPU."""
     states: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
-    for start in range(0, len(input_ids), batch_size):
+    starts = range(0, len(input_ids), batch_size)
+    for start in progress(starts, len(starts), "teacher pass", "batches"):
         h = adapter.embed(input_ids[start : start + batch_size])
         states[0].append(h.float().cpu())
         for k in range(adapter.num_blocks):
@@ -148,7 +150,8 @@ def stitched_evaluation(
     """
     exact = exact or {}
     deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
-    for start in range(0, len(input_ids), batch_size):
+    starts = range(0, len(input_ids), batch_size)
+    for start in progress(starts, len(starts), "stitched model", "batches"):
         rows = slice(start, start + batch_size)
         batch = _stitched_batch(
             adapter,
