@@ -77,6 +77,11 @@ def certify_config(tmp_path: Path, runs: Path, *extra: str):
         "lean.build=false",
         "lipschitz.random_trials=1",
         "lipschitz.ascent_steps=1",
+        # fresh prompts the tiny data's pool (192 windows) holds
+        "verifier.n_prompts=16",
+        "statistics.calibration_prompts=40",
+        "statistics.check_prompts=20",
+        "statistics.shift_prompts=4",
         *extra,
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -22,7 +22,16 @@ DEFERRED = [
     "callbacks.certificate.sound_prompts=0",
     "callbacks.certificate.lipschitz_prompts=0",
 ]
-CERTIFY = ["lipschitz.random_trials=2", "lipschitz.ascent_steps=3", "lean.build=false"]
+CERTIFY = [
+    "lipschitz.random_trials=2",
+    "lipschitz.ascent_steps=3",
+    "lean.build=false",
+    # the tiny data's pool (192 windows) holds these fresh prompts
+    "verifier.n_prompts=8",
+    "statistics.calibration_prompts=40",
+    "statistics.check_prompts=20",
+    "statistics.shift_prompts=4",
+]
 
 
 def _train(tmp, model, blocks, *extra):
@@ -68,6 +77,7 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
     options = ["lipschitz.sound_prompts=null"]  # every held-out prompt (default: the first 4)
     if model == "tiny_llama":
         tmp, runs = full_capacity_runs
+        options.append("lipschitz.empirical_prompts=2")  # the comparison chain too
     else:  # train-time constants skipped (0 prompts): certify.py derives its own
         tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", *DEFERRED)
         paths = list(runs.rglob("certificate.json"))
@@ -75,7 +85,6 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
         for path in paths:
             for lip in json.loads(path.read_text())["lipschitz"].values():
                 assert lip["value"] is None and lip["parts"]["prompts"] == 0
-        options.append("lipschitz.empirical_prompts=0")  # the sound chain alone
     proc, report = _certify(tmp, model, runs, *options)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stitched, bound = report["stitched"], report["bound"]
@@ -96,6 +105,15 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
             bound["empirical"] is None
             and "not computed (lipschitz.empirical_prompts=0)" in proc.stdout
         )
+    stats = report["statistics"]
+    if model == "tiny_llama":  # bit-identical blocks: the stitched model is the teacher
+        assert stats["teacher_model"] and set(stats["statement"]["thresholds"].values()) == {0.0}
+        assert stats["check"]["beyond"] == 0
+    else:  # equal to 1e-4, not bit for bit: the statement is measured on fresh prompts
+        assert not stats["teacher_model"]
+        assert stats["statement"]["thresholds"]["final deviation"] <= 1e-3
+    assert stats["check"]["within"]
+    assert all(not row["flagged"] for row in report["own_split"]["blocks"])
     assert (tmp / "report" / "certify_report.md").is_file()
     assert len(list((tmp / "report").glob("*.png"))) == 3
     assert list((tmp / "lean" / "BlockCert" / "Certificates").glob("C_*.lean"))
@@ -107,7 +125,12 @@ def test_reduced_capacity_bound_covers_every_token(tmp_path):
         tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75"
     )
     proc, report = _certify(
-        tmp_path, "tiny_llama", runs, "lipschitz.tube_shells=3", "lipschitz.joint_tokens=null"
+        tmp_path,
+        "tiny_llama",
+        runs,
+        "lipschitz.tube_shells=3",
+        "lipschitz.joint_tokens=null",
+        "lipschitz.empirical_prompts=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["certified_blocks"] == [2, 3]
@@ -179,9 +202,9 @@ def test_swapped_data_is_rejected(tamper_copy):
 
 
 def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
-    """prompts=stress and statistics.enabled on a reduced run whose data config holds an
-    untouched check split (data.n_check_prompts): both sections reach the report, the sound
-    bound covers the stress prompts, and the stated miss rates hold on the check split."""
+    """prompts=stress and the statistics (joint statement, opt-in compositional one) on a
+    reduced run: every section reaches the report, the sound bound covers the stress prompts,
+    and the untouched check split stays within the stated miss rate's binomial slack."""
     runs = _train(
         tmp_path,
         "tiny_llama",
@@ -189,18 +212,31 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
         "surrogate.head_fraction=0.75",
         "surrogate.mlp_fraction=0.75",
         "data.n_heldout_prompts=24",
-        "data.n_check_prompts=24",
     )
     proc, report = _certify(
-        tmp_path, "tiny_llama", runs, "prompts=stress", "statistics.enabled=true"
+        tmp_path,
+        "tiny_llama",
+        runs,
+        "prompts=stress",
+        "statistics.compositional.enabled=true",
+        "statistics.lengths=mixed",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     prompts = report["prompts"]
     assert prompts["table"] and "certificate prompts" in "\n".join(prompts["table"])
-    assert report["statistics"]["n_prompts"] == 24
-    check = report["statistics"]["check"]
-    assert check["n_prompts"] == 24
-    assert all(d["within"] for d in check["direct"]) and check["compositional"]["within"]
+    stats, fresh = report["statistics"], report["fresh"]
+    assert not stats["teacher_model"] and stats["statement"]["n"] == 40
+    assert "lengths uniform in [16, 32] tokens" in stats["statement"]["statement"]
+    assert {s: v["n_prompts"] for s, v in fresh["splits"].items()} == {
+        "own": 8,
+        "calibration": 40,
+        "check": 20,
+    }
+    assert stats["check"]["n"] == 20 and stats["check"]["within"]
+    assert set(stats["shift"]) == {"stress set", "King James Bible"}
+    comp = stats["compositional"]
+    assert comp["informative"] is False or comp["check"]["within"]
+    assert "with confidence 0.99, a fresh prompt" in proc.stdout
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")

@@ -42,10 +42,14 @@ TRAIN = [
 ]
 CERTIFY = [
     "model=tiny_llama",
+    "lipschitz.empirical_prompts=2",  # the empirical series of the plot
     "lipschitz.random_trials=2",
     "lipschitz.ascent_steps=3",
     "lean.build=false",
-    "statistics.enabled=true",
+    "verifier.n_prompts=8",
+    "statistics.calibration_prompts=40",
+    "statistics.check_prompts=20",
+    "statistics.shift_prompts=4",
 ]
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 
@@ -184,17 +188,14 @@ def test_report_page_in_browser(browser, certified, tmp_path):
     assert f"Global bound B_L = {report['bound']['claimed']:.4g} on " in summary
     assert f"top-1 agreement {report['stitched']['top1_agreement']:.4%}" in summary
     statements = [e.text for e in browser.find_elements("css selector", "li.statement")]
-    stats = report["statistics"]
-    for expected in [d["statement"] for d in stats["direct"]] + [
-        stats["compositional"]["statement"]
-    ]:
-        assert any(expected in s for s in statements), expected
+    expected = report["statistics"]["statement"]["statement"]
+    assert any(expected in s for s in statements), expected
     assert any(report["bound"]["claimed_rational"] in s for s in statements)
     _check_blocks_table(browser, report)
     _check_plot(browser, report)
     assert report["lean"]["status"] in _text(browser, "#lean-status")
     assert report["prompts"]["name"] in _text(browser, "#prompts h2")
-    assert "Check split" in _text(browser, "#statistics")
+    assert "check split" in _text(browser, "#statistics")
     _check_self_contained(browser, page)
     shot = _screenshot(browser, tmp_path / "certify_report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,6 @@ from blockcert.capture.prompts import build_prompts
 from blockcert.evaluate.statistics import (
     LipschitzOptions,
     compositional_bound,
-    direct_bounds,
     event_misses,
     order_statistic_bound,
 )
@@ -66,15 +65,6 @@ def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     held_eval = evaluate_prompts(tiny_llama, surrogates, held, held_traj, taus)
     check_traj = ragged_teacher_trajectory(tiny_llama, check, 16)
     check_eval = evaluate_prompts(tiny_llama, surrogates, check, check_traj, taus)
-    # (a) direct: the fraction of check prompts beyond each threshold is within its miss rate
-    values = {
-        "final deviation": check_eval.final_deviation,
-        "mean KL (nats)": check_eval.kl_mean,
-        "|ppl delta|": check_eval.ppl_delta.abs(),
-    }
-    for bound in direct_bounds(held_eval, delta=0.05):
-        assert bound.threshold > 0
-        assert bound.check(values[bound.name])["within"], bound.statement()
     # (b) compositional (random tiny weights: the sound chain is unbounded, so empirical L)
     options = LipschitzOptions("empirical", random_trials=1, ascent_steps=1, min_radius=1e-3)
     comp = compositional_bound(chain, held_traj, held_eval, delta=0.05, options=options)

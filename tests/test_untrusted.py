@@ -339,31 +339,45 @@ def test_report_names_the_recipe_and_the_verifiers_own_split(tmp_path, forged):
     recipe = read_certificate(forged)["data"]["recipe"]
     assert result.report["data"]["recipe"] == recipe
     own = result.report["own_split"]
-    assert own["seed"] == 7 and own["exchangeable"] and own["n_prompts"] == 32
+    assert own["seed"] == 7 and own["exchangeable"] and own["n_prompts"] == 16
     (row,) = own["blocks"]
     assert row["block"] == 1 and row["eps_verifier"] > 0
     assert any("verifier's own prompts" in line for line in result.lines)
 
 
 def test_a_verifier_split_disjoint_from_training(tmp_path, forged):
-    """The verifier's prompts are drawn from the recipe's pool minus train and held-out."""
+    """The verifier's prompts are drawn from the recipe's pool minus train and held-out, in
+    three disjoint splits, hashed when drawn."""
     from blockcert.certify import load_teacher, verify_certificates
-    from blockcert.evaluate.own_split import draw_own_prompts
+    from blockcert.evaluate.fresh_prompts import draw_fresh
     from blockcert.verify.split import rebuild_split
     from tests.forgery import certify_config
 
     cfg = certify_config(tmp_path, forged.parent)
     teacher = load_teacher(cfg)
     verified = verify_certificates(cfg, teacher, forged.parent)
-    own = draw_own_prompts(
-        {"seed": 3, "n_prompts": 64, "corpus": "shakespeare"},
+    counts = {"own": 16, "calibration": 60, "check": 40}
+    draw = draw_fresh(
+        {"seed": 3, "corpus": "shakespeare"},
+        counts,
         verified.recipe,
         verified.fresh_pool,
         teacher.model.tokenizer,
     )
     split = rebuild_split(verified.recipe, teacher.model.tokenizer)
     taken = {tuple(r) for r in torch.cat([split.train, split.heldout]).tolist()}
-    assert len(own.ids) == 64 and not taken & {tuple(r) for r in own.ids.tolist()}
+    rows = {name: {tuple(p.tolist()) for p in prompts} for name, prompts in draw.splits.items()}
+    assert {name: len(r) for name, r in rows.items()} == counts  # no prompt twice
+    assert not taken & (rows["own"] | rows["calibration"] | rows["check"])
+    assert not rows["own"] & rows["calibration"] and not rows["calibration"] & rows["check"]
+    again = draw_fresh(
+        {"seed": 3, "corpus": "shakespeare"},
+        counts,
+        verified.recipe,
+        verified.fresh_pool,
+        teacher.model.tokenizer,
+    )
+    assert again.describe() == draw.describe()  # the seed and the hashes reproduce the draw
 
 
 def test_certify_options_of_the_verifier_are_checked():
@@ -374,12 +388,14 @@ def test_certify_options_of_the_verifier_are_checked():
 
 
 def _section(heldout: torch.Tensor, fresh: torch.Tensor, alpha: float) -> dict:
-    from blockcert.evaluate.own_split import OwnPrompts, own_split_section
+    from blockcert.evaluate.fresh_prompts import FreshDraw
+    from blockcert.evaluate.own_split import own_split_section
 
-    own = OwnPrompts(torch.zeros(len(fresh), 2, dtype=torch.int64), "pool", 0, True, 100)
+    own = [torch.zeros(2, dtype=torch.int64)] * len(fresh)
+    draw = FreshDraw({"own": own}, "pool", 0, True, 100, "2 tokens")
     certificate = {"metrics": {"eps_max": float(heldout.max()), "n_prompts": len(heldout)}}
     section, _ = own_split_section(
-        {"alpha": alpha}, own, {0: fresh}, {0: heldout}, {0: certificate}, {}
+        {"alpha": alpha}, draw, {0: fresh}, {0: heldout}, {0: certificate}, {}
     )
     return section["blocks"][0]
 

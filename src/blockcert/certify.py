@@ -27,13 +27,8 @@ from blockcert.compose.chain import Chain, compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
-from blockcert.evaluate.own_split import (
-    check_own_options,
-    draw_own_prompts,
-    own_prompt_errors,
-    own_split_lines,
-    own_split_section,
-)
+from blockcert.evaluate.fresh_stage import fresh_stage
+from blockcert.evaluate.own_split import check_own_options
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
@@ -44,6 +39,7 @@ from blockcert.prove.checker import check_lean
 from blockcert.prove.lean_instance import write_lean_instance
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import Surrogate
+from blockcert.tracking import log_files
 from blockcert.verify.claims import (
     TeacherFacts,
     Tolerance,
@@ -397,30 +393,6 @@ class StageClock:
         return self.seconds[stage]
 
 
-def own_split_stage(
-    cfg: DictConfig,
-    teacher: Teacher,
-    verified: Verified,
-    reports: dict[int, ErrorReport],
-    report: dict,
-) -> None:
-    """The verifier's own fresh prompts (evaluate/own_split.py): report["own_split"]."""
-    options = cfg.verifier
-    if options.n_prompts == 0:
-        report["own_split"] = None
-        return
-    own = draw_own_prompts(options, verified.recipe, verified.fresh_pool, teacher.model.tokenizer)
-    surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
-    errors = own_prompt_errors(teacher.adapter, surrogates, own.ids, cfg.batch_size)
-    certificates = {k: b.certificate for k, b in verified.blocks.items()}
-    heldout = {k: r.prompt_max for k, r in reports.items()}
-    section, findings = own_split_section(
-        options, own, errors, heldout, certificates, verified.recipe
-    )
-    report["own_split"] = section
-    report["findings"] += findings
-
-
 def certify(cfg: DictConfig) -> CertifyResult:
     """Run every stage; returns the report (also written under cfg.out) and summary lines."""
     check_lipschitz_options(cfg)  # a bad option fails before the model loads
@@ -461,21 +433,22 @@ def certify(cfg: DictConfig) -> CertifyResult:
     report, violations = build_report(
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
-    own_split_stage(cfg, teacher, verified, reports, report)
-    clock.done("own prompts")
-    # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
-    # the statistics need the fp32 allowance on every held-out prompt: reuse the bound's when
-    # it covered them all
-    covers_all = composition.n_prompts == len(verified.heldout)
+    # stage: the verifier's prompt set (prompts=)
     prompt_lines, prompt_violations = run_prompt_stages(
+        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, report
+    )
+    # stage: fresh prompts the verifier draws (its own split, the statement, its check)
+    slack = {k: a.total for k, a in composition.fp_allowance.items()}
+    prompt_lines += fresh_stage(
         cfg,
         teacher.adapter,
         teacher.model.tokenizer,
         verified,
-        states,
+        reports,
         chain_ir,
+        states,
+        slack if composition.n_prompts == len(verified.heldout) else None,
         report,
-        composition.fp_allowance if covers_all else None,
     )
     clock.done("prompts and statistics")
     report["lean"] = prove(cfg, verified, composition)
@@ -490,7 +463,8 @@ def certify(cfg: DictConfig) -> CertifyResult:
             "BUG: observed deviation exceeds the SOUND bound, contradicting the composition "
             f"theorem: {violations[0]} (report in {out})."
         )
-    return CertifyResult(report, summary_lines(report) + prompt_lines)
+    summary = summary_lines(report)  # its last line names the report
+    return CertifyResult(report, summary[:-1] + prompt_lines + summary[-1:])
 
 
 def empirical_text(value: float | None) -> str:
@@ -541,43 +515,45 @@ def summary_lines(report: dict) -> list[str]:
     )
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    if report.get("own_split"):
-        lines += own_split_lines(report["own_split"])
     lines += [f"FINDING: {f}" for f in report["findings"]]
     lines.append(f"report: {report['files'][0]}")
     return lines
 
 
 def log_report_to_wandb(cfg: DictConfig, report: dict) -> None:
-    import wandb
-
-    out = Path(report["files"][0]).parent
-    run = wandb.init(
-        project=cfg.wandb.project,
-        mode=cfg.wandb.mode,
-        dir=str(out),
-        job_type="certify",
-        name=f"certify-{report['model']['name']}",
-    )
-    run.summary.update(
-        {
-            "bound/claimed": report["bound"]["claimed"],
-            "bound/kind": report["bound"]["kind"],
-            "observed/max": report["stitched"]["observed_final_max"],
-            "ppl/delta": report["stitched"]["ppl_delta"],
-            "kl/mean": report["stitched"]["kl_mean"],
-            "top1": report["stitched"]["top1_agreement"],
-            "lean": report["lean"]["status"],
+    """The report's headline figures, the statement and the prompt table, and every file."""
+    summary = {
+        "bound/claimed": report["bound"]["claimed"],
+        "bound/kind": report["bound"]["kind"],
+        "observed/max": report["stitched"]["observed_final_max"],
+        "ppl/delta": report["stitched"]["ppl_delta"],
+        "kl/mean": report["stitched"]["kl_mean"],
+        "top1": report["stitched"]["top1_agreement"],
+        "lean": report["lean"]["status"],
+    }
+    stats = report.get("statistics")
+    if stats:  # the statement a reader quotes, and what the untouched check split saw
+        statement = stats["statement"]
+        summary |= {
+            "fresh/statement": statement["statement"],
+            "fresh/miss_upper": statement["miss_upper"],
+            "fresh/check_beyond": stats["check"]["beyond"],
+            "fresh/check_n": stats["check"]["n"],
         }
-    )
+        summary |= {f"fresh/threshold/{k}": v for k, v in statement["thresholds"].items()}
+    tables = {}
     if "prompts" in report:
         table = report["prompts"]["table"]
         columns = [c.strip() for c in table[0].split(" | ")]
         rows = [[c.strip() for c in line.split(" | ")] for line in table[1:]]
-        run.log({"prompts/comparison": wandb.Table(columns=columns, data=rows)})
-        run.summary.update({"prompts/ppl_delta": report["prompts"]["stitched"]["ppl_delta"]})
-    artifact = wandb.Artifact(f"certify-report-{report['model']['name']}", type="certify-report")
-    for file in report["files"]:
-        artifact.add_file(file)
-    run.log_artifact(artifact)
-    run.finish()
+        tables["prompts/comparison"] = (columns, rows)
+        summary["prompts/ppl_delta"] = report["prompts"]["stitched"]["ppl_delta"]
+    log_files(
+        f"certify-report-{report['model']['name']}",
+        "certify-report",
+        report["files"],
+        summary,
+        project=cfg.wandb.project,
+        mode=cfg.wandb.mode,
+        tables=tables,
+    )

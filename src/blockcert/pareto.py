@@ -16,7 +16,7 @@ from blockcert.atomic import write_atomic, write_text_atomic
 from blockcert.cert.certificate import CERTIFICATE_FILE
 from blockcert.cli import one_line_errors
 from blockcert.errors import BlockCertError
-from blockcert.lit.wandb_log import coverage_key, log_files
+from blockcert.tracking import coverage_key, log_files
 from blockcert.verify.collect import load_certificate
 
 

@@ -113,10 +113,9 @@ def _statements(report: dict) -> Markup:
         f"Lean: {lean['status']} — {lean['message'].rstrip('.')}.",
     ]
     stats = report.get("statistics")
-    if stats is not None:
-        items += [f"Fresh prompts (a): {d['statement']}." for d in stats["direct"]]
-        items.append(f"Fresh prompts (b): {stats['compositional']['statement']}.")
-        items.append(f"Scope of (a) and (b): {stats['note']}.")
+    if stats:
+        items.append(f"Fresh prompts: {stats['statement']['statement']}.")
+        items.append(f"Scope: {stats['note']}.")
     lis = join(tag("li", item, class_="statement") for item in items)
     return section("guarantees", "Guarantee statements", tag("ul", lis, class_="statements"))
 
@@ -311,7 +310,7 @@ def _header(report: dict) -> Markup:
         ("lean", "Lean"),
         ("artifacts", "Artifacts"),
     ]
-    present = [(i, t) for i, t in links if i not in ("prompts", "statistics") or i in report]
+    present = [(i, t) for i, t in links if i not in ("prompts", "statistics") or report.get(i)]
     nav = tag("nav", join(tag("a", t, href=f"#{i}") for i, t in present))
     title = tag("h1", f"BlockCert report: {m['name']}")
     return tag("header", join([title, tag("p", meta, class_="meta"), nav]))
@@ -330,7 +329,7 @@ def render_html(
         _coverage(report),
         _stitched(report),
         prompt_set_section(report["prompts"]) if "prompts" in report else "",
-        statistics_section(report["statistics"]) if "statistics" in report else "",
+        statistics_section(report["statistics"]) if report.get("statistics") else "",
         _figures(figures or {}),
         _lean(report, artifacts),
         _timing(report),

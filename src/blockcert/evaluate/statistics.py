@@ -13,8 +13,8 @@ follows Beta(j + 1, n - j), so
 ties only make it conservative. Statement: with confidence 1 - delta over the n prompts, a
 fresh prompt exceeds q with probability <= m.
 
-(a) direct (`direct_bounds`): X = per-prompt final deviation max_t ||h~_L - h_L||, per-prompt
-mean KL and |ppl delta|; each at delta / 3, so the three hold jointly at 1 - delta.
+The direct statement on every metric at once is evaluate/statement.py's; this module holds the
+order statistic and (b), the compositional statement (opt-in, evaluate/compositional.py):
 
 (b) compositional (`compositional_bound`): for each block k of the chain two events per prompt,
     E_k^eps(p):  eps_k(p) <= tau_k   (teacher inputs),
@@ -89,19 +89,6 @@ def order_statistic_bound(
     threshold = float(ordered[n - 1 - n_exceed])
     j = int((values > threshold).sum())  # ties at the threshold are not misses
     return ExceedanceBound(name, threshold, n, j, delta, clopper_pearson_upper(j, n, delta))
-
-
-def direct_bounds(
-    evaluation: PromptEvaluation, delta: float, n_exceed: int = 0
-) -> list[ExceedanceBound]:
-    """(a) per-prompt final deviation, mean KL and |ppl delta|, jointly at confidence 1 - delta."""
-    figures = {
-        "final deviation": evaluation.final_deviation,
-        "mean KL (nats)": evaluation.kl_mean,
-        "|ppl delta|": evaluation.ppl_delta.abs(),
-    }
-    each = delta / len(figures)  # Bonferroni: the three statements hold jointly
-    return [order_statistic_bound(v, each, n_exceed, name) for name, v in figures.items()]
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from blockcert.cert.lipschitz import empirical_lipschitz, not_computed, sound_li
 from blockcert.cert.metrics import measure_errors
 from blockcert.cli import check_count
 from blockcert.hashing import sha256_file, token_ids_sha256
-from blockcert.lit.wandb_log import coverage_key, log_files
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
 from blockcert.surrogate.view import block_view
+from blockcert.tracking import coverage_key, log_files
 
 log = logging.getLogger(__name__)
 

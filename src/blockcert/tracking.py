@@ -1,4 +1,5 @@
-"""The one place blockcert talks to W&B: a summary and an artifact of files, per run.
+"""The one place blockcert talks to W&B (train.py's certificates, certify.py's report, edits,
+the Pareto front): a summary, tables and an artifact of files, per run.
 
 Offline by default (WANDB_MODE, or the `mode` given); `wandb login` + WANDB_MODE=online syncs.
 """
