@@ -8,7 +8,8 @@ on a set of cases and writes each float as float.hex() (tensors as their exact h
 the SHA-256 of their bytes where they are large):
 - tiny_llama blocks 0-3 and tiny_gpt2 blocks 0-1 (full-capacity surrogates, 3 prompts of 19
   tokens) at several radii: sound_lipschitz's value and parts (one shell; 4 shells with the joint
-  rows on every token; 2 shells with a refinement cap and 3 joint rows; the saturated step),
+  rows on every token; 2 shells with a refinement cap and 3 joint rows; the saturated step
+  where the centre forward settles it and where it does not),
   the per-token rows of the first prompt (Latt, attention move, MLP screen and tube part, lambda2,
   rho, the bilinear spread, the centre MLP Jacobian coefficients, saturation, Lmlp, the spectral
   and bilinear centre bounds and the per-token constants), empirical_lipschitz with a targeted
@@ -108,6 +109,9 @@ def tiny_block(results: dict, name: str, surrogate, x: torch.Tensor) -> None:
     for frac in (1e-1, 1.0):
         bound = sound_block_bound(surrogate, [x], frac * median, None, 2, 1e3 * median, 0)
         results[f"{name}/saturates_from/r={frac}"] = vars(bound)
+    # B = 10 median ||h||: the centre forward does not settle the step, every pass runs
+    bound = sound_block_bound(surrogate, [x], 1e-1 * median, None, 2, 10 * median, 0)
+    results[f"{name}/saturates_from_10x/r=0.1"] = vars(bound)
     emp = empirical_lipschitz(
         surrogate,
         x,
