@@ -35,11 +35,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blockcert.cert import lipschitz_sound as sound_rows  # noqa: E402
 from blockcert.cert.fp_allowance import fp_error  # noqa: E402
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz  # noqa: E402
-from blockcert.cert.lipschitz_sound import forward64, sound_block_bound  # noqa: E402
-from blockcert.cert.lipschitz_transcoder import transcoder_block_bound  # noqa: E402
+from blockcert.cert.lipschitz import (  # noqa: E402
+    empirical_lipschitz,
+    fold_block,
+    forward64,
+    sound_block_bound,
+    sound_lipschitz,
+    transcoder_block_bound,
+)
+from blockcert.cert.lipschitz.block import two_pass_rows  # noqa: E402
+from blockcert.cert.lipschitz.shells import prompt_constants  # noqa: E402
 from blockcert.surrogate.capacity import Capacity, reduce  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
 from blockcert.surrogate.ir import Surrogate  # noqa: E402
@@ -58,13 +64,13 @@ CONFIGS = [
 
 def per_token(view, x: torch.Tensor, radius: float, options: dict) -> dict:
     """Every per-token row of one prompt x [T, d], as the block bound computes them."""
-    f = sound_rows._folded(view)
+    f = fold_block(view)
     cen = forward64(view, x)
     shells = options.get("shells", 1)
     refine = options.get("refine_tokens")
     joint = options.get("joint_tokens", 0)
-    rows, lmlp, spec = sound_rows._two_pass_rows(f, cen, radius, shells, refine, 0.0, joint)
-    constants = sound_rows._prompt_constants(rows, lmlp, radius)
+    rows, lmlp, spec = two_pass_rows(f, cen, radius, shells, refine, 0.0, joint)
+    constants = prompt_constants(rows, lmlp, radius)
     out = {name: getattr(rows, name) for name in ("latt", "move", "screen", "pert", "lam2")}
     out.update(rho=rows.rho, spread=rows.spread, z=rows.z, saturation=rows.saturation)
     out.update(lmlp=lmlp, spectral=spec.spectral, bilinear=spec.bilinear, constants=constants)

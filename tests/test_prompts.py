@@ -155,9 +155,9 @@ def test_prompt_evaluation_skips_blocks_that_reproduce_the_teacher(tiny_llama, m
     surrogates = {1: extract_block(tiny_llama, 1), 2: _perturbed(tiny_llama, 2)}
     taus = {1: 0.01, 2: 0.01}
     trajectory_ = ragged_teacher_trajectory(tiny_llama, prompts, 2)
-    stitched_batch = trajectory._stitched_batch
+    stitched_batch = trajectory.stitched_batch
     with monkeypatch.context() as patch:  # the reference: every block run
-        patch.setattr(trajectory, "_stitched_batch", lambda *a: stitched_batch(*a[:4]))
+        patch.setattr(trajectory, "stitched_batch", lambda *a: stitched_batch(*a[:4]))
         patch.setattr(trajectory, "trajectory_is_exact", lambda adapter: False)
         plain = evaluate_prompts(tiny_llama, surrogates, prompts, trajectory_, taus)
     ran, block = [], tiny_llama.block

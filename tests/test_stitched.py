@@ -10,7 +10,7 @@ from blockcert.cert.metrics import measure_errors
 from blockcert.errors import BlockCertError, VerificationError
 from blockcert.evaluate import trajectory
 from blockcert.evaluate.trajectory import (
-    _run_block,
+    run_block,
     stitched_evaluation,
     teacher_trajectory,
 )
@@ -27,7 +27,7 @@ def _evaluation_logits(adapter, surrogates, ids):
     with torch.no_grad():
         h = adapter.embed(ids)
         for k in range(adapter.num_blocks):
-            h = _run_block(adapter, surrogates, k, h)
+            h = run_block(adapter, surrogates, k, h)
         return adapter.head(h)
 
 
@@ -111,7 +111,7 @@ def test_surrogates_that_reproduce_their_block_are_skipped(stitched, monkeypatch
     pairs = [(states[1][i : i + 2], states[2][i : i + 2]) for i in (0, 2)]
     report = measure_errors(full[1], pairs, [0.1], [0.1], 0.05)
     # a surrogate's exact prompts: its output equals the teacher's on every token
-    out = torch.cat([_run_block(reference, full, 1, x) for x, _ in pairs])
+    out = torch.cat([run_block(reference, full, 1, x) for x, _ in pairs])
     assert report.exact_prompts.tolist() == [out[i].equal(states[2][i]) for i in range(4)]
     assert report.exact_prompts.all()  # the full block's IR reproduces HF's bit for bit here
     plain = stitched_evaluation(reference, full, ids, states, 2)

@@ -79,14 +79,16 @@ class _BatchFigures:
     n_targets: int  # next-token targets per prompt (s - 1)
 
 
-def _run_block(adapter: BlockAdapter, surrogates: Mapping[int, Surrogate], k: int, h):
+def run_block(adapter: BlockAdapter, surrogates: Mapping[int, Surrogate], k: int, h):
+    """Block k of the stitched model on h [b, s, d]: surrogate k where there is one, else the
+    teacher's block (in float32)."""
     if k in surrogates:
         return run_graph(surrogates[k].graph, surrogates[k].weights, h)
     return adapter.block(k, h).float()
 
 
 @torch.no_grad()
-def _stitched_batch(
+def stitched_batch(
     adapter: BlockAdapter,
     surrogates: Mapping[int, Surrogate],
     ids: torch.Tensor,
@@ -109,7 +111,7 @@ def _stitched_batch(
         if h is states[k] and reproduces:
             h, gap = states[k + 1], torch.zeros(states[k + 1].shape[:-1])
         else:
-            h = _run_block(adapter, surrogates, k, h)
+            h = run_block(adapter, surrogates, k, h)
             gap = (h - states[k + 1]).norm(dim=-1)
             if not gap.any() and torch.equal(h, states[k + 1]):
                 h = states[k + 1]  # back on the teacher's path
@@ -150,7 +152,7 @@ def stitched_evaluation(
     deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
-        batch = _stitched_batch(
+        batch = stitched_batch(
             adapter,
             surrogates,
             input_ids[rows],
@@ -341,7 +343,7 @@ def evaluate_prompts(
     """Per-prompt eps_k, coverage at tau_k, stitched deviations and next-token figures.
 
     trajectory: ragged_teacher_trajectory or RaggedTrajectory.from_states (the batches the
-    stitched run uses); blocks that reproduce it exactly are not run again (_stitched_batch).
+    stitched run uses); blocks that reproduce it exactly are not run again (stitched_batch).
     """
     n = len(prompts)
     zeros = lambda: torch.zeros(n, dtype=torch.float64)  # noqa: E731
@@ -357,7 +359,7 @@ def evaluate_prompts(
             errors, exact[k] = _teacher_input_errors(surrogate, states[k], states[k + 1])
             eps[k][index] = errors.amax(-1).double()
             covered[k][index] = (errors <= taus[k]).sum(-1).double()
-        batch = _stitched_batch(adapter, surrogates, ids, states, exact)
+        batch = stitched_batch(adapter, surrogates, ids, states, exact)
         deviation[index] = batch.deviation
         nll_base[index], nll_stitched[index] = batch.nll_baseline, batch.nll_stitched
         kl[index], agree[index] = batch.kl, batch.agree
