@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import blockcert.cert.lipschitz_sound as lipschitz_sound
 import blockcert.cert.spectral as spectral
 from blockcert.cert.activations import (
     GELU_ARGMIN,
@@ -28,18 +27,20 @@ from blockcert.cert.activations import (
     silu_slope_range,
 )
 from blockcert.cert.fp_allowance import fp_error
-from blockcert.cert.lipschitz import SATURATED, empirical_lipschitz, sound_lipschitz
-from blockcert.cert.lipschitz_empirical import FLOAT64_BELOW, empirical_ascent, search_dtype
-from blockcert.cert.lipschitz_sound import (
-    _folded,
-    _mlp_centre_lower,
-    _mlp_state,
-    _shell_mean,
-    _shell_radii,
-    _slope_reaches,
+from blockcert.cert.lipschitz import (
+    FLOAT64_BELOW,
+    SATURATED,
+    empirical_ascent,
+    empirical_lipschitz,
+    fold_block,
     forward64,
+    search_dtype,
     sound_block_bound,
+    sound_lipschitz,
 )
+from blockcert.cert.lipschitz import mlp as lipschitz_mlp
+from blockcert.cert.lipschitz.mlp import mlp_centre_lower, mlp_state, slope_reaches
+from blockcert.cert.lipschitz.shells import shell_mean, shell_radii
 from blockcert.cert.spectral import (
     spectral_norm_certified_batched,
     spectral_norm_upper_batched,
@@ -188,9 +189,9 @@ def test_certified_spectral_norm_holds_when_its_estimate_is_far_too_low(monkeypa
     is left, so the result still bounds the exact norm."""
     mats = _with_spectrum(torch.rand(4, 30, dtype=torch.float64) + 1.0, 40, 7)
     exact = torch.linalg.matrix_norm(mats, 2)
-    real = spectral._top_eigenvalue_estimate
+    real = spectral.top_eigenvalue_estimate
     for factor in (0.5, 0.0):
-        monkeypatch.setattr(spectral, "_top_eigenvalue_estimate", lambda g, f=factor: f * real(g))
+        monkeypatch.setattr(spectral, "top_eigenvalue_estimate", lambda g, f=factor: f * real(g))
         upper = spectral_norm_certified_batched(mats)
         assert (upper >= exact).all()
         assert (upper <= 1.2 * exact).all()  # Schatten-64 at worst
@@ -231,9 +232,9 @@ def test_saturated_step_is_reported_without_a_constant(tiny_llama, token_ids):
 
 def test_mlp_centre_lower_is_below_the_exact_spectral_norm(tiny_adapter, token_ids):
     view = block_view(extract_block(tiny_adapter, 1))
-    f = _folded(view)
+    f = fold_block(view)
     cen = forward64(view, _inputs(tiny_adapter, token_ids, 1)[0])
-    z, _, _ = _mlp_state(f, cen, torch.zeros(cen["y"].shape[0], dtype=torch.float64))
+    z, _, _ = mlp_state(f, cen, torch.zeros(cen["y"].shape[0], dtype=torch.float64))
     m = f.w_down.shape[1]
     exact = torch.stack(
         [
@@ -244,33 +245,33 @@ def test_mlp_centre_lower_is_below_the_exact_spectral_norm(tiny_adapter, token_i
             for zt in z
         ]
     )
-    low = _mlp_centre_lower(f, z)
+    low = mlp_centre_lower(f, z)
     assert (low <= exact).all() and (low >= 0.5 * exact).all()
 
 
 def test_slope_search_stops_at_the_first_token_that_reaches(tiny_adapter, token_ids, monkeypatch):
-    """_slope_reaches answers max_t 1 + lambda2_t low_t >= needed as the lower bounds of every
+    """slope_reaches answers max_t 1 + lambda2_t low_t >= needed as the lower bounds of every
     token at once do, trying tokens batch by batch and stopping once one reaches."""
     view = block_view(extract_block(tiny_adapter, 1))
-    f = _folded(view)
+    f = fold_block(view)
     x = _inputs(tiny_adapter, token_ids, 1)
     cens = [forward64(view, xi) for xi in x]
-    z = torch.cat([_mlp_state(f, c, torch.zeros_like(c["ynorm"]))[0] for c in cens])
+    z = torch.cat([mlp_state(f, c, torch.zeros_like(c["ynorm"]))[0] for c in cens])
     lam2 = torch.rand(len(z), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert len(z) > 2 * lipschitz_sound.REFINE_BATCH  # more than one batch to try
+    assert len(z) > 2 * lipschitz_mlp.REFINE_BATCH  # more than one batch to try
     exact = torch.stack([_mlp_exact(f, zt) for zt in z])
     top = float((1 + lam2 * exact).max())
-    calls, lower = [], lipschitz_sound._mlp_centre_lower
+    calls, lower = [], lipschitz_mlp.mlp_centre_lower
     monkeypatch.setattr(
-        lipschitz_sound, "_mlp_centre_lower", lambda f, z: calls.append(len(z)) or lower(f, z)
+        lipschitz_mlp, "mlp_centre_lower", lambda f, z: calls.append(len(z)) or lower(f, z)
     )
-    assert not _slope_reaches(f, z, lam2, top * (1 + 1e-9))  # above the exact max: never
+    assert not slope_reaches(f, z, lam2, top * (1 + 1e-9))  # above the exact max: never
     assert sum(calls) == len(z)  # ... after every token was tried
     calls.clear()
-    assert _slope_reaches(f, z, lam2, 1.0)  # every token reaches 1: the first batch settles it
-    assert calls == [lipschitz_sound.REFINE_BATCH]
+    assert slope_reaches(f, z, lam2, 1.0)  # every token reaches 1: the first batch settles it
+    assert calls == [lipschitz_mlp.REFINE_BATCH]
     calls.clear()
-    assert _slope_reaches(f, z, lam2, 1 + 0.5 * (top - 1))  # within the lower bound's 2x
+    assert slope_reaches(f, z, lam2, 1 + 0.5 * (top - 1))  # within the lower bound's 2x
 
 
 def _mlp_exact(f, zt):
@@ -453,7 +454,7 @@ def test_targeted_tokens_reach_their_own_jacobian(tiny_llama, token_ids):
     the ratio reaches that token's own-Jacobian norm ||d g(X)_t / d x_t|| (perturbing x_t alone
     along its top singular vector gives it at small r), and the estimate stays below the sound
     constant; the random starts alone stay below it."""
-    from blockcert.cert.lipschitz_empirical import _targeted
+    from blockcert.cert.lipschitz.empirical import targeted_ascent
 
     x = _inputs(tiny_llama, token_ids, 1)[:1].double()
     surrogate = extract_block(tiny_llama, 1)
@@ -474,10 +475,10 @@ def test_targeted_tokens_reach_their_own_jacobian(tiny_llama, token_ids):
     )
     own_norm = float(torch.linalg.matrix_norm(own, 2))
     gen = torch.Generator().manual_seed(0)
-    found = _targeted(surrogate.graph, weights, x, radius, start, base, 1, 40, gen)
+    found = targeted_ascent(surrogate.graph, weights, x, radius, start, base, 1, 40, gen)
     assert float(found[0]) >= 0.99 * own_norm, (float(found[0]), own_norm)
     assert float(found[0]) <= sound_lipschitz(surrogate, [x.float()], radius).value
-    idle = _targeted(surrogate.graph, weights, x, radius, start, base, 1, 0, gen)
+    idle = targeted_ascent(surrogate.graph, weights, x, radius, start, base, 1, 0, gen)
     assert float(idle[0]) < 0.99 * own_norm  # the random starts alone do not reach it
 
 
@@ -504,15 +505,15 @@ def test_shells_cover_the_whole_tube(r):
     """The last shell is the tube itself (r * n / n may round below r), the widths are the
     radii's differences, and the shell mean weighs each running maximum by its width."""
     for n in (1, 3, 7, 10):
-        radii, widths = _shell_radii(r, n)
+        radii, widths = shell_radii(r, n)
         assert radii[-1] == r and all(w >= 0 for w in widths)
         assert all(b > a for a, b in zip(radii, radii[1:], strict=False))
         assert abs(sum(widths) - r) <= 1e-15 * r
     total = torch.tensor([[1.0, 5.0], [4.0, 2.0], [2.0, 6.0]], dtype=torch.float64)
-    radii, widths = _shell_radii(r, 3)
-    mean = _shell_mean(total, r)
+    radii, widths = shell_radii(r, 3)
+    mean = shell_mean(total, r)
     running = torch.tensor([[1.0, 5.0], [4.0, 5.0], [4.0, 6.0]], dtype=torch.float64)
     expected = (running * torch.tensor(widths, dtype=torch.float64)[:, None]).sum(0) / r
     assert torch.allclose(mean, torch.minimum(expected, total[-1]), rtol=1e-8)
     assert (mean <= total[-1]).all() and (mean >= total.min(0).values).all()
-    assert torch.equal(_shell_mean(total[:1], r), total[0])
+    assert torch.equal(shell_mean(total[:1], r), total[0])

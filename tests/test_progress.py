@@ -5,7 +5,7 @@ def test_progress_logs_lines_when_not_on_a_terminal(caplog, monkeypatch):
     """Off a terminal a loop logs its progress as lines (a bar would show nothing in a file)."""
     import blockcert.progress as p
 
-    monkeypatch.setattr(p, "_on_terminal", lambda: False)
+    monkeypatch.setattr(p, "on_terminal", lambda: False)
     with caplog.at_level("INFO", logger="blockcert.progress"):
         assert list(p.progress(range(5), 5, "teacher pass", "batches", every_s=0.0)) == [
             0,

@@ -8,14 +8,20 @@ Jacobian moves computed directly (float64) along neuron-loading, random and asce
 import pytest
 import torch
 
-import blockcert.cert.lipschitz_sound as sound
 from blockcert.cert.activations import silu_curvature, silu_slope
-from blockcert.cert.sound_mlp_bilinear import (
+from blockcert.cert.lipschitz import block as sound_block
+from blockcert.cert.lipschitz import fold_block, forward64, sound_block_bound
+from blockcert.cert.lipschitz import refine as sound_refine
+from blockcert.cert.lipschitz.block import two_pass_rows
+from blockcert.cert.lipschitz.mlp import mlp_product_pert
+from blockcert.cert.lipschitz.mlp_bilinear import (
     bilinear_products,
     centre_bilinear,
     coefficient_spread,
     tube_spread,
 )
+from blockcert.cert.lipschitz.norm import normalise
+from blockcert.cert.lipschitz.shells import prompt_constants
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.view import block_view
 
@@ -24,8 +30,8 @@ from blockcert.surrogate.view import block_view
 def block(tiny_llama, token_ids):
     x, _ = tiny_llama.block_pair(token_ids, 1)
     view = block_view(extract_block(tiny_llama, 1))
-    f = sound._folded(view)
-    cen = sound.forward64(view, x[0].double())
+    f = fold_block(view)
+    cen = forward64(view, x[0].double())
     return view, f, cen, bilinear_products(f.w_down, *f.mlp_in)
 
 
@@ -90,10 +96,10 @@ def test_coefficient_spread_bounds_the_derivatives_on_every_interval(block):
 def test_bilinear_bound_holds_for_jacobian_moves(block):
     """||J_M(w + dw) - J_M(w)|| <= rho (centre + spread) for ||dw|| = rho, along the directions
     that load single neurons, random ones, and the best found by ascent on the exact move; at
-    small radii the bound is far below the product form of lipschitz_sound."""
+    small radii the bound is far below the product form of blockcert.cert.lipschitz.mlp."""
     view, f, cen, prod = block
     g, u = cen["pre"]
-    xhat, _ = sound._normalise(view.mlp_norm, cen["y"])
+    xhat, _ = normalise(view.mlp_norm, cen["y"])
     gen = torch.Generator().manual_seed(3)
     tokens = torch.tensor([0, g.shape[0] - 1])
     centre = centre_bilinear(f.w_down, prod, g[tokens], u[tokens])
@@ -114,7 +120,7 @@ def test_bilinear_bound_holds_for_jacobian_moves(block):
                     worst = max(worst, float(torch.linalg.matrix_norm(moved - base, 2)))
             assert worst <= float(bound[row]), (radius, int(t), worst, float(bound[row]))
     small = torch.full((g.shape[0],), 0.03, dtype=torch.float64)
-    product = sound._mlp_product_pert(f, cen, small)[tokens]
+    product = mlp_product_pert(f, cen, small)[tokens]
     tight = 0.03 * (centre + tube_spread(f.down_gram_abs, prod, g[tokens], u[tokens], small[:2]))
     assert (tight < 0.5 * product).all(), (tight, product)
 
@@ -141,9 +147,9 @@ def test_block_bound_with_the_bilinear_term_is_tighter_and_still_sound(
     x, _ = tiny_llama.block_pair(token_ids, 0)
     surrogate = extract_block(tiny_llama, 0)
     r = 1e-2 * float(x.norm(dim=-1).median())
-    with_term = sound.sound_block_bound(surrogate, [x], r, shells=4)
-    monkeypatch.setattr(sound, "_bilinear_products", lambda f: None)
-    without = sound.sound_block_bound(surrogate, [x], r, shells=4)
+    with_term = sound_block_bound(surrogate, [x], r, shells=4)
+    monkeypatch.setattr(sound_refine, "bilinear_products", lambda f: None)
+    without = sound_block_bound(surrogate, [x], r, shells=4)
     assert with_term.lipschitz <= 0.95 * without.lipschitz, (with_term.lipschitz, without.lipschitz)
     assert with_term.lipschitz >= independent_ascent(surrogate, x, r, restarts=2, steps=30)
 
@@ -152,21 +158,21 @@ def test_refinement_settles_at_a_refined_token(tiny_llama, token_ids, monkeypatc
     """One token per round: the spectral round stops at constants that the bilinear bounds lower
     afterwards, so without settling a token it skipped holds the max (tiny_llama block 0); with
     settling the max sits at a refined token, and is lower."""
-    monkeypatch.setattr(sound, "REFINE_BATCH", 1)
+    monkeypatch.setattr(sound_refine, "REFINE_BATCH", 1)
     x, _ = tiny_llama.block_pair(token_ids, 0)
     view = block_view(extract_block(tiny_llama, 0))
-    f = sound._folded(view)
-    cen = sound.forward64(view, x[0].double())
+    f = fold_block(view)
+    cen = forward64(view, x[0].double())
     r = 1e-2 * float(x[0].norm(dim=-1).median())
 
     def worst() -> tuple[float, bool]:
-        rows, lmlp, spec = sound._two_pass_rows(f, cen, r, 1, None, 0.0, 0)
-        per_token = sound._prompt_constants(rows, lmlp, r)
+        rows, lmlp, spec = two_pass_rows(f, cen, r, 1, None, 0.0, 0)
+        per_token = prompt_constants(rows, lmlp, r)
         return float(per_token.max()), bool(torch.isfinite(spec.spectral[per_token.argmax()]))
 
     settled, settled_refined = worst()
-    plain = sound._refine_rows
-    monkeypatch.setattr(sound, "_refine_rows", lambda *args, settle=False: plain(*args))
+    plain = sound_block.refine_rows
+    monkeypatch.setattr(sound_block, "refine_rows", lambda *args, settle=False: plain(*args))
     unsettled, unsettled_refined = worst()
     assert settled_refined and not unsettled_refined
     assert settled < unsettled, (settled, unsettled)

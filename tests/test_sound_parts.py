@@ -8,16 +8,28 @@ alternating maximisation (a lower estimate of the maximum, so `bound >= estimate
 import pytest
 import torch
 
-import blockcert.cert.lipschitz_sound as sound
-from blockcert.cert.activations import SILU_CURVATURE, SILU_SLOPE, SILU_SLOPE_MIN
-from blockcert.cert.lipschitz_sound import (
-    _attention_rows,
-    _folded,
-    _mlp_product_pert,
-    _weighted_gate_norms,
-    forward64,
+from blockcert.cert.activations import GELU_CURVATURE, SILU_CURVATURE, SILU_SLOPE, SILU_SLOPE_MIN
+from blockcert.cert.lipschitz import block as sound_block
+from blockcert.cert.lipschitz import fold_block, forward64, softmax, sound_block_bound
+from blockcert.cert.lipschitz import mlp as sound_mlp
+from blockcert.cert.lipschitz.attention import attention_rows
+from blockcert.cert.lipschitz.attention_aligned import (
+    cross_traces,
+    key_path_aligned,
+    output_spread,
+    query_move_aligned,
 )
-from blockcert.cert.sound_attention import _cross_traces, _key_path_aligned, _output_spread
+from blockcert.cert.lipschitz.attention_centre import (
+    centre_terms,
+    centred_query_dir,
+    query_combined,
+    rope_matrices,
+)
+from blockcert.cert.lipschitz.attention_joint import value_moves
+from blockcert.cert.lipschitz.mlp import mlp_product_pert, weighted_gate_norms
+from blockcert.cert.lipschitz.mlp_paired import paired_curvature
+from blockcert.cert.lipschitz.norm import normalise
+from blockcert.cert.lipschitz.softmax import centred_weights
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.view import block_view
 
@@ -42,7 +54,7 @@ def _best_aligned_sum(vectors: torch.Tensor, steps: int = 200, seed: int = 0) ->
 def block(tiny_llama, token_ids):
     x, _ = tiny_llama.block_pair(token_ids, 1)
     view = block_view(extract_block(tiny_llama, 1))
-    return view, _folded(view), x[0].double()
+    return view, fold_block(view), x[0].double()
 
 
 def test_cross_traces_equal_the_traces_they_bound():
@@ -52,7 +64,7 @@ def test_cross_traces_equal_the_traces_they_bound():
     scat = half @ half.transpose(-1, -2)  # PSD, as the scatter matrices are
     o = torch.randn(n, 7, hd, generator=gen, dtype=torch.float64)  # W_o,h: [d, hd]
     o_cross = torch.einsum("hdi,gdj->hgij", o, o)
-    got = _cross_traces(o_cross, scat)  # [t, h, g]
+    got = cross_traces(o_cross, scat)  # [t, h, g]
     for h in range(n):
         for g in range(n):
             exact = torch.einsum("tij,tji->t", scat[h] @ o_cross[h, g], scat[g] @ o_cross[g, h])
@@ -67,7 +79,7 @@ def test_aligned_key_path_bounds_the_best_direction(block):
     n, T = p.shape[0], p.shape[-1]
     gen = torch.Generator().manual_seed(1)
     coef = torch.rand(n, T, T, generator=gen, dtype=torch.float64).tril()
-    bound = _key_path_aligned(f, coef, _output_spread(f, v, p, coef))  # [T]
+    bound = key_path_aligned(f, coef, output_spread(f, v, p, coef))  # [T]
     a = view.attention
     wo = a.o.matrix()
     for t in (0, T // 2, T - 1):
@@ -100,7 +112,7 @@ def _assert_rows_hold_on_the_tube(view, f, x, joint: bool, seed: int) -> None:
     r = 0.05 * float(x.norm(dim=-1).median())
     cen = forward64(view, x)
     T = x.shape[0]
-    latt, move, _ = _attention_rows(f, cen, r, aligned=torch.arange(T), joint=joint)
+    latt, move, _ = attention_rows(f, cen, r, aligned=torch.arange(T), joint=joint)
     gen = torch.Generator().manual_seed(seed)
     attn = _attention_output(view)
     base = attn(x)
@@ -119,19 +131,19 @@ def any_block(request, token_ids):
     adapter = request.getfixturevalue(request.param)
     x, _ = adapter.block_pair(token_ids, 1)
     view = block_view(extract_block(adapter, 1))
-    return view, _folded(view), x[0].double()
+    return view, fold_block(view), x[0].double()
 
 
 def test_joint_rows_are_within_a_few_percent_of_the_exact_row_norm_at_the_centre(any_block):
-    """At the centre the joint bound (sound_attention_joint) is an upper bound of the row's
+    """At the centre the joint bound (attention_joint) is an upper bound of the row's
     operator norm from the float64 autograd Jacobian, and close to it (the weights follow the
     per-source norms, which makes the Cauchy-Schwarz step nearly tight)."""
     view, f, x = any_block
     cen = forward64(view, x)
     T = x.shape[0]
     rows = torch.tensor([1, T // 2, T - 1])
-    latt, _, _ = _attention_rows(f, cen, 1e-12, aligned=rows, joint=True)
-    aligned, _, _ = _attention_rows(f, cen, 1e-12, aligned=rows)
+    latt, _, _ = attention_rows(f, cen, 1e-12, aligned=rows, joint=True)
+    aligned, _, _ = attention_rows(f, cen, 1e-12, aligned=rows)
     jac = torch.autograd.functional.jacobian(_attention_output(view), x)  # [T, d, T, d]
     for i, t in enumerate(rows.tolist()):
         best = _best_aligned_sum(jac[t].permute(1, 0, 2))
@@ -149,7 +161,7 @@ def test_weighted_gate_norms_bound_the_exact_spectral_norm(block):
     view, f, x = block
     cen = forward64(view, x)
     up = cen["pre"][1]
-    got = _weighted_gate_norms(f, up)
+    got = weighted_gate_norms(f, up)
     for t in range(0, x.shape[0], 5):
         s = f.down_cols * up[t].abs()
         exact = float(torch.linalg.matrix_norm(s[:, None] * f.mlp_in[0], 2))
@@ -173,11 +185,11 @@ def test_mlp_product_pert_bounds_jacobian_moves(block):
             (slope * u)[:, None] * g_in + torch.nn.functional.silu(g)[:, None] * u_in
         )
 
-    xhat, _ = sound._normalise(view.mlp_norm, cen["y"])
+    xhat, _ = normalise(view.mlp_norm, cen["y"])
     gen = torch.Generator().manual_seed(3)
     for radius in (0.03, 0.3, 3.0):
         rho = torch.full((x.shape[0],), radius, dtype=torch.float64)
-        pert = _mlp_product_pert(f, cen, rho)
+        pert = mlp_product_pert(f, cen, rho)
         for t in (0, x.shape[0] - 1):
             base = jac(xhat[t])
             loud = torch.argsort(cen["pre"][1][t].abs(), descending=True)[:4]
@@ -197,16 +209,16 @@ def test_local_slopes_only_tighten_the_mlp_perturbation(block, monkeypatch):
     view, f, x = block
     cen = forward64(view, x)
     rho = torch.full((x.shape[0],), 0.05, dtype=torch.float64)
-    both = _mlp_product_pert(f, cen, rho)
+    both = mlp_product_pert(f, cen, rho)
     inf = torch.full_like(rho, float("inf"))
-    monkeypatch.setattr(sound, "_local_slopes", lambda *a: (inf, inf))
-    global_only = _mlp_product_pert(f, cen, rho)
+    monkeypatch.setattr(sound_mlp, "local_slopes", lambda *a: (inf, inf))
+    global_only = mlp_product_pert(f, cen, rho)
     assert (both <= global_only).all()
     monkeypatch.undo()
     deep = dict(cen, pre=(cen["pre"][0] - 40.0, cen["pre"][1]))  # every gate far in the tail
-    tail = _mlp_product_pert(f, deep, rho)
-    monkeypatch.setattr(sound, "_local_slopes", lambda *a: (inf, inf))
-    assert (tail <= 1e-3 * _mlp_product_pert(f, deep, rho)).all()
+    tail = mlp_product_pert(f, deep, rho)
+    monkeypatch.setattr(sound_mlp, "local_slopes", lambda *a: (inf, inf))
+    assert (tail <= 1e-3 * mlp_product_pert(f, deep, rho)).all()
 
 
 def _khatri_rao_ascent(w_down, terms, low: float, high: float) -> float:
@@ -238,7 +250,7 @@ def _khatri_rao_ascent(w_down, terms, low: float, high: float) -> float:
 def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
     """||W_d [s_a o (A_u dw) o (A_g x) + s_b o (A_g dw) o (A_u x)]|| <= paired_slope for unit
     dw, x and slopes in silu's range [SILU_SLOPE_MIN, SILU_SLOPE], and the curvature term
-    ||W_d (s o u o (A_g dw) o (A_g x))|| <= _paired_curvature for |s| <= SILU_CURVATURE and the
+    ||W_d (s o u o (A_g dw) o (A_g x))|| <= paired_curvature for |s| <= SILU_CURVATURE and the
     prompt's largest |up|: the best the ascent finds stays below each, and not far below."""
     view, f, x = block
     g_in, u_in = f.mlp_in
@@ -247,7 +259,7 @@ def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
     best = _khatri_rao_ascent(f.w_down, terms, SILU_SLOPE_MIN, SILU_SLOPE)
     assert best <= f.paired_slope <= 10 * best, (f.paired_slope, best)
     up = forward64(view, x)["pre"][1]
-    curvature = sound._paired_curvature(f, up)
+    curvature = paired_curvature(f.w_down, f.mlp_in[0], f.gate_gram_abs, up)
     top = up.abs().amax(0)
     best = _khatri_rao_ascent(f.w_down, [(g_in, g_in, top)], -SILU_CURVATURE, SILU_CURVATURE)
     assert best <= curvature <= 10 * best, (curvature, best)
@@ -255,12 +267,10 @@ def test_paired_slope_bounds_the_slope_terms_at_any_slopes(block):
 
 def test_paired_slope_bounds_the_gelu_curvature_term(tiny_gpt2):
     """GELU: ||W_d (s o (A dw) o (A x))|| <= paired_slope for |s| <= GELU_CURVATURE."""
-    f = _folded(block_view(extract_block(tiny_gpt2, 1)))
+    f = fold_block(block_view(extract_block(tiny_gpt2, 1)))
     (fc,) = f.mlp_in
     one = torch.ones(fc.shape[0], dtype=torch.float64)
-    best = _khatri_rao_ascent(
-        f.w_down, [(fc, fc, one)], -sound.GELU_CURVATURE, sound.GELU_CURVATURE
-    )
+    best = _khatri_rao_ascent(f.w_down, [(fc, fc, one)], -GELU_CURVATURE, GELU_CURVATURE)
     assert best <= f.paired_slope <= 10 * best, (f.paired_slope, best)
 
 
@@ -268,13 +278,13 @@ def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, mo
     """With the aligned bounds on only a few tokens per prompt, the block bound still holds."""
     from tests.test_lipschitz import independent_ascent
 
-    monkeypatch.setattr(sound, "ALIGNED_TOKENS", 3)
+    monkeypatch.setattr(sound_block, "ALIGNED_TOKENS", 3)
     x, _ = tiny_llama.block_pair(token_ids, 0)
     surrogate = extract_block(tiny_llama, 0)
     r = 1e-2 * float(x.norm(dim=-1).median())
-    few = sound.sound_block_bound(surrogate, [x], r)
-    monkeypatch.setattr(sound, "ALIGNED_TOKENS", 10_000)
-    every = sound.sound_block_bound(surrogate, [x], r)
+    few = sound_block_bound(surrogate, [x], r)
+    monkeypatch.setattr(sound_block, "ALIGNED_TOKENS", 10_000)
+    every = sound_block_bound(surrogate, [x], r)
     assert every.lipschitz <= few.lipschitz * (1 + 1e-8)
     assert every.lipschitz >= independent_ascent(surrogate, x, r, restarts=2, steps=30)
 
@@ -282,18 +292,9 @@ def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, mo
 def test_aligned_query_move_bounds_explicit_moves(block):
     """Softmax weights moved by logit shifts |e_ts| <= Delta_ts and value moves y_s - m with
     ||y_s|| <= own_s and a common ||m|| <= mean (random and all aligned to one direction) stay
-    within _query_move_aligned, per head, with the reweighting through |p' - p| <= moved_p alone
+    within query_move_aligned, per head, with the reweighting through |p' - p| <= moved_p alone
     and with the centred coefficients and the drift on the centre's query term as well, and
     with the value moves split into their own and the mean's parts (never above the first)."""
-    from blockcert.cert.sound_attention import (
-        _centre,
-        _centred,
-        _centred_query_dir,
-        _drift,
-        _query_move_aligned,
-        rope_matrices,
-    )
-
     view, f, x = block
     cen = forward64(view, x)
     p, k, v = cen["p"], cen["k"], cen["v"]
@@ -305,22 +306,22 @@ def test_aligned_query_move_bounds_explicit_moves(block):
     log_p = torch.log(p)
     omega = torch.logsumexp(log_p + shift, dim=-1)
     moved_p = torch.where(causal, p * torch.expm1(shift + omega[..., None]), 0.0)
-    centred_p = torch.where(causal, _centred(log_p, p, shift), 0.0)
-    drift = _drift(p, shift, omega) * _centre(f, cen)["query_centre"]
+    centred_p = torch.where(causal, centred_weights(log_p, p, shift), 0.0)
+    drift = softmax.drift(p, shift, omega) * centre_terms(f, cen)["query_centre"]
     pu = torch.where(causal, torch.exp(log_p + shift + omega[..., None]).clamp_max(1.0), 0.0)
     own = 0.01 * torch.rand(n, T, T, generator=gen, dtype=torch.float64).masked_fill(~causal, 0)
     mean = 0.01 * torch.rand(n, T, generator=gen, dtype=torch.float64)
     e_ts = (own + mean[..., None]).masked_fill(~causal, 0)
     rot = rope_matrices(a.inv_freq, T, hd)
-    q_dir = _centred_query_dir(f, k, p @ k, rot).masked_fill(~causal, 0)
+    q_dir = centred_query_dir(f, k, p @ k, rot).masked_fill(~causal, 0)
     mean_shift = torch.minimum((moved_p * q_dir).sum(-1), (centred_p * q_dir).sum(-1))
     split = (own, mean * mean_shift)
-    o_moved = _output_spread(f, v, p, moved_p)[1]
-    centred = (centred_p, _output_spread(f, v, p, centred_p)[1], drift)
+    o_moved = output_spread(f, v, p, moved_p)[1]
+    centred = (centred_p, output_spread(f, v, p, centred_p)[1], drift)
     alone = (centred_p, o_moved, torch.full_like(drift, torch.inf))
     unsplit = (e_ts, torch.full_like(mean, torch.inf))
-    bound = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, centred, split)
-    plain = _query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, alone, unsplit)
+    bound = query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, centred, split)
+    plain = query_move_aligned(f, rot, k, p, moved_p, o_moved, pu, e_ts, alone, unsplit)
     assert (bound <= plain).all() and (bound < 0.95 * plain).any()
     wo, wq = a.o.matrix(), view.attention.q.matrix() * view.attn_norm.weight.double()[None]
     worst = 0.0
@@ -353,16 +354,14 @@ def test_aligned_query_move_bounds_explicit_moves(block):
 
 def test_heads_combined_query_centre_bounds_the_exact_sum(block):
     """||sum_h W_o,h Cov_h,t R_t A_q,h|| <= the combined bound <= the per-head sum."""
-    from blockcert.cert.sound_attention import _centre, _query_combined
-
     view, f, x = block
     cen = forward64(view, x)
-    c = _centre(f, cen)
+    c = centre_terms(f, cen)
     p, k, v = cen["p"], cen["k"], cen["v"]
     a = view.attention
     n, T, hd = p.shape[0], p.shape[-1], a.head_dim
     rows = torch.arange(T)
-    combined = _query_combined(f, c, cen, rows)
+    combined = query_combined(f, c, cen, rows)
     wo, wq = a.o.matrix(), a.q.matrix() * view.attn_norm.weight.double()[None]
     for t in range(1, T, 3):
         total = 0
@@ -381,9 +380,6 @@ def test_value_moves_bound_explicit_moves(block):
     softmax weights moved by shifted logits, and every source's normalised input moved by
     lambda_s r, in random directions and all along one (where the heads' Gram bound has to
     hold for a shared move), at the output directions an alternating ascent finds."""
-    from blockcert.cert.sound_attention import _centred
-    from blockcert.cert.sound_attention_joint import value_moves
-
     view, f, x = block
     cen = forward64(view, x)
     p, v = cen["p"], cen["v"]
@@ -406,9 +402,9 @@ def test_value_moves_bound_explicit_moves(block):
     # the mean's reweighting aligned over (h, s) with the centred coefficients of the logit
     # shifts (|e| <= 0.2) instead of the exact per-head norms: a bound as well
     shift = torch.full_like(p, 0.2).masked_fill(~causal, 0.0)
-    centred = _centred(torch.log(p), p, shift).masked_fill(~causal, 0.0)
+    centred = centred_weights(torch.log(p), p, shift).masked_fill(~causal, 0.0)
     weighted = coef.sum(-1, keepdim=True) * centred
-    mean_reweighting = _key_path_aligned(f, weighted, _output_spread(f, v, p, weighted))
+    mean_reweighting = key_path_aligned(f, weighted, output_spread(f, v, p, weighted))
     aligned_bound = value_moves(f, coef, p_new, lam, r, 1e6 * reweighted, mean_reweighting)
     reweighting_only = value_moves(f, coef, p_new, lam, 0.0, 1e6 * reweighted, mean_reweighting)
     assert (aligned_bound < 1e3 * bound).all()  # the aligned term, not the inflated norms
@@ -439,17 +435,15 @@ def test_value_moves_bound_explicit_moves(block):
 
 def test_centred_coefficients_represent_the_reweighting_of_centred_sums():
     """For logit moves |e_s| <= Delta_s: sum_s (p'_s - p_s) w_s = sum_s c_s w_s for centred w
-    (sum_s p_s w_s = 0) with c_s = e^(-Omega') p_s (e^(e_s) - 1), and |c_s| <= _centred, which is
-    well below the bound p (e^(Delta + Omega) - 1) on |p' - p| itself for even shifts."""
-    from blockcert.cert.sound_attention import _centred
-
+    (sum_s p_s w_s = 0) with c_s = e^(-Omega') p_s (e^(e_s) - 1), and |c_s| <= centred_weights,
+    which is well below the bound p (e^(Delta + Omega) - 1) on |p' - p| itself for even shifts."""
     gen = torch.Generator().manual_seed(8)
     s = 40
     p = torch.softmax(torch.randn(s, generator=gen, dtype=torch.float64) * 2, dim=-1)
     w = torch.randn(s, 5, generator=gen, dtype=torch.float64)
     w = w - p @ w  # centred under p
     delta = 0.3 * torch.rand(s, generator=gen, dtype=torch.float64)
-    bound = _centred(torch.log(p), p, delta)
+    bound = centred_weights(torch.log(p), p, delta)
     omega = torch.logsumexp(torch.log(p) + delta, dim=-1)
     moved = p * torch.expm1(delta + omega)  # >= |p' - p|
     for trial in range(50):
@@ -465,10 +459,9 @@ def test_centred_coefficients_represent_the_reweighting_of_centred_sums():
 
 def test_drift_bounds_the_reweighting_of_uncentred_sums():
     """For logit moves |e_s| <= Delta_s and any X_s: sum_s (p'_s - p_s) X_s = sum_s c_s X_s +
-    (e^(-Omega') - 1) sum_s p_s X_s with |c_s| <= _centred and |e^(-Omega') - 1| <= _drift; for
-    sources whose p-weighted sum nearly cancels, the norm bound is well below sum |p' - p| ||X||."""
-    from blockcert.cert.sound_attention import _centred, _drift
-
+    (e^(-Omega') - 1) sum_s p_s X_s with |c_s| <= centred_weights and |e^(-Omega') - 1| <=
+    softmax.drift; for sources whose p-weighted sum nearly cancels, the norm bound is well below
+    sum |p' - p| ||X||."""
     gen = torch.Generator().manual_seed(9)
     s = 40
     p = torch.softmax(torch.randn(s, generator=gen, dtype=torch.float64) * 2, dim=-1)
@@ -478,7 +471,7 @@ def test_drift_bounds_the_reweighting_of_uncentred_sums():
     centre = float(torch.linalg.matrix_norm(torch.einsum("s,sij->ij", p, x), 2))
     delta = 0.3 * torch.rand(s, generator=gen, dtype=torch.float64)
     omega = torch.logsumexp(torch.log(p) + delta, dim=-1)
-    coef, drift = _centred(torch.log(p), p, delta), float(_drift(p, delta, omega))
+    coef, drift = centred_weights(torch.log(p), p, delta), float(softmax.drift(p, delta, omega))
     bound = float(coef @ norms) + drift * centre
     moved = p * torch.expm1(delta + omega)  # >= |p' - p|
     worst = 0.0

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
-from blockcert.cert.lipschitz_transcoder import transcoder_block_bound
+from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz, transcoder_block_bound
 from blockcert.errors import BlockCertError
 from blockcert.lit.module import SurrogateModule
 from blockcert.surrogate.extract import extract_block

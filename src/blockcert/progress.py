@@ -18,7 +18,8 @@ T = TypeVar("T")
 log = logging.getLogger("blockcert.progress")
 
 
-def _on_terminal() -> bool:
+def on_terminal() -> bool:
+    """Whether a person watches stderr (a terminal): a bar, else log lines."""
     return sys.stderr.isatty()
 
 
@@ -26,7 +27,7 @@ def progress(
     items: Iterable[T], total: int | None, what: str, unit: str = "it", every_s: float = 10.0
 ) -> Iterator[T]:
     """Yield `items`, showing how far the loop is (`what`: e.g. "teacher pass")."""
-    if _on_terminal():
+    if on_terminal():
         from tqdm.auto import tqdm
 
         yield from tqdm(items, total=total, desc=what, unit=unit, leave=False, disable=None)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import torch
 
-from blockcert.cert.lipschitz_sound import forward64
+from blockcert.cert.lipschitz import forward64
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view

@@ -1,43 +1,30 @@
 """Attention Jacobian rows bounded jointly over sources and paths (weighted Cauchy-Schwarz).
 
-Notation of blockcert.cert.sound_attention. For query row t, J_ts = d attn_out_t / d u_s
-(u_s = xhat_s, gamma folded) is W_o X_s with X_s [H hd, d] stacked over query heads h:
-
-  X_s,h = p_hs (A_v,h + dv_hs kappa_hs^T) + [s = t] Q_h,
-  dv_hs = v_s - vbar_t, kappa_hs = scale sigma A_k,h^T R_s^T q_ht, Q_h = scale sigma Cov_h R_t A_q,h
-
-(value, key and query paths; Cov_h = sum_s p_hs dv_hs k_s^T). With ||d u_s / d x_s|| <= lambda_s
-and ANY weights w_s > 0, Cauchy-Schwarz gives for every unit u
-
-  sum_s lambda_s ||J_ts^T u|| <= sqrt(sum_s w_s) sqrt(u^T G_t u),
-  G_t = W_o M_t W_o^T,  M_t = sum_s (lambda_s^2 / w_s) X_s X_s^T,
-
-so the row's operator norm is at most sqrt(sum_s w_s) sqrt(lambda_max(G_t)). The paths of one
-source and the sources of one row are bounded together, which is far below sums of per-source
-norms when the sources' Jacobians point in different directions (at w_s proportional to
-lambda_s ||J_ts^T u*|| for the maximising u* the inequality is an equality). M_t is formed in
-head space from per-block products A_v,h A_v,g^T, A_v,h A_k,g^T and A_k,h A_k,g^T, and
-lambda_max(G_t) is certified by a Cholesky factorisation (blockcert.cert.spectral).
-
-Over the tube: sum_s lambda'_s ||J'_ts^T u|| <= max_s (lambda'_s / lambda_s) sqrt(sum w)
-sqrt(lambda_max(G_t)) + sum_s lambda'_s ||(J'_ts - J_ts)^T u||, the last at most its maximum
-over unit u (tube_sources, from the per-source moves sound_attention already bounds).
+For query row t, J_ts = W_o X_s with X_s [H hd, d] the value, key and (s = t) query paths of
+all heads stacked. For ANY weights w_s > 0 and every unit u,
+  sum_s lambda_s ||J_ts^T u|| <= sqrt(sum_s w_s) sqrt(lambda_max(W_o M_t W_o^T)),
+  M_t = sum_s (lambda_s^2 / w_s) X_s X_s^T,
+an equality at w_s proportional to lambda_s ||J_ts^T u*|| for the maximising u*. M_t is formed
+in head space from per-block products, lambda_max certified by a Cholesky factorisation; on the
+tube the bound grows by max_s lambda'_s / lambda_s plus the per-source moves (tube_sources).
+Notation of blockcert.cert.lipschitz.attention. Derivation: docs/soundness.md#joint-attention-rows.
 """
 
 from __future__ import annotations
 
 import torch
 
+from blockcert.cert.lipschitz.folded import FoldedBlock
+from blockcert.cert.lipschitz.margins import REL_MARGIN
 from blockcert.cert.spectral import top_eigenvalue_certified_batched
 
 Tensor = torch.Tensor
 
-REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
 CHUNK = 8  # rows whose G_t are certified together
 ROUNDING = 1e-8  # float64 rounding of G_t relative to its size bound (sums of < 1e6 products)
 
 
-def block_products(f) -> dict:
+def block_products(f: FoldedBlock) -> dict:
     """Per-block head-space products, cached on the folded block. A_v and A_k belong to kv
     heads, so their cross products are kept per kv head pair (GQA: far fewer than H^2)."""
     if "joint" in f.cache:
@@ -63,11 +50,11 @@ def block_products(f) -> dict:
     return f.cache["joint"]
 
 
-def source_weights(f, c: dict, rows: Tensor, lam: Tensor) -> Tensor:
+def source_weights(f: FoldedBlock, c: dict, rows: Tensor, lam: Tensor) -> Tensor:
     """[t, s] weights near lambda_s ||J_ts|| (the triangle bound over heads of the value, key
     and, at s = t, query paths at the centre; any positive weights give a valid bound, and a
     zero weight only drops sources with J_ts = 0). c: the centre terms of the rows
-    (sound_attention._query_rows), lam [T] the centre's lambda."""
+    (attention_centre.query_rows), lam [T] the centre's lambda."""
     scale = abs(f.view.attention.scale) * f.sigma
     per_head = c["p"] * (f.c_ov[:, None, None] + scale * c["a_ts"] * c["key_dir"])
     weights = per_head.sum(0)
@@ -76,7 +63,9 @@ def source_weights(f, c: dict, rows: Tensor, lam: Tensor) -> Tensor:
     return weights * lam[None, :]
 
 
-def centre_rows(f, cen: dict, rot: Tensor, rows: Tensor, weights: Tensor, lam: Tensor) -> Tensor:
+def centre_rows(
+    f: FoldedBlock, cen: dict, rot: Tensor, rows: Tensor, weights: Tensor, lam: Tensor
+) -> Tensor:
     """[t] >= sqrt(sum_s w_s) sqrt(lambda_max(G_t)) for the query rows t = rows at the centre
     (weights [t, s] with zeros where p = 0 in every head, lam [T] the centre's lambda).
     Cached per row set."""
@@ -141,7 +130,7 @@ def _row_gram(prod: dict, cen: dict, rot: Tensor, t: int, w: Tensor, lam: Tensor
 
 
 def tube_sources(
-    f,
+    f: FoldedBlock,
     rows: Tensor,
     p,
     moved_p,
@@ -159,19 +148,19 @@ def tube_sources(
     """[t] >= max_(||u|| = 1) sum_s lambda'_s ||(J'_ts - J_ts)^T u|| on the tube.
 
     Value path: sum_h (p'_hs - p_hs) W_o,h A_v,h, at most sqrt(|p' - p|^T N |p' - p|) (the Gram
-    bound of sound_attention, N_hg >= ||B_h^T B_g||, B_h = W_o,h A_v,h). Key path per head:
+    bound of the attention rows, N_hg >= ||B_h^T B_g||, B_h = W_o,h A_v,h). Key path per head:
     p' dv' kappa'^T - p dv kappa^T = (p' - p) dv' kappa'^T + p (dv' - dv) kappa'^T +
     p dv (kappa' - kappa)^T (rank one each: ||(w kappa^T)^T u|| = |u . w| ||kappa||), with
     ||kappa'|| <= key_up, ||kappa' - kappa|| <= scale sigma ||A_k|| dq_t, ||W_o dv|| = a_ts, and
     reweighted_keys [t] >= max_u sum_(h, s) |p' - p| key_up lambda_s |u . W_o dv| (aligned over
-    (h, s) by sound_attention). The value moves under the key terms, sum_(h, s) c_hs |u . W_o,h
+    (h, s) by attention_aligned). The value moves under the key terms, sum_(h, s) c_hs |u . W_o,h
     (dv'_s - dv_s)| with c = (p + |p' - p|) key_up lambda_s, split as dv' - dv = A_v du_s -
     (vbar' - vbar), vbar' - vbar = sum_s' p'_s' A_v du_s' + sum_s' (p' - p)_s' (v_s' - vbar):
     every head sees the SAME input move du_s (||du_s|| <= lambda_s r), so sum_h c_h |u . B_h du|
     <= ||du|| ||sum_h +-c_h B_h^T u|| <= ||du|| sqrt(c^T N c) for every sign pattern: the heads
     are combined by the Gram bound per source, for the sources' own moves and (weights C_h pu_hs',
     C_h = sum_s c_hs) for the mean's; the mean's reweighting stays per head (reweighted [H, t]).
-    Query path (s = t): ||sum_h (Q'_h - Q_h)|| <= scale sigma query (query [t], sound_attention).
+    Query path (s = t): ||sum_h (Q'_h - Q_h)|| <= scale sigma query (query [t], attention).
     mean_reweighting [t] (optional): >= max_u sum_h C_h |u . W_o,h sum_s (p' - p)_hs (v_s - vbar_t)|
     with C_h = sum_s coef_hs, the mean's reweighting under the key terms aligned over heads.
     All [H, t, s] except dq and reweighted [H, t], lam [T] (the tube's lambda) and rows [t] (the
@@ -188,7 +177,13 @@ def tube_sources(
 
 
 def value_moves(
-    f, coef: Tensor, pu: Tensor, lam: Tensor, r: float, reweighted: Tensor, mean_reweighting=None
+    f: FoldedBlock,
+    coef: Tensor,
+    pu: Tensor,
+    lam: Tensor,
+    r: float,
+    reweighted: Tensor,
+    mean_reweighting=None,
 ) -> Tensor:
     """[t] >= sum_(h, s) coef_hts |u . W_o,h (dv'_s - dv_s)| for every unit u (coef [H, t, s]
     >= 0), dv_s = v_s - vbar_t: the sources' own moves and the mean's, heads combined by the Gram
@@ -208,7 +203,7 @@ def value_moves(
     return (own + shared + reweighting) * (1 + REL_MARGIN)
 
 
-def _ov_gram(f) -> Tensor:
+def _ov_gram(f: FoldedBlock) -> Tensor:
     """N [H, H] >= ||B_h^T B_g||, capped by ||B_h|| ||B_g||."""
     return torch.minimum(f.ov_gram, f.c_ov[:, None] * f.c_ov[None, :])
 

@@ -1,16 +1,16 @@
-"""Lipschitz constants of a surrogate block on the tube around the teacher inputs.
+"""Labelled Lipschitz constants of a surrogate block on the tube around the teacher inputs.
 
 Distance on sequences: d(X, Y) = max_t ||X_t - Y_t||_2. The tube of radius r holds every X'
-with d(X', X) <= r for an evaluated teacher input X.
-
+with d(X', X) <= r for an evaluated teacher input X. Every constant carries its label:
 - `sound_lipschitz`: an upper bound by construction, in exact arithmetic of the IR
-  (blockcert.cert.lipschitz_sound has the derivation, line by line), together with the block's
-  saturation constant a (d(g(y), g(x)) <= d(y, x) + a for every y in the tube) in
-  `parts["saturation"]`.
+  (blockcert.cert.lipschitz.block; transcoder blocks: blockcert.cert.lipschitz.transcoder),
+  with the block's saturation constant a (d(g(y), g(x)) <= d(y, x) + a for every y in the
+  tube) in `parts["saturation"]`;
 - `empirical_lipschitz`: the largest ratio d(g(X+D), g(X)) / d(D) found by random and
   projected-gradient-ascent perturbations with d(D) <= r: a LOWER estimate, labelled `empirical`
-  (blockcert.cert.lipschitz_empirical).
-- fp32 evaluation error is not part of either: blockcert.cert.fp_allowance measures it.
+  (blockcert.cert.lipschitz.empirical).
+fp32 evaluation error is not part of either: blockcert.cert.fp_allowance measures it.
+See docs/soundness.md#distance-and-composition.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from blockcert.cert.lipschitz_empirical import empirical_ascent
-from blockcert.cert.lipschitz_sound import sound_block_bound
-from blockcert.cert.lipschitz_transcoder import REASON_SWAP, transcoder_block_bound
+from blockcert.cert.lipschitz.block import SoundBlockBound, sound_block_bound
+from blockcert.cert.lipschitz.empirical import empirical_ascent
+from blockcert.cert.lipschitz.transcoder import REASON_SWAP, TranscoderBound, transcoder_block_bound
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view
-
-__all__ = ["Lipschitz", "empirical_lipschitz", "not_computed", "sound_lipschitz"]
 
 SOUND_METHOD = (
     "sound in exact arithmetic: per-token row sums of the Jacobian over the tube (gamma folded, "
@@ -75,10 +73,10 @@ def sound_lipschitz(
     parts: saturation (a, finite at any radius), attention / mlp (max per-token sub-layer
     constants), min_input_norm, tokens, prompts, refined (tokens whose MLP bound used the
     spectral norm; refine_tokens caps them per prompt, None: every token that can decide the
-    max), shells (how many shells the tube was cut into: blockcert.cert.lipschitz_sound;
+    max), shells (how many shells the tube was cut into: blockcert.cert.lipschitz.shells;
     transcoder blocks always use the whole tube, shells = 1), saturated_step (saturates_from =
     the chain's B_(k-1) showed min(L B, B + a) = B + a for any L the bound could give, so L was
-    not computed: value None, reason SATURATED; blockcert.cert.lipschitz_sound.sound_block_bound),
+    not computed: value None, reason SATURATED; blockcert.cert.lipschitz.block.sound_block_bound),
     joint (rows per prompt with the joint attention bound, joint_tokens; None: all).
     """
     if block_view(surrogate).mlp.kind == "transcoder":
@@ -100,7 +98,7 @@ def not_computed(kind: str, radius: float) -> Lipschitz:
     return Lipschitz(None, kind, radius, "not computed", {"prompts": 0, "reason": NOT_COMPUTED})
 
 
-def _shared_parts(bound) -> dict:
+def _shared_parts(bound: SoundBlockBound | TranscoderBound) -> dict:
     """The parts every sound block bound reports (pre-norm and transcoder blocks alike)."""
     return {
         "saturation": bound.saturation,
@@ -115,7 +113,7 @@ def _shared_parts(bound) -> dict:
 def _transcoder_lipschitz(
     surrogate: Surrogate, inputs: Iterable[torch.Tensor], radius: float
 ) -> Lipschitz:
-    """TopK transcoder blocks (blockcert.cert.lipschitz_transcoder): parts as above, plus
+    """TopK transcoder blocks (blockcert.cert.lipschitz.transcoder): parts as above, plus
     swap_tokens (tokens whose tube may hold a discontinuous top-k swap: value None if any)."""
     bound = transcoder_block_bound(surrogate, inputs, radius)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
@@ -137,7 +135,7 @@ def empirical_lipschitz(
 ) -> Lipschitz:
     """Largest observed d(g(X+D), g(X)) / d(D) with d(D) <= r over prompts `inputs` [b, s, d]:
     a LOWER estimate of the Lipschitz constant, labelled `empirical`; targeted_tokens: that many
-    tokens per prompt also ascended on alone (blockcert.cert.lipschitz_empirical)."""
+    tokens per prompt also ascended on alone (blockcert.cert.lipschitz.empirical)."""
     result = empirical_ascent(
         surrogate.graph,
         surrogate.weights,

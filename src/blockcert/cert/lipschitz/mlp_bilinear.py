@@ -1,32 +1,12 @@
-"""How far a gated MLP's Jacobian moves on a tube, bounded through its bilinear form.
+"""The gated MLP's tube term through its bilinear form: ||J_M(w') - J_M(w)|| per token.
 
-Notation of blockcert.cert.lipschitz_sound: w the normalised MLP input (gamma folded), g = A_g w
-and u = A_u w the pre-activations (constant parts included), J_M(w) = W_d (diag(silu'(g) o u)
-A_g + diag(silu(g)) A_u). For w' = w + dw, with g_tau = g + tau A_g dw, u' - u = A_u dw and
-f(b) - f(a) = (b - a) mean_tau f'(a + tau (b - a)), for every x
-
-  (J_M(w') - J_M(w)) x = W_d [silu'(g') o (A_u dw) o (A_g x)
-                              + mean_tau silu'(g_tau) o (A_g dw) o (A_u x)
-                              + u o mean_tau silu''(g_tau) o (A_g dw) o (A_g x)],
-
-a bilinear form in (dw, x). With Khatri-Rao rows (A_p dw o A_q x = KR_pq (dw (x) x) and
-||dw (x) x|| = ||dw|| ||x||) it is W~ diag(k) M (dw (x) x), W~ = [W_d W_d W_d], M the three
-stacked Khatri-Rao matrices (u,g), (g,u), (g,g) and k the three coefficient vectors above. On a
-tube ||dw|| <= rho each coefficient lies within h of its centre value c = (silu'(g), silu'(g),
-u o silu''(g)): |silu'(g_tau) - silu'(g_i)| <= K_i tau ||A_g,i|| rho with K_i >= |silu''| on
-the neuron's interval g_i +- ||A_g,i|| rho, so the endpoint's slope moves by at most K_i
-||A_g,i|| rho and the two means by at most half that (K_i ||A_g,i|| rho / 2, and SILU_JERK
-||A_g,i|| rho / 2 for silu''), each within the activation's range. Hence
-
-  ||J_M(w') - J_M(w)|| <= rho (||W~ diag(c) M|| + ||W~ diag(e) M||),  |e| <= h,
-
-the first per token from lambda_max(W_d Y W_d^T), Y = sum_ab diag(c_a) T_ab diag(c_b) with
-T_ab = M_a M_b^T, T_ab,ij = (p_a,i . p_b,j)(q_a,i . q_b,j) (centre_bilinear: one certified
-eigenvalue, ~0.1 s a token on SmolLM2), and the second by AM-GM on the Gram: y^T diag(e) T
-diag(e) y <= sum_i y_i^2 D_i with D = sum_a h_a o (sum_b |T_ab| h_b), then a Perron bound of
-||W_d diag(sqrt D)|| (tube_spread). The centre's own slopes replace silu's global slope range
-in the second-order term, and W_d, A_g and A_u keep their directions together (the per-neuron
-and product forms of lipschitz_sound lose one or the other); the smaller bound is used.
+(J_M(w') - J_M(w)) x = W_d [silu'(g') o (A_u dw) o (A_g x) + mean_tau silu'(g_tau) o (A_g dw) o
+(A_u x) + u o mean_tau silu''(g_tau) o (A_g dw) o (A_g x)] is bilinear in (dw, x): three
+Khatri-Rao blocks M with coefficients within h of their centre values c on the tube
+||dw|| <= rho, so ||J_M(w') - J_M(w)|| <= rho (||W~ diag(c) M|| + ||W~ diag(e) M||), |e| <= h:
+the first per token from one certified eigenvalue (centre_bilinear), the second by AM-GM on
+the Khatri-Rao Gram and a Perron bound (tube_spread). Notation of blockcert.cert.lipschitz.mlp.
+Derivation: docs/soundness.md#mlp-bilinear-tube-term.
 """
 
 from __future__ import annotations
@@ -41,6 +21,7 @@ from blockcert.cert.activations import (
     silu_curvature_range,
     silu_slope,
 )
+from blockcert.cert.lipschitz.margins import REL_MARGIN
 from blockcert.cert.spectral import (
     perron_root_upper,
     spectral_norm_certified_batched,
@@ -49,7 +30,6 @@ from blockcert.cert.spectral import (
 
 Tensor = torch.Tensor
 
-REL_MARGIN = 1e-9  # float64 rounding of the bound's own arithmetic (relative)
 GRAM_ROUNDING = 5e-12  # float64 rounding of T_ab,ij (and of Y) relative to size_a,i size_b,j
 BATCH_ENTRIES = 2**25  # entries of the m x m matrices Y formed together (256 MiB)
 
@@ -101,7 +81,7 @@ def centre_bilinear(w_down: Tensor, prod: dict, g: Tensor, u: Tensor) -> Tensor:
         mats = (mats + mats.transpose(1, 2)) / 2
         top = top_eigenvalue_certified_batched(mats).clamp_min(0.0)
         # Y's own rounding: |dY_ij| <= GRAM_ROUNDING sigma_i sigma_j, so ||W_d dY W_d^T|| <=
-        # GRAM_ROUNDING (sum_i sigma_i ||W_d,:i||)^2; the triple product's, as in _paired_slope
+        # GRAM_ROUNDING (sum_i sigma_i ||W_d,:i||)^2; the triple product's as in paired_slope
         sigma = c1.abs() * 2 * prod["size_slope"] + c3.abs() * prod["size_curved"]
         gram = GRAM_ROUNDING * (sigma @ w_down.norm(dim=0)).pow(2)
         rowsum = y.abs().sum(-1).amax(-1)

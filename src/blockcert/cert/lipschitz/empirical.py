@@ -10,7 +10,7 @@ targeted phase: the max over tokens lets the ascent follow one token at a time, 
 `targeted_tokens` tokens of each prompt that moved most under the best perturbation found are
 each ascended on alone (their own output distance, from a random start), which finds ratios the
 max's gradient misses (SmolLM2 at r = 1e-3 median ||h||: block 14 17.5 -> 21.2, block 7 25.2
--> 26.5).
+-> 26.5). See docs/soundness.md#empirical-estimate.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _step(delta: torch.Tensor, grad: torch.Tensor, radius: float, step: int, ste
         return project(delta + size * direction, radius)
 
 
-def _targeted(
+def targeted_ascent(
     graph, weights, x, radius, start, base, tokens: int, steps: int, generator
 ) -> torch.Tensor:
     """[b] best ratio of the targeted phase: per prompt, the `tokens` tokens that moved most
@@ -98,6 +98,9 @@ def ascent(
     seed: int,
     targeted_tokens: int = 0,
 ) -> AscentResult:
+    """The search of the module docstring on prompts x [b, s, d] (autograd on): the largest
+    ratio per prompt over random trials, restarts of projected ascent and, with
+    targeted_tokens > 0, the targeted phase; every ratio is a lower estimate."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         base = run_graph(graph, weights, x)
@@ -125,7 +128,7 @@ def ascent(
         f"gradient-ascent steps"
     )
     if targeted_tokens > 0:
-        targeted = _targeted(
+        targeted = targeted_ascent(
             graph, weights, x, radius, best_delta, base, targeted_tokens, ascent_steps, generator
         )
         best = torch.maximum(best, targeted)

@@ -1,28 +1,14 @@
-"""Sound Lipschitz and saturation constants of a transcoder block (exact arithmetic of the IR).
+"""Sound Lipschitz and saturation constants of a TopK transcoder block (exact arithmetic).
 
-Block (blockcert.surrogate.view, family `*_transcoder`): y = x + A(norm1(x)); out = y + M(w),
-w = norm2(y), M(w) = W_dec topk_relu(z) + b_dec, z = A_enc w_hat + c (gamma folded into A_enc,
-c = b_enc + W_enc beta). The attention part and the per-token combination are those of
-blockcert.cert.lipschitz_sound (same tube, same distance d(X, Y) = max_t ||X_t - Y_t||_2):
-||dy_t|| <= (1 + Latt_t) delta, r_y,t = r + min(Latt_t r, move_t) (lipschitz_sound),
-L = max_t (1 + Latt_t)(1 + Lmlp_t).
-
-TopK is piecewise linear but NOT continuous: where the k-th and (k+1)-th latents swap at a
-positive value v, the output jumps by v (W_dec,a - W_dec,b). So per token, over the tube:
-  |z'_i - z_i| <= s_i := ||A_enc,i|| lambda2_t r_y,t, z'_i in [lo_i, hi_i] = z_i -+ s_i;
-  theta_lo = k-th largest lo: a latent with hi_i < theta_lo is never selected (k others beat it);
-  theta_hi = (k+1)-th largest hi: a latent with lo_i > theta_hi is always selected (at most k-1
-  others can reach it); the rest of the candidates (hi_i >= theta_lo) are contested.
-  If every contested latent has hi_i <= 0 its relu output is 0 selected or not, so on the whole
-  tube M(w) = W_dec,S relu(z_S) + b_dec with S the always-selected latents: continuous, piecewise
-  linear, Jacobian W_dec,P D A_enc,P J_n with P = {i in S: hi_i > 0} (|P| <= k), D in [0, 1]:
-      Lmlp_t <= lambda2_t ||W_dec,P|| ||A_enc,P||     (Schatten-2p upper bounds).
-  Otherwise a jump may lie inside the tube: no finite Lipschitz constant is claimed for the
-  block (value None, reason `topk_swap`); the chain then uses the saturation constant alone.
-Saturation (any input): ||w_hat|| <= sqrt(d), so z_i <= u_i := max(c_i + ||A_enc,i|| sqrt(d), 0)
-  and topk_relu(z) has at most k entries, each in [0, u_i]:
-      ||M(y) - M(x)_t|| <= ||W_dec h_t|| + (sum of the k largest ||W_dec,i|| u_i),
-  plus the attention range of lipschitz_sound. Bounds carry relative margins for float64.
+Block (family `*_transcoder`): y = x + A(norm1(x)); out = y + M(w), w = norm2(y),
+M(w) = W_dec topk_relu(z) + b_dec, z = A_enc w_hat + c (gamma folded into A_enc). Attention
+and the per-token combination are those of the pre-norm block (blockcert.cert.lipschitz.block).
+TopK is piecewise linear but NOT continuous: where two latents swap at a positive value the
+output jumps. Per token, with the pre-activation intervals z_i +- ||A_enc,i|| lambda2_t r_y,t
+over the tube: if every contested latent stays <= 0, M is W_dec,S relu(z_S) + b_dec on the
+whole tube (S the always-selected latents) and Lmlp_t <= lambda2_t ||W_dec,P|| ||A_enc,P||
+(P: those that can be positive); otherwise no finite constant is claimed (reason `topk_swap`)
+and the chain uses the saturation constant alone. Derivation: docs/soundness.md#transcoder.
 """
 
 from __future__ import annotations
@@ -33,15 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from blockcert.cert.lipschitz_sound import (
-    REL_MARGIN,
-    _attention_rows,
-    _const,
-    _fold,
-    _folded,
-    _lam,
-    forward64,
-)
+from blockcert.cert.lipschitz.attention import attention_rows
+from blockcert.cert.lipschitz.folded import fold_block
+from blockcert.cert.lipschitz.forward64 import forward64
+from blockcert.cert.lipschitz.margins import REL_MARGIN
+from blockcert.cert.lipschitz.norm import fold_gain, fold_offset, norm_factor
+from blockcert.cert.lipschitz.saturation import attention_range
 from blockcert.cert.spectral import spectral_norm_upper_batched
 from blockcert.errors import BlockCertError
 from blockcert.surrogate.interpret import topk_relu
@@ -70,15 +53,9 @@ class TranscoderBound:
     swap_tokens: int  # tokens whose tube may contain a positive top-k swap
 
 
-def _attention_saturation(f, cen: dict) -> Tensor:
-    """The attention part of lipschitz_sound's saturation rows: [T]."""
-    o_c = cen["o"] - f.v_const[:, None, :]
-    centre = torch.einsum("hij,htj->hti", f.o_metric, o_c).norm(dim=-1)
-    centre = centre + f.o_slack[:, None] * o_c.norm(dim=-1)
-    return (f.c_ov[:, None] * math.sqrt(f.d) + centre).sum(0)
-
-
-def _mlp_rows(z: Tensor, spread: Tensor, k: int, enc: Tensor, dec_t: Tensor):
+def _mlp_rows(
+    z: Tensor, spread: Tensor, k: int, enc: Tensor, dec_t: Tensor
+) -> tuple[Tensor, Tensor]:
     """(Lmlp_t / lambda2_t [T] with inf where a positive swap may happen, swap mask [T])."""
     lo, hi = z - spread, z + spread
     m = z.shape[-1]
@@ -107,10 +84,10 @@ def transcoder_block_bound(
     view = block_view(surrogate)
     if view.mlp.kind != "transcoder":
         raise BlockCertError(f"transcoder_block_bound needs a transcoder, not {view.family}.")
-    f = _folded(view)
+    f = fold_block(view)
     mlp, norm2 = view.mlp, view.mlp_norm
-    enc = _fold(norm2, mlp.encoder.matrix())  # [m, d]
-    const = _const(norm2, mlp.encoder.matrix(), mlp.encoder.bias)
+    enc = fold_gain(norm2, mlp.encoder.matrix())  # [m, d]
+    const = fold_offset(norm2, mlp.encoder.matrix(), mlp.encoder.bias)
     row = enc.norm(dim=1) * (1 + REL_MARGIN)
     dec = mlp.down.matrix()  # [d, m]
     dec_t = dec.T.contiguous()
@@ -122,8 +99,8 @@ def transcoder_block_bound(
         for batch in inputs:
             for x in batch.reshape(-1, *batch.shape[-2:]):
                 cen = forward64(view, x)  # attention values; the MLP values are recomputed here
-                latt, move, r_y = _attention_rows(f, cen, r)
-                lam2 = _lam(cen["ynorm"], r_y, f.d, norm2.eps)
+                latt, move, r_y = attention_rows(f, cen, r)
+                lam2 = norm_factor(cen["ynorm"], r_y, f.d, norm2.eps)
                 z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
                 spread = (lam2 * r_y)[:, None] * row[None, :]
                 rows, swap = _mlp_rows(z, spread, mlp.k, enc, dec_t)
@@ -135,8 +112,7 @@ def transcoder_block_bound(
                 latts.append(latt)
                 lmlps.append(torch.where(swap, torch.zeros_like(lmlp), lmlp))
                 sats.append(
-                    (torch.minimum(_attention_saturation(f, cen), move) + sat_mlp)
-                    * (1 + REL_MARGIN)
+                    (torch.minimum(attention_range(f, cen), move) + sat_mlp) * (1 + REL_MARGIN)
                 )
                 swaps.append(swap)
                 norms.append(cen["xnorm"].min())
