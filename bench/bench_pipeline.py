@@ -83,7 +83,8 @@ def distil_tokens_per_s(surrogate, pairs, optim: dict, steps: int) -> float:
 
 def in_process(model: str, block: int) -> None:
     from blockcert.capture.store import PairStore
-    from blockcert.lit.callback import certify_block
+    from blockcert.cert.certificate import CertificateOptions, certify_block
+    from blockcert.cert.lipschitz import LipschitzOptions
     from blockcert.lit.data import ResidualPairDataModule
     from blockcert.models.adapters import adapter_for
     from blockcert.surrogate.capacity import reduce
@@ -129,17 +130,13 @@ def in_process(model: str, block: int) -> None:
         surrogate, reduce_s = timed(reduce, full, capacity, inputs)
         pairs = list(itertools.islice(datamodule.train_set, 8))
         tps = distil_tokens_per_s(surrogate, pairs, dict(cfg.optim), steps=16)
-        c = cfg.callbacks.certificate
         _, cert_s = timed(
             certify_block,
             full,
             datamodule,
             Path(run_dir),
-            list(c.taus_abs),
-            list(c.taus_rel),
-            c.delta,
-            c.radius,
-            c.lipschitz_prompts,
+            CertificateOptions.from_config(cfg.callbacks.certificate),
+            LipschitzOptions.from_config(cfg.lipschitz),
             {},
         )
     print(f"block {block}: extraction {extract_s:.2f} s; importance cut + refit {reduce_s:.1f} s")
@@ -167,7 +164,7 @@ def run_measured(args: list[str], env: dict) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), output[-2000:]
 
 
-FAST_TRAIN = ["callbacks.certificate.sound_prompts=0", "callbacks.certificate.lipschitz_prompts=0"]
+FAST_TRAIN = ["lipschitz.sound_prompts=0", "lipschitz.empirical_prompts=0"]
 FAST_CERTIFY = ["lipschitz.empirical_prompts=0"]
 
 

@@ -27,7 +27,7 @@ TINY_TRAIN = [
     "data.n_heldout_prompts=8",
     "data.seq_len=32",
     "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
 ]
 
 

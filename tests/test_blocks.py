@@ -18,7 +18,7 @@ TINY = [
     "data.seq_len=16",
     "trainer.max_epochs=2",
     "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=1",
+    "lipschitz.empirical_prompts=1",
 ]
 
 

@@ -138,7 +138,7 @@ def test_train_blocks_all_cascade_certifies(tmp_path):
         "data.seq_len=32",
         "trainer.max_epochs=2",
         "logger=csv",
-        "callbacks.certificate.lipschitz_prompts=2",
+        "lipschitz.empirical_prompts=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     certificates = sorted((tmp_path / "tiny_llama").rglob("certificate.json"))

@@ -15,12 +15,12 @@ TINY = [
     "data.seq_len=32",
     "trainer.max_epochs=3",
     "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
 ]
 DEFERRED = [
     "surrogate.full_capacity=true",
-    "callbacks.certificate.sound_prompts=0",
-    "callbacks.certificate.lipschitz_prompts=0",
+    "lipschitz.sound_prompts=0",
+    "lipschitz.empirical_prompts=0",
 ]
 CERTIFY = [
     "lipschitz.random_trials=2",

@@ -1,9 +1,8 @@
 """chain_allowance: fp(h_k) at the teacher inputs and fp(s_k) at the stitched inputs, each equal to
 fp_error measured directly on those inputs."""
 
-from blockcert.cert.fp_allowance import fp_error
-from blockcert.evaluate import fp_allowance
-from blockcert.evaluate.fp_allowance import chain_allowance
+from blockcert.cert import fp_allowance
+from blockcert.cert.fp_allowance import chain_allowance, fp_error
 from blockcert.evaluate.trajectory import teacher_trajectory
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block

@@ -23,7 +23,7 @@ TINY = [
     "data.n_train_prompts=16",
     "data.n_heldout_prompts=8",
     "data.seq_len=32",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
     "wandb.mode=disabled",
     "edit.lr=0.05",  # a random model's near-uniform head needs a large residual delta
 ]

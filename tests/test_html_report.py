@@ -36,7 +36,7 @@ TRAIN = [
     "data.seq_len=32",
     "trainer.max_epochs=3",
     "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
     "surrogate.head_fraction=0.75",  # reduced capacity: every e_k > 0, so every point is drawn
     "surrogate.mlp_fraction=0.75",
 ]

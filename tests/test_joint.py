@@ -71,7 +71,7 @@ def test_every_block_recertifies_after_the_pass(tmp_path, tiny_llama):
                 "data.seq_len=32",
                 f"cache.root={tmp_path}/cache",
                 f"run_dir={tmp_path}/runs",
-                "callbacks.certificate.lipschitz_prompts=2",
+                "lipschitz.empirical_prompts=2",
             ],
         )
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -8,8 +8,9 @@ import torch
 
 from blockcert.capture.corpus import ShakespeareCorpus
 from blockcert.capture.prompts import build_prompts
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.evaluate.statistics import (
-    LipschitzOptions,
+    PromptConstants,
     compositional_bound,
     event_misses,
     order_statistic_bound,
@@ -66,7 +67,8 @@ def test_statements_hold_on_the_untouched_check_split(tiny_llama):
     check_traj = ragged_teacher_trajectory(tiny_llama, check, 16)
     check_eval = evaluate_prompts(tiny_llama, surrogates, check, check_traj, taus)
     # (b) compositional (random tiny weights: the sound chain is unbounded, so empirical L)
-    options = LipschitzOptions("empirical", random_trials=1, ascent_steps=1, min_radius=1e-3)
+    search = LipschitzOptions(random_trials=1, ascent_steps=1)
+    options = PromptConstants("empirical", search, min_radius=1e-3)
     comp = compositional_bound(chain, held_traj, held_eval, delta=0.05, options=options)
     assert comp.n_calibration == 24 and [e.n for e in comp.events] == [24] * 3
     assert comp.bounds[1] == pytest.approx(comp.taus[0], rel=1e-6)  # B_1 = tau_1 (B_0 = 0)

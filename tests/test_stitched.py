@@ -155,7 +155,7 @@ def test_load_verifies_certificates(tmp_path):
         "data.n_heldout_prompts=4",
         "data.seq_len=16",
         "logger=csv",
-        "callbacks.certificate.lipschitz_prompts=1",
+        "lipschitz.empirical_prompts=1",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",
     )

@@ -22,7 +22,7 @@ def test_two_point_sweep_runs_the_teacher_once(tmp_path):
         "data.seq_len=32",
         "trainer.max_epochs=1",
         "logger=csv",
-        "callbacks.certificate.lipschitz_prompts=2",
+        "lipschitz.empirical_prompts=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     certs = sorted(tmp_path.rglob("certificate.json"))
@@ -63,7 +63,7 @@ def test_capture_once_then_submitit_jobs_per_block_then_certify(tmp_path):
         "data.seq_len=16",
         "trainer.max_epochs=1",
         "logger=csv",
-        "callbacks.certificate.lipschitz_prompts=1",
+        "lipschitz.empirical_prompts=1",
     ]
     capture = run_script("train.py", "blocks=[0,1]", "stage=capture", *common)
     assert capture.returncode == 0, capture.stderr[-3000:]

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.errors import BlockCertError
-from blockcert.lit.callback import check_certificate_options
 from blockcert.verify.collect import load_certificate
 from tests.conftest import run_script
 
@@ -16,7 +16,7 @@ TINY = [
     "data.seq_len=32",
     "trainer.max_epochs=2",
     "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
 ]
 
 
@@ -37,6 +37,7 @@ def test_tiny_llama_run_writes_a_valid_certificate(tmp_path):
         "block=1",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",
+        "lipschitz.sound_prompts=2",
         *TINY,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,7 +46,7 @@ def test_tiny_llama_run_writes_a_valid_certificate(tmp_path):
     assert cert["block"] == 1 and cert["model"]["family"] == "llama"
     assert cert["data"]["n_tokens"] == 8 * 32 and cert["metrics"]["n_tokens"] == 8 * 32
     assert cert["lipschitz"]["sound"]["kind"] == "sound"
-    assert cert["lipschitz"]["sound"]["parts"]["prompts"] == 2  # callbacks.certificate default
+    assert cert["lipschitz"]["sound"]["parts"]["prompts"] == 2  # lipschitz.sound_prompts=2
     assert cert["lipschitz"]["empirical"]["kind"] == "empirical"
     assert cert["surrogate"]["params"] < cert["surrogate"]["teacher_params"]
     for name in ("surrogate.json", "surrogate.safetensors", "heldout_tokens.safetensors"):
@@ -67,7 +68,7 @@ def test_full_capacity_gpt2_is_exact(tmp_path):
         "surrogate.full_capacity=true",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",
-        "callbacks.certificate.sound_prompts=3",
+        "lipschitz.sound_prompts=3",
         *TINY,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,29 +80,32 @@ def test_full_capacity_gpt2_is_exact(tmp_path):
     assert cert["surrogate"]["params"] == cert["surrogate"]["teacher_params"]
 
 
-def test_certificate_prompt_counts_are_checked():
-    check_certificate_options({"lipschitz_prompts": 0, "sound_prompts": None})
-    check_certificate_options({"lipschitz_prompts": 3, "sound_prompts": 0})
+def test_lipschitz_prompt_counts_are_checked():
+    LipschitzOptions.from_config({"empirical_prompts": 0, "sound_prompts": None})
+    LipschitzOptions.from_config({"empirical_prompts": 3, "sound_prompts": 0})
     for key, bad in (
-        ("lipschitz_prompts", None),
+        ("empirical_prompts", None),
         ("sound_prompts", -2),
-        ("lipschitz_prompts", True),
+        ("empirical_prompts", True),
+        ("tube_shells", 0),
     ):
-        options = {"lipschitz_prompts": 1, "sound_prompts": 1, key: bad}
-        with pytest.raises(BlockCertError, match=f"callbacks.certificate.{key}="):
-            check_certificate_options(options)
+        options = {"empirical_prompts": 1, "sound_prompts": 1, key: bad}
+        with pytest.raises(BlockCertError, match=f"lipschitz.{key}="):
+            LipschitzOptions.from_config(options)
+    with pytest.raises(BlockCertError, match="lipschitz.shells is not a Lipschitz option"):
+        LipschitzOptions.from_config({"shells": 2})
 
 
 def test_negative_lipschitz_prompt_count_is_one_line(tmp_path):
-    for key in ("sound_prompts", "lipschitz_prompts"):
+    for key in ("sound_prompts", "empirical_prompts"):
         proc = run_script(
             "train.py",
             "model=tiny_llama",
             f"runs_root={tmp_path}",
             *TINY,
-            f"callbacks.certificate.{key}=-1",
+            f"lipschitz.{key}=-1",
         )
-        _one_line_error(proc, 2, f"callbacks.certificate.{key}=-1", "whole number >= 0")
+        _one_line_error(proc, 2, f"lipschitz.{key}=-1", "whole number >= 0")
     assert not list(tmp_path.rglob("certificate.json"))
 
 
@@ -191,7 +195,7 @@ def test_smollm2_smoke_run(tmp_path):
         "data.seq_len=32",
         "data.batch_size=4",
         "trainer.max_epochs=1",
-        "callbacks.certificate.lipschitz_prompts=2",
+        "lipschitz.empirical_prompts=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list(tmp_path.glob("smollm2/block12/*/certificate.json"))

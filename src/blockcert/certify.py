@@ -20,13 +20,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from blockcert.cert.fp_allowance import Allowance, chain_allowance
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.cert.metrics import ErrorReport
-from blockcert.cli import check_count
 from blockcert.compose.bound import step_taken
 from blockcert.compose.chain import Chain, compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
-from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
 from blockcert.evaluate.fresh_stage import fresh_stage
 from blockcert.evaluate.own_split import check_own_options
 from blockcert.evaluate.prompt_stage import run_prompt_stages
@@ -166,10 +166,10 @@ def compose(
 
     Blocks without a certificate are the teacher's own (g_k = f_k, eps_k = 0). The theorem is
     about exact arithmetic of the IR; the stitched model runs in fp32, so each composed eps_k
-    carries the measured fp32 allowance fp(h_k) + fp(s_k) (evaluate/fp_allowance.py).
+    carries the measured fp32 allowance fp(h_k) + fp(s_k) (cert/fp_allowance.py).
     """
-    batch = cfg.batch_size
-    wanted = sound_prompt_count(cfg)
+    batch, options = cfg.batch_size, lipschitz_options(cfg)
+    wanted = options.sound_prompts
     n_prompts = len(states[0]) if wanted is None else min(wanted, len(states[0]))
     states = [s[:n_prompts] for s in states]
     allowance = chain_allowance(chain_ir, lambda k: input_batches(states[k], batch))
@@ -181,45 +181,25 @@ def compose(
     for k, surrogate in chain_ir:
         measured = reports[k].eps_max if k in verified.blocks else 0.0
         blocks.append((k, surrogate, k in verified.blocks, measured + allowance[k].total))
-    first, lip = verified.first, cfg.lipschitz
-    chain = compose_chain(
-        blocks,
-        states[first:-1],
-        batch,
-        lip.empirical_prompts,
-        lip.random_trials,
-        lip.ascent_steps,
-        min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
-        restarts=lip.restarts,
-        targeted_tokens=lip.targeted_tokens,
-        tube_shells=lip.tube_shells,
-        refine_tokens=lip.refine_tokens,
-        joint_tokens=lip.joint_tokens,
-    )
+    first = verified.first
+    min_radius = options.min_radius_fraction * float(states[first].norm(dim=-1).median())
+    chain = compose_chain(blocks, states[first:-1], batch, options, min_radius)
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
     # claim a short decimal at or above the exact B_L; Lean re-computes B_L and checks it
     return Composition(chain, round_up(chain.final_sound), allowance, n_prompts)
 
 
-def _count_option(cfg: DictConfig, key: str, nullable: bool, least: int = 1) -> int | None:
-    hint = "null: all" if nullable else ""
-    return check_count(f"lipschitz.{key}", cfg.lipschitz.get(key), nullable, least, hint)
-
-
-def sound_prompt_count(cfg: DictConfig) -> int | None:
-    """lipschitz.sound_prompts: the composed bound covers the first N held-out prompts."""
-    return _count_option(cfg, "sound_prompts", nullable=True)
-
-
-def check_lipschitz_options(cfg: DictConfig) -> None:
-    """Reject bad lipschitz.* counts with one line, before the model loads."""
-    sound_prompt_count(cfg)
-    _count_option(cfg, "empirical_prompts", nullable=False, least=0)
-    _count_option(cfg, "targeted_tokens", nullable=False, least=0)
-    _count_option(cfg, "tube_shells", nullable=False)
-    _count_option(cfg, "refine_tokens", nullable=True)
-    _count_option(cfg, "joint_tokens", nullable=True, least=0)
+def lipschitz_options(cfg: DictConfig) -> LipschitzOptions:
+    """The lipschitz group, checked (one line per bad value); the composed bound needs at least
+    one prompt's tube."""
+    options = LipschitzOptions.from_config(cfg.lipschitz)
+    if options.sound_prompts == 0:
+        raise BlockCertError(
+            "lipschitz.sound_prompts=0: the composed bound needs at least one prompt's tube "
+            "(null: every held-out prompt)."
+        )
+    return options
 
 
 def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
@@ -395,7 +375,7 @@ class StageClock:
 
 def certify(cfg: DictConfig) -> CertifyResult:
     """Run every stage; returns the report (also written under cfg.out) and summary lines."""
-    check_lipschitz_options(cfg)  # a bad option fails before the model loads
+    lipschitz_options(cfg)  # a bad option fails before the model loads
     check_own_options(cfg.verifier)
     clock = StageClock()
     teacher = load_teacher(cfg)

@@ -66,17 +66,6 @@ def check_types(cfg: DictConfig, types: dict[str, type]) -> None:
         )
 
 
-def check_count(key: str, value, nullable: bool, least: int = 1, hint: str = "") -> int | None:
-    """`value` of config key `key` as a whole number >= least (None passes where nullable);
-    otherwise one line naming the key, with `hint` (what null or 0 mean) in brackets."""
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        hint = f" ({hint})" if hint else ""
-        raise BlockCertError(f"{key}={value!r}: give a whole number >= {least}{hint}.")
-    return value
-
-
 def check_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """Turn `group=name` overrides naming no config file into a one-line error (exit 2)."""
     for arg in argv:

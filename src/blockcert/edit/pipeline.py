@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockcert.capture.blocks import check_block
 from blockcert.capture.prompts import build_prompts
+from blockcert.cert.certificate import CertificateOptions, certify_block
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.edit.budget import budget_from, heldout_drift, largest_scale, smallest_scale
 from blockcert.edit.facts import Fact, Query, encode_query, facts_from
 from blockcert.edit.keys import DownProjection, key_second_moment
@@ -28,7 +30,6 @@ from blockcert.edit.metrics import Probe, QueryScore, heldout_locality
 from blockcert.edit.solve import memory_update, regularised
 from blockcert.edit.value import FactValue, ValueSettings, optimise_value
 from blockcert.errors import BlockCertError
-from blockcert.lit.callback import certify_block
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.models.adapters import BlockAdapter, adapter_for
 from blockcert.surrogate.extract import extract_block
@@ -217,21 +218,14 @@ def edit(cfg: DictConfig) -> dict:
     scale = s_budget
     surrogate = edited.at(scale)
 
-    cert_cfg = cfg.callbacks.certificate
     started = time.perf_counter()
     certificate = certify_block(
-        surrogate=surrogate,
-        datamodule=datamodule,
-        run_dir=run_dir,
-        taus_abs=list(cert_cfg.taus_abs),
-        taus_rel=list(cert_cfg.taus_rel),
-        delta=cert_cfg.delta,
-        radius=cert_cfg.radius,
-        lipschitz_prompts=cert_cfg.lipschitz_prompts,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        lipschitz_search=dict(cert_cfg.get("lipschitz_search") or {}),
-        sound_prompts=cert_cfg.get("sound_prompts"),
-        refine_tokens=cert_cfg.get("refine_tokens"),
+        surrogate,
+        datamodule,
+        run_dir,
+        CertificateOptions.from_config(cfg.callbacks.certificate),
+        LipschitzOptions.from_config(cfg.lipschitz),
+        OmegaConf.to_container(cfg, resolve=True),
     )
     t_certify = time.perf_counter() - started
     eps = certificate["metrics"]["eps_max"]

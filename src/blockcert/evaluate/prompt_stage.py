@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from blockcert.cert.fp_allowance import chain_allowance
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.compose.chain import compose_chain
-from blockcert.evaluate.fp_allowance import chain_allowance
 from blockcert.evaluate.prompt_sets import PromptSet
 from blockcert.evaluate.trajectory import (
     PromptEvaluation,
@@ -69,12 +70,8 @@ def _ragged_chain(
         [(k, g, k in certified, e) for (k, g), e in zip(chain, eps, strict=True)],
         [trajectory.inputs(k) for k, _ in chain],
         batch_size,
-        lipschitz["empirical_prompts"],
-        lipschitz["random_trials"],
-        lipschitz["ascent_steps"],
-        min_radius=min_radius,
-        restarts=lipschitz["restarts"],
-        targeted_tokens=lipschitz["targeted_tokens"],
+        LipschitzOptions.from_config(lipschitz),
+        min_radius,
     )
     links = composed.links
     return {

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from blockcert.cert.coverage import clopper_pearson_upper
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz import LipschitzOptions, empirical_lipschitz, sound_lipschitz
 from blockcert.compose.bound import bound_trajectory
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError
@@ -92,29 +92,31 @@ def order_statistic_bound(
 
 
 @dataclass(frozen=True)
-class LipschitzOptions:
-    """Per-prompt Lipschitz constants: `sound` (upper bound) or `empirical` (lower estimate)."""
+class PromptConstants:
+    """Per-prompt Lipschitz constants of the compositional statement: `sound` (upper bound) or
+    `empirical` (lower estimate), computed as `options` (the lipschitz group) says; empirical
+    probes use r >= min_radius."""
 
     kind: str = "sound"
-    random_trials: int = 8
-    ascent_steps: int = 10
-    min_radius: float = 0.0  # empirical probes need r > 0
+    options: LipschitzOptions = field(default_factory=LipschitzOptions)
+    min_radius: float = 0.0
 
 
 def prompt_lipschitz(
-    surrogate: Surrogate, x: torch.Tensor, radius: float, options: LipschitzOptions, seed: int = 0
+    surrogate: Surrogate, x: torch.Tensor, radius: float, constants: PromptConstants, seed: int = 0
 ) -> float:
     """Lipschitz constant of g on the tube of `radius` around ONE prompt `x [1, s, d]`; inf if
     the sound bound does not exist there."""
-    if options.kind == "sound":
-        value = sound_lipschitz(surrogate, [x], radius).value
-    elif options.kind == "empirical":
-        r = max(radius, options.min_radius)
+    options = constants.options
+    if constants.kind == "sound":
+        value = sound_lipschitz(surrogate, [x], radius, options.tube_shells).value
+    elif constants.kind == "empirical":
+        r = max(radius, constants.min_radius)
         value = empirical_lipschitz(
             surrogate, x, r, options.random_trials, options.ascent_steps, seed=seed
         ).value
     else:
-        raise BlockCertError(f"statistics.lipschitz={options.kind!r}: use sound or empirical.")
+        raise BlockCertError(f"statistics.lipschitz={constants.kind!r}: use sound or empirical.")
     return math.inf if value is None else float(value)
 
 
@@ -219,7 +221,7 @@ def _block_lipschitz(
     k: int,
     rows: Sequence[int],
     radius: float,
-    options: LipschitzOptions,
+    options: PromptConstants,
 ) -> torch.Tensor:
     """L_k(p; radius) of every prompt in `rows`, each on its own tube."""
     values = [
@@ -235,7 +237,7 @@ def event_misses(
     evaluation: PromptEvaluation,
     rows: Sequence[int],
     bound: CompositionalBound,
-    options: LipschitzOptions,
+    options: PromptConstants,
 ) -> torch.Tensor:
     """Misses `[len(rows), n_events]` at the bound's thresholds and radii, events in the order
     of `bound.events` (per block: eps if it has a surrogate, then lipschitz)."""
@@ -256,7 +258,7 @@ def compositional_bound(
     calibration_fraction: float = 0.5,
     taus: Mapping[int, float] | None = None,
     slack: Mapping[int, float] | None = None,
-    options: LipschitzOptions | None = None,
+    options: PromptConstants | None = None,
     extra: Sequence | None = None,
 ) -> CompositionalBound:
     """(b) B_L(tau, L^) with its per-event miss bounds (see the module docstring).
@@ -267,7 +269,7 @@ def compositional_bound(
     prompts). slack: fp32 allowance added to every composed tau_k. extra: optional a_k of the
     generalised recursion, passed on to compose.bound.bound_trajectory.
     """
-    options = options or LipschitzOptions()
+    options = options or PromptConstants()
     n = len(evaluation.n_tokens)
     n_cal = int(round(calibration_fraction * n))
     if not 1 <= n_cal < n:
