@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from blockcert.models.adapters import adapter_for
+from blockcert.models.load import load_teacher_by_name
+from blockcert.resources import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 
 def model_config(name: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"model={name}"]).model
+    return compose_config("train", [f"model={name}"]).model
 
 
 def load_teacher(name: str):
-    return instantiate(model_config(name))
+    return load_teacher_by_name(name)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import threading
 
 import pytest
@@ -310,15 +309,9 @@ def test_block_abc_exits_2_from_the_cli(tmp_path):
 
 
 def _entry_types(entry: str) -> dict:
-    import importlib.util
+    from blockcert import entry as entries
 
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location(f"entry_{entry}", REPO / f"{entry}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module.TYPES
+    return getattr(entries, f"{entry.upper()}_TYPES")
 
 
 # ---- the verifier's own held-out prompts ----

@@ -17,7 +17,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockcert.cert.fp_allowance import Allowance, chain_allowance
@@ -34,9 +33,11 @@ from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
 from blockcert.hashing import sha256_text
 from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.models.load import load_teacher as teacher_from_config
 from blockcert.progress import progress
 from blockcert.prove.checker import check_lean
 from blockcert.prove.lean_instance import write_lean_instance
+from blockcert.resources import lean_project
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import Surrogate
 from blockcert.tracking import log_files
@@ -94,7 +95,7 @@ class CertifyResult:
 
 
 def load_teacher(cfg: DictConfig) -> Teacher:
-    model = instantiate(cfg.model)
+    model = teacher_from_config(cfg.model)
     return Teacher(model, adapter_for(model))
 
 
@@ -223,12 +224,13 @@ def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[s
     return findings, violations
 
 
-def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict:
-    """Stage 5: the Lean instance of this run, kernel-checked when a Lean is installed."""
+def prove(cfg: DictConfig, verified: Verified, composition: Composition, out: Path) -> dict:
+    """Stage 5: the Lean instance of this run, kernel-checked when a Lean is installed; in a
+    copy of the shipped Lean library under `out` unless lean.root names a Lean project."""
     eps_q, lips_q, sats_q = composition.chain.lean_lists("sound")
     provenance = {f"block {k}": f"{b.path} sha256={b.sha256}" for k, b in verified.blocks.items()}
     provenance["kind"] = "sound"
-    lean_root = Path(cfg.lean.root)
+    lean_root = Path(cfg.lean.root) if cfg.lean.root else lean_project(out / "lean")
     lean_file, instance = write_lean_instance(
         lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance, sats_q
     )
@@ -431,10 +433,10 @@ def certify(cfg: DictConfig) -> CertifyResult:
         report,
     )
     clock.done("prompts and statistics")
-    report["lean"] = prove(cfg, verified, composition)
+    out = Path(cfg.out) if cfg.out else runs / "certify"
+    report["lean"] = prove(cfg, verified, composition, out)
     clock.done("lean")
     report["timing_s"] = clock.seconds
-    out = Path(cfg.out) if cfg.out else runs / "certify"
     files = write_report(report, stitched.final_token_deviation, out)
     report["files"] = [str(f) for f in files]
     violations = violations + prompt_violations

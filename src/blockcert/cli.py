@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from blockcert.errors import BlockCertError
+from blockcert.resources import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
