@@ -17,7 +17,8 @@ from blockcert.certify import load_teacher, rederive, verify_certificates
 from blockcert.errors import BlockCertError
 from blockcert.evaluate.trajectory import teacher_trajectory
 from blockcert.surrogate.ir import GRAPH_FILE
-from tests.forgery import TOKENS_FILE, certify_config, read_certificate, reseal
+from tests.forgery import TOKENS_FILE, read_certificate, reseal
+from tests.helpers import certify_config
 
 MUTATIONS = 160
 

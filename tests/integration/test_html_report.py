@@ -20,37 +20,19 @@ import pytest
 
 from blockcert.evaluate.html_chart import chain_figure
 from blockcert.evaluate.html_report import HTML_NAME, artifact_links, render_html
-from tests.conftest import run_script
+from tests.helpers import certify_in_process, train_in_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # blocks 1 and 3 of the 4-block tiny llama: the chain is 1, 2, 3 with block 2 the teacher's own
 CERTIFIED, CHAIN = [1, 3], [1, 2, 3]
-TRAIN = [
-    "-m",
-    "model=tiny_llama",
-    "block=1,3",
-    "data.n_train_prompts=16",
-    "data.n_heldout_prompts=8",
-    "data.n_check_prompts=8",
-    "data.seq_len=32",
+TRAIN = [  # on top of debug=tiny
+    "blocks=[1,3]",
     "trainer.max_epochs=3",
-    "logger=csv",
-    "lipschitz.empirical_prompts=2",
     "surrogate.head_fraction=0.75",  # reduced capacity: every e_k > 0, so every point is drawn
     "surrogate.mlp_fraction=0.75",
 ]
-CERTIFY = [
-    "model=tiny_llama",
-    "lipschitz.empirical_prompts=2",  # the empirical series of the plot
-    "lipschitz.random_trials=2",
-    "lipschitz.ascent_steps=3",
-    "lean.build=false",
-    "verifier.n_prompts=8",
-    "statistics.calibration_prompts=40",
-    "statistics.check_prompts=20",
-    "statistics.shift_prompts=4",
-]
+CERTIFY = ["lipschitz.empirical_prompts=2"]  # the empirical series of the plot
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 
 
@@ -83,18 +65,9 @@ def certified(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("html")
     prompts = tmp / "prompts.txt"
     prompts.write_text("The cat sat on the mat.\nOne, two, three, four, five.\n")
-    proc = run_script("train.py", *TRAIN, f"runs_root={tmp}", f"cache.root={tmp}/cache")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_in_process(tmp, *TRAIN)
+    certify_in_process(tmp, tmp / "run", *CERTIFY, f"prompts={prompts}")
     out = tmp / "report"
-    proc = run_script(
-        "certify.py",
-        *CERTIFY,
-        f"runs={tmp / 'tiny_llama'}",
-        f"out={out}",
-        f"lean.root={tmp}/lean",
-        f"prompts={prompts}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "certify_report.json").read_text())
 
 

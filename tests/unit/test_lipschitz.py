@@ -4,6 +4,7 @@ The independent ascent below is written here, not imported from production code:
 gradient ascent on d(g(X+D), g(X)) / d(D) with 5 restarts x 50 steps and its own seed.
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -30,6 +31,7 @@ from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import (
     FLOAT64_BELOW,
     SATURATED,
+    LipschitzOptions,
     empirical_ascent,
     empirical_lipschitz,
     fold_block,
@@ -55,7 +57,7 @@ from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.view import block_view
 
-LEAN = Path(__file__).resolve().parents[1] / "lean"
+LEAN = Path(__file__).resolve().parents[2] / "lean"
 RADIUS_FRACTIONS = [1e-4, 1e-2, 1e-1]
 
 
@@ -382,14 +384,19 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
                 (run_graph(g.graph, g.weights, states[k]) - states[k + 1]).norm(dim=-1).max()
             )
         blocks.append((k, g, capacity is not None, eps))
-    chain = compose_chain(blocks, states[:-1], 2, 1, 1, 2, 1e-3, restarts=1)
+    search = LipschitzOptions(
+        empirical_prompts=1, random_trials=1, ascent_steps=2, restarts=1, refine_tokens=None
+    )
+    chain = compose_chain(blocks, states[:-1], 2, search, 1e-3)
     assert chain.sound and all(link.bound_sound is not None for link in chain.links)
     assert math.isfinite(float(chain.final_sound)) and chain.final_sound >= 0
     eps, lips, sats = chain.lean_lists("sound")
     assert bound_trajectory(eps, lips, sats)[-1] == chain.final_sound
     assert all(link.bound_empirical is not None for link in chain.links)
     # no empirical prompts: no empirical chain, and the sound chain is the same to the bit
-    sound_only = compose_chain(blocks, states[:-1], 2, 0, 1, 2, 1e-3, restarts=1)
+    sound_only = compose_chain(
+        blocks, states[:-1], 2, dataclasses.replace(search, empirical_prompts=0), 1e-3
+    )
     assert sound_only.final_empirical is None
     for link, same in zip(chain.links, sound_only.links, strict=True):
         assert same.lipschitz_empirical is None and same.bound_empirical is None
@@ -400,7 +407,7 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
         )
     # a targeted phase adds candidates to the same generic ascent: never a smaller estimate
     targeted = compose_chain(
-        blocks[:1], states[:1], 2, 1, 1, 2, 1e-3, restarts=1, targeted_tokens=2
+        blocks[:1], states[:1], 2, dataclasses.replace(search, targeted_tokens=2), 1e-3
     )
     first, again = chain.links[0], targeted.links[0]
     assert again.lipschitz_empirical >= first.lipschitz_empirical
@@ -409,12 +416,12 @@ def test_chain_over_all_blocks_has_a_finite_sound_bound(tiny_llama, token_ids, c
 
 
 def test_lean_and_python_saturated_recursions_agree_on_three_blocks():
-    from tests.test_grid import lean_step
-    from tests.test_lean_files import parse_instance
+    from tests.unit.test_grid import lean_step
+    from tests.unit.test_lean_files import parse_instance
 
     text = (LEAN / "BlockCert" / "Examples" / "SaturationThreeBlocks.lean").read_text()
     den, blocks, claimed = parse_instance(text)
-    # the value the kernel proves by `rfl` in `bound_eq` (tests/test_lean_kernel.py runs it)
+    # the value the kernel proves by `rfl` in `bound_eq` (tests/unit/test_lean_kernel.py runs it)
     lean_value = int(
         re.search(r"theorem bound_eq : Eq \(blocksBound den blocks\) (\d+) := rfl", text).group(1)
     )

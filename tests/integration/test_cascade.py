@@ -16,7 +16,7 @@ from blockcert.lit.cascade import (
 from blockcert.surrogate.capacity import Capacity
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 CUT = Capacity(head_fraction=0.5, mlp_fraction=0.5)
 

@@ -1,4 +1,5 @@
-"""certify.py end to end on tiny models: exactness, bound >= observed, tamper rejection."""
+"""certify end to end on tiny models, in-process: exactness, bound >= observed, tamper
+rejection, the verifier's prompts and the statements about fresh prompts."""
 
 import json
 import shutil
@@ -7,69 +8,22 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from blockcert.cert.certificate import seal, write_certificate
-from tests.conftest import run_script
+from blockcert.errors import BlockCertError, VerificationError
+from tests.helpers import certify_in_process, train_in_process
 
-TINY = [
-    "data.n_train_prompts=16",
-    "data.n_heldout_prompts=8",
-    "data.seq_len=32",
-    "trainer.max_epochs=3",
-    "logger=csv",
-    "lipschitz.empirical_prompts=2",
-]
-DEFERRED = [
-    "surrogate.full_capacity=true",
-    "lipschitz.sound_prompts=0",
-    "lipschitz.empirical_prompts=0",
-]
-CERTIFY = [
-    "lipschitz.random_trials=2",
-    "lipschitz.ascent_steps=3",
-    "lean.build=false",
-    # the tiny data's pool (192 windows) holds these fresh prompts
-    "verifier.n_prompts=8",
-    "statistics.calibration_prompts=40",
-    "statistics.check_prompts=20",
-    "statistics.shift_prompts=4",
-]
-
-
-def _train(tmp, model, blocks, *extra):
-    proc = run_script(
-        "train.py",
-        "-m",
-        f"model={model}",
-        f"block={blocks}",
-        f"runs_root={tmp}",
-        f"cache.root={tmp}/cache",
-        *TINY,
-        *extra,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / model
+REDUCED = ["surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75", "trainer.max_epochs=3"]
 
 
 def _certify(tmp, model, runs, *extra):
-    out = tmp / "report"
-    proc = run_script(
-        "certify.py",
-        f"model={model}",
-        f"runs={runs}",
-        f"out={out}",
-        f"lean.root={tmp}/lean",
-        *CERTIFY,
-        *extra,
-    )
-    report = None
-    if (out / "certify_report.json").is_file():
-        report = json.loads((out / "certify_report.json").read_text())
-    return proc, report
+    result = certify_in_process(tmp, runs, f"model={model}", *extra)
+    return result, result.report
 
 
 @pytest.fixture(scope="module")
 def full_capacity_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
-    return tmp, _train(tmp, "tiny_llama", "0,1,2,3", "surrogate.full_capacity=true")
+    train_in_process(tmp, "blocks=[0,1,2,3]", "surrogate.full_capacity=true")
+    return tmp, tmp / "run"
 
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
@@ -78,15 +32,17 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
     if model == "tiny_llama":
         tmp, runs = full_capacity_runs
         options.append("lipschitz.empirical_prompts=2")  # the comparison chain too
-    else:  # train-time constants skipped (0 prompts): certify.py derives its own
-        tmp, runs = tmp_path, _train(tmp_path, model, "0,1,2,3", *DEFERRED)
+    else:  # train-time constants skipped (the default): certify derives its own
+        tmp, runs = tmp_path, tmp_path / "run"
+        train_in_process(
+            tmp_path, "model=tiny_gpt2", "blocks=[0,1,2,3]", "surrogate.full_capacity=true"
+        )
         paths = list(runs.rglob("certificate.json"))
         assert len(paths) == 4
         for path in paths:
             for lip in json.loads(path.read_text())["lipschitz"].values():
                 assert lip["value"] is None and lip["parts"]["prompts"] == 0
-    proc, report = _certify(tmp, model, runs, *options)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    result, report = _certify(tmp, model, runs, *options)
     stitched, bound = report["stitched"], report["bound"]
     assert report["certified_blocks"] == [0, 1, 2, 3]
     assert stitched["observed_final_max"] <= 1e-4
@@ -101,10 +57,8 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
         # tiny chains from eps ~ 0 stay far below the token norms: every pass runs
         assert row["lipschitz_sound_saturated"] is False
     if model == "tiny_gpt2":
-        assert (
-            bound["empirical"] is None
-            and "not computed (lipschitz.empirical_prompts=0)" in proc.stdout
-        )
+        assert bound["empirical"] is None
+        assert any("not computed (lipschitz.empirical_prompts=0)" in line for line in result.lines)
     stats = report["statistics"]
     if model == "tiny_llama":  # bit-identical blocks: the stitched model is the teacher
         assert stats["teacher_model"] and set(stats["statement"]["thresholds"].values()) == {0.0}
@@ -116,23 +70,19 @@ def test_full_capacity_stitched_model_is_exact(tmp_path, model, full_capacity_ru
     assert all(not row["flagged"] for row in report["own_split"]["blocks"])
     assert (tmp / "report" / "certify_report.md").is_file()
     assert len(list((tmp / "report").glob("*.png"))) == 3
-    assert list((tmp / "lean" / "BlockCert" / "Certificates").glob("C_*.lean"))
-    assert "skipped" in report["lean"]["status"] or report["lean"]["status"] == "checked"
+    assert list((tmp / "report" / "lean" / "BlockCert" / "Certificates").glob("C_*.lean"))
 
 
 def test_reduced_capacity_bound_covers_every_token(tmp_path):
-    runs = _train(
-        tmp_path, "tiny_llama", "2,3", "surrogate.head_fraction=0.75", "surrogate.mlp_fraction=0.75"
-    )
-    proc, report = _certify(
+    train_in_process(tmp_path, "blocks=[2,3]", *REDUCED)
+    _, report = _certify(
         tmp_path,
         "tiny_llama",
-        runs,
+        tmp_path / "run",
         "lipschitz.tube_shells=3",
         "lipschitz.joint_tokens=null",
         "lipschitz.empirical_prompts=2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["certified_blocks"] == [2, 3]
     bound = report["bound"]
     assert bound["tube_shells"] == 3 and bound["joint_tokens"] is None
@@ -151,16 +101,18 @@ def tamper_copy(tmp_path, full_capacity_runs):
     _, runs = full_capacity_runs
     copy = tmp_path / "tiny_llama"
     shutil.copytree(runs, copy)
-    (cert_path,) = [p for p in copy.rglob("certificate.json") if "block1-" in str(p)]
+    cert_path = copy / "block1" / "certificate.json"
     return tmp_path, copy, cert_path
 
 
-def _assert_rejected(proc, *words):
-    assert proc.returncode == 3, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+def _rejected(tmp, runs, *words) -> None:
+    with pytest.raises(VerificationError) as err:
+        _certify(tmp, "tiny_llama", runs)
+    line = str(err.value)
+    assert "\n" not in line
     for word in words:
-        assert word in lines[0]
+        assert word in line
+    assert not (tmp / "report" / "certify_report.json").exists()
 
 
 def test_flipped_weight_byte_is_rejected(tamper_copy):
@@ -169,9 +121,7 @@ def test_flipped_weight_byte_is_rejected(tamper_copy):
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01
     weights.write_bytes(bytes(data))
-    proc, report = _certify(tmp, "tiny_llama", runs)
-    _assert_rejected(proc, "surrogate.safetensors", "surrogate.files")
-    assert report is None
+    _rejected(tmp, runs, "surrogate.safetensors", "surrogate.files")
 
 
 def test_edited_eps_max_is_rejected(tamper_copy):
@@ -179,8 +129,7 @@ def test_edited_eps_max_is_rejected(tamper_copy):
     cert = json.loads(cert_path.read_text())
     cert["metrics"]["eps_max"] = cert["metrics"]["eps_max"] + 1.0
     cert_path.write_text(json.dumps(cert))
-    proc, _ = _certify(tmp, "tiny_llama", runs)
-    _assert_rejected(proc, "certificate_sha256", str(cert_path))
+    _rejected(tmp, runs, "certificate_sha256", str(cert_path))
 
 
 def test_forged_eps_max_with_valid_hash_is_rejected(tamper_copy):
@@ -188,8 +137,7 @@ def test_forged_eps_max_with_valid_hash_is_rejected(tamper_copy):
     cert = json.loads(cert_path.read_text())
     cert["metrics"]["eps_max"] = cert["metrics"]["eps_max"] + 0.5
     write_certificate(cert_path.parent, seal({k: v for k, v in cert.items()}))
-    proc, _ = _certify(tmp, "tiny_llama", runs)
-    _assert_rejected(proc, "metrics.eps_max", "recomputed")
+    _rejected(tmp, runs, "metrics.eps_max", "recomputed")
 
 
 def test_swapped_data_is_rejected(tamper_copy):
@@ -197,31 +145,28 @@ def test_swapped_data_is_rejected(tamper_copy):
     tokens = cert_path.parent / "heldout_tokens.safetensors"
     ids = load_file(str(tokens))["input_ids"]
     save_file({"input_ids": ids.flip(0).contiguous()}, str(tokens))
-    proc, _ = _certify(tmp, "tiny_llama", runs)
-    _assert_rejected(proc, "heldout_tokens.safetensors", "data.tokens_file_sha256")
+    _rejected(tmp, runs, "heldout_tokens.safetensors", "data.tokens_file_sha256")
 
 
-def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
+@pytest.fixture(scope="module")
+def reduced_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reduced")
+    train_in_process(tmp, "blocks=[2,3]", "data.n_heldout_prompts=24", *REDUCED)
+    return tmp / "run"
+
+
+def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
     """prompts=stress and the statistics (joint statement, opt-in compositional one) on a
     reduced run: every section reaches the report, the sound bound covers the stress prompts,
     and the untouched check split stays within the stated miss rate's binomial slack."""
-    runs = _train(
+    result, report = _certify(
         tmp_path,
         "tiny_llama",
-        "2,3",
-        "surrogate.head_fraction=0.75",
-        "surrogate.mlp_fraction=0.75",
-        "data.n_heldout_prompts=24",
-    )
-    proc, report = _certify(
-        tmp_path,
-        "tiny_llama",
-        runs,
+        reduced_runs,
         "prompts=stress",
         "statistics.compositional.enabled=true",
         "statistics.lengths=mixed",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     prompts = report["prompts"]
     assert prompts["table"] and "certificate prompts" in "\n".join(prompts["table"])
     stats, fresh = report["statistics"], report["fresh"]
@@ -236,20 +181,29 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path):
     assert set(stats["shift"]) == {"stress set", "King James Bible"}
     comp = stats["compositional"]
     assert comp["informative"] is False or comp["check"]["within"]
-    assert "with confidence 0.99, a fresh prompt" in proc.stdout
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    proc, _ = _certify(tmp_path, "tiny_llama", runs, f"prompts={empty}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
-    for option in (
+    assert any("with confidence 0.99, a fresh prompt" in line for line in result.lines)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
         "lipschitz.sound_prompts=0",
         "lipschitz.tube_shells=0",
         "lipschitz.refine_tokens=0",
         "lipschitz.joint_tokens=-1",
         "lipschitz.empirical_prompts=-1",
         "lipschitz.targeted_tokens=-1",
-    ):
-        proc, _ = _certify(tmp_path, "tiny_llama", runs, option)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert option.split("=")[0] in proc.stderr.strip().splitlines()[-1]
+    ],
+)
+def test_bad_lipschitz_option_is_one_line(tmp_path, reduced_runs, option):
+    with pytest.raises(BlockCertError) as err:
+        _certify(tmp_path, "tiny_llama", reduced_runs, option)
+    assert err.value.exit_code == 2 and option.split("=")[0] in str(err.value)
+
+
+def test_empty_prompt_file_is_one_line(tmp_path, reduced_runs):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(BlockCertError) as err:
+        _certify(tmp_path, "tiny_llama", reduced_runs, f"prompts={empty}")
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)

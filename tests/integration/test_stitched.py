@@ -19,7 +19,8 @@ from blockcert.stitched import SurrogateLayer, load, stitch
 from blockcert.surrogate.capacity import Capacity, reduce
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.transcoder import Transcoder
-from tests.conftest import load_teacher, run_script
+from tests.conftest import load_teacher
+from tests.helpers import train_in_process
 
 
 def _evaluation_logits(adapter, surrogates, ids):
@@ -146,21 +147,8 @@ def test_cache_and_padding_are_refused(stitched):
 
 @pytest.mark.slow
 def test_load_verifies_certificates(tmp_path):
-    proc = run_script(
-        "train.py",
-        "model=tiny_llama",
-        "block=2",
-        "surrogate.full_capacity=true",
-        "data.n_train_prompts=8",
-        "data.n_heldout_prompts=4",
-        "data.seq_len=16",
-        "logger=csv",
-        "lipschitz.empirical_prompts=1",
-        f"runs_root={tmp_path}",
-        f"cache.root={tmp_path}/cache",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = tmp_path / "tiny_llama"
+    train_in_process(tmp_path, "block=2", "surrogate.full_capacity=true")
+    runs = tmp_path / "run"
     model, tokenizer = load(runs, load_teacher("tiny_llama"))
     assert isinstance(model.model.layers[2], SurrogateLayer)
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(8))

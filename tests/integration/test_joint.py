@@ -16,7 +16,8 @@ from blockcert.lit.joint import joint_finetune, next_token_kl
 from blockcert.lit.recertify import recertify
 from blockcert.surrogate.capacity import Capacity
 from blockcert.surrogate.extract import extract_block
-from tests.conftest import CONF, run_script
+from tests.conftest import CONF
+from tests.helpers import run_script
 
 CUT = Capacity(head_fraction=0.5, mlp_fraction=0.5)
 

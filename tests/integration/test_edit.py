@@ -11,26 +11,18 @@ from blockcert.edit.facts import encode_query, facts_from
 from blockcert.edit.metrics import Probe
 from blockcert.edit.pipeline import EditedBlock
 from blockcert.edit.solve import memory_update
-from blockcert.errors import BlockCertError
+from blockcert.errors import BlockCertError, VerificationError
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
-from tests.conftest import run_script
+from tests.helpers import certify_in_process, edit_in_process, run_script
 
 PROMPT = "The Eiffel Tower is located in the city of"
-TINY = [
-    "model=tiny_llama",
+EDIT = [  # on top of debug=tiny
     "block=1",
-    "data.n_train_prompts=16",
-    "data.n_heldout_prompts=8",
-    "data.seq_len=32",
+    f"edit.prompt={PROMPT}",
+    "edit.target=R",
     "lipschitz.empirical_prompts=2",
-    "wandb.mode=disabled",
     "edit.lr=0.05",  # a random model's near-uniform head needs a large residual delta
-]
-CERTIFY = [
-    "lipschitz.random_trials=2",
-    "lipschitz.ascent_steps=3",
-    "lean.build=false",
 ]
 
 
@@ -130,38 +122,27 @@ def test_facts_need_a_subject_inside_the_prompt():
         facts_from(OmegaConf.create({"prompt": None, "target": None, "facts": []}))
 
 
-def _edit(tmp, *extra):
+def _edit_cli(tmp, *extra):
     return run_script(
         "edit.py",
-        *TINY,
+        "debug=tiny",
+        *EDIT,
         f"runs_root={tmp}",
         f"cache.root={tmp}/cache",
-        f"edit.prompt={PROMPT}",
-        "edit.target=R",
+        "wandb.mode=disabled",
         *extra,
     )
 
 
 def _certify(tmp, runs):
-    out = tmp / "report"
-    proc = run_script(
-        "certify.py",
-        "model=tiny_llama",
-        f"runs={runs}",
-        f"out={out}",
-        f"lean.root={tmp}/lean",
-        *CERTIFY,
-    )
-    path = out / "certify_report.json"
-    return proc, json.loads(path.read_text()) if path.is_file() else None
+    result = certify_in_process(tmp, runs)
+    return result.report
 
 
 @pytest.fixture(scope="module")
 def edit_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("edit")
-    proc = _edit(tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = list((tmp / "tiny_llama" / "edits").iterdir())
+    run_dir = edit_in_process(tmp, *EDIT)
     return tmp, run_dir, json.loads((run_dir / "edit_report.json").read_text())
 
 
@@ -182,8 +163,7 @@ def test_edit_makes_the_target_top1(edit_run):
 
 def test_edit_certificate_verifies_and_bounds_the_drift(edit_run):
     tmp, run_dir, report = edit_run
-    proc, certified = _certify(tmp, run_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    certified = _certify(tmp, run_dir)
     assert certified["certified_blocks"] == [1]
     stitched = certified["stitched"]
     bound = certified["bound"]
@@ -205,17 +185,15 @@ def test_tampered_edited_block_is_rejected(edit_run, tmp_path):
     weights = load_file(str(copy / "surrogate.safetensors"))
     weights["mlp_out.weight"][0, 0] *= -1.0  # flip one weight of the edit, re-hash nothing
     save_file(weights, str(copy / "surrogate.safetensors"))
-    proc, _ = _certify(tmp_path, copy)
-    assert proc.returncode == 3, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert "surrogate.safetensors" in lines[0]
+    with pytest.raises(VerificationError) as err:
+        _certify(tmp_path, copy)
+    assert "\n" not in str(err.value) and "surrogate.safetensors" in str(err.value)
 
 
 def test_edit_over_budget_exits_2_with_one_line(edit_run, tmp_path):
     _, _, report = edit_run
     needed = report["budget"]["min_success_eps"]
-    proc = _edit(tmp_path, f"edit.max_eps={needed / 4:.6g}")
+    proc = _edit_cli(tmp_path, f"edit.max_eps={needed / 4:.6g}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: the edit needs eps"), proc.stderr
@@ -229,10 +207,8 @@ def test_edit_within_budget_is_scaled_down(edit_run, tmp_path):
     drift = report["budget"]["drift"]
     full = drift["eps_1"] + drift["eps_0"]
     budget = 0.5 * (report["budget"]["min_success_eps"] + full)  # between needed and full
-    proc = _edit(tmp_path, f"edit.max_eps={budget:.6g}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = list(tmp_path.rglob("edit_report.json"))
-    scaled = json.loads(path.read_text())
+    run_dir = edit_in_process(tmp_path, *EDIT, f"edit.max_eps={budget:.6g}")
+    scaled = json.loads((run_dir / "edit_report.json").read_text())
     assert scaled["success"] and scaled["budget"]["scale"] < 1.0
     assert scaled["certificate"]["eps_max"] <= budget
 
@@ -243,14 +219,12 @@ def test_memit_batch_certifies_end_to_end(tmp_path):
         '[{prompt: "Paris is the capital of", target: "Q"}, '
         '{prompt: "The cat sat on the", target: "Z"}]'
     )  # plus the edit.prompt fact: three facts in block 1
-    proc = _edit(
+    proc = _edit_cli(
         tmp_path,
         f"edit.facts={facts}",
         "edit.certify=true",
         "wandb.mode=offline",
-        "edit.certify_args=["
-        + ",".join(f'"{a}"' for a in [*CERTIFY, f"lean.root={tmp_path}/lean"])
-        + "]",
+        "edit.certify_args=[debug=tiny,lean.build=false]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list(tmp_path.rglob("edit_report.json"))

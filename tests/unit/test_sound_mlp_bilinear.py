@@ -142,7 +142,7 @@ def test_block_bound_with_the_bilinear_term_is_tighter_and_still_sound(
 ):
     """Whole-block constants: below those without the bilinear term (17.4 -> 14.5 here), and
     above the independent ascent of test_lipschitz on the same tube."""
-    from tests.test_lipschitz import independent_ascent
+    from tests.unit.test_lipschitz import independent_ascent
 
     x, _ = tiny_llama.block_pair(token_ids, 0)
     surrogate = extract_block(tiny_llama, 0)

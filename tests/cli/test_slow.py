@@ -11,7 +11,7 @@ from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 from blockcert.verify.collect import load_certificate
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 
 @pytest.mark.slow

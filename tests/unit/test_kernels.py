@@ -22,7 +22,7 @@ from blockcert.kernels.cert_reduce import (
     pair_error_reference,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 with_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[-1])
 INTERPRETED = kernels.INTERPRET

@@ -3,31 +3,25 @@
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from blockcert.capture.blocks import check_block, parse_blocks, select_blocks
 from blockcert.errors import BlockCertError
 from blockcert.models.adapters import LlamaAdapter
+from blockcert.resources import compose_config
 from blockcert.train import TrainResult, certificate_metrics, train
-from tests.conftest import CONF
 
-TINY = [
-    "model=tiny_llama",
-    "data.n_train_prompts=16",
+TINY = [  # on top of debug=tiny
     "data.n_heldout_prompts=4",
     "data.seq_len=16",
     "trainer.max_epochs=2",
-    "logger=csv",
     "lipschitz.empirical_prompts=1",
 ]
 
 
 def _config(run_dir, cache, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[*TINY, f"run_dir={run_dir}", f"cache.root={cache}", *overrides],
-        )
+    return compose_config(
+        "train", ["debug=tiny", *TINY, f"run_dir={run_dir}", f"cache.root={cache}", *overrides]
+    )
 
 
 @pytest.fixture

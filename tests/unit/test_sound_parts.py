@@ -276,7 +276,7 @@ def test_paired_slope_bounds_the_gelu_curvature_term(tiny_gpt2):
 
 def test_partly_aligned_rows_still_dominate_the_ascent(tiny_llama, token_ids, monkeypatch):
     """With the aligned bounds on only a few tokens per prompt, the block bound still holds."""
-    from tests.test_lipschitz import independent_ascent
+    from tests.unit.test_lipschitz import independent_ascent
 
     monkeypatch.setattr(sound_block, "ALIGNED_TOKENS", 3)
     x, _ = tiny_llama.block_pair(token_ids, 0)

@@ -27,7 +27,7 @@ from blockcert.prove.kernel import (
     module_order,
 )
 from blockcert.prove.lean_instance import render_lean_module, write_lean_instance
-from tests.test_lean_files import EPS, HASH, HOSTILE, LEAN, parse_instance
+from tests.unit.test_lean_files import EPS, HASH, HOSTILE, LEAN, parse_instance
 
 pytestmark = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
@@ -209,7 +209,7 @@ def test_certify_reports_checked_only_for_what_the_kernel_accepted(project):
     block = SimpleNamespace(path="runs/x/certificate.json", sha256="ab" * 32)
     verified = SimpleNamespace(blocks={0: block, 1: block, 2: block}, digest=lambda: HASH)
     cfg = OmegaConf.create({"lean": {"root": str(project), "build": True}})
-    status = prove(cfg, verified, composition)
+    status = prove(cfg, verified, composition, project.parent / "out")
     assert status["status"] == "checked", status["message"]
     assert status["bound"] == "1.3" and Fraction(status["bound"]) == exact
     assert "version 4.35.0" in status["toolchain"]

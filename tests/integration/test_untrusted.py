@@ -22,8 +22,8 @@ from blockcert.evaluate.own_split import exceedance_p_value
 from blockcert.surrogate.capacity import keep_neurons
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
-from tests.conftest import run_script
-from tests.forgery import TOKENS_FILE, certify_in_process, read_certificate, reseal
+from tests.forgery import TOKENS_FILE, read_certificate, reseal
+from tests.helpers import certify_in_process, run_script
 
 
 def _one_line(err: BaseException) -> str:
@@ -332,7 +332,7 @@ def test_report_names_the_recipe_and_the_verifiers_own_split(tmp_path, forged):
     recipe = read_certificate(forged)["data"]["recipe"]
     assert result.report["data"]["recipe"] == recipe
     own = result.report["own_split"]
-    assert own["seed"] == 7 and own["exchangeable"] and own["n_prompts"] == 16
+    assert own["seed"] == 7 and own["exchangeable"] and own["n_prompts"] == 8
     (row,) = own["blocks"]
     assert row["block"] == 1 and row["eps_verifier"] > 0
     assert any("verifier's own prompts" in line for line in result.lines)
@@ -344,7 +344,7 @@ def test_a_verifier_split_disjoint_from_training(tmp_path, forged):
     from blockcert.certify import load_teacher, verify_certificates
     from blockcert.evaluate.fresh_prompts import draw_fresh
     from blockcert.verify.split import rebuild_split
-    from tests.forgery import certify_config
+    from tests.helpers import certify_config
 
     cfg = certify_config(tmp_path, forged.parent)
     teacher = load_teacher(cfg)

@@ -14,7 +14,7 @@ from blockcert.compose.rational import round_down, round_up
 from blockcert.errors import BlockCertError
 from blockcert.prove.lake import run_lake_build
 
-LEAN = Path(__file__).resolve().parents[1] / "lean"
+LEAN = Path(__file__).resolve().parents[2] / "lean"
 AWKWARD = [
     5e-324,  # smallest subnormal
     math.nextafter(5e-324, 1.0),

@@ -5,23 +5,18 @@ import json
 import pytest
 
 from blockcert.pareto import Point, collect_points, main, markdown_table, pareto_front
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 
 def test_two_point_sweep_runs_the_teacher_once(tmp_path):
     proc = run_script(
         "train.py",
         "-m",
-        "model=tiny_llama",
+        "debug=tiny",
         "block=1",
         "surrogate.mlp_fraction=0.5,0.9",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",
-        "data.n_train_prompts=16",
-        "data.n_heldout_prompts=8",
-        "data.seq_len=32",
-        "trainer.max_epochs=1",
-        "logger=csv",
         "lipschitz.empirical_prompts=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,8 +14,9 @@ import blockcert.compose.chain as chain
 from blockcert.errors import BoundViolationError, VerificationError
 from blockcert.verify.collect import load_certificate
 from blockcert.verify.split import rebuild_split
-from tests.conftest import load_teacher, run_script
-from tests.forgery import certify_in_process, reseal
+from tests.conftest import load_teacher
+from tests.forgery import reseal
+from tests.helpers import certify_in_process, run_script
 
 
 def _node(data: dict, output: str) -> dict:

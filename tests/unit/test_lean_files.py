@@ -1,4 +1,4 @@
-"""The Lean project and the generated instance files, as text (tests/test_lean_kernel.py runs
+"""The Lean project and the generated instance files, as text (tests/unit/test_lean_kernel.py runs
 the kernel on them): numbers on the grid, fail-closed labels, escaping, no escape hatches."""
 
 import re
@@ -22,7 +22,7 @@ from blockcert.prove.lean_instance import (
     write_lean_instance,
 )
 
-LEAN = Path(__file__).resolve().parents[1] / "lean"
+LEAN = Path(__file__).resolve().parents[2] / "lean"
 HASH = "0123456789abcdef" + "f" * 48
 EPS = [Fraction(1, 10), Fraction(1, 5), Fraction(3, 10)]
 LIPS = [Fraction(2), Fraction(3, 2), Fraction(5, 4)]

@@ -16,7 +16,7 @@ from blockcert.surrogate.ir import Surrogate, load_surrogate, save_surrogate
 from blockcert.surrogate.latents import latent_markdown, latent_report
 from blockcert.surrogate.transcoder import AuxK, Transcoder, transcoder_params
 from blockcert.surrogate.view import InvalidGraphError, block_view
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 BLOCK = 1
 
