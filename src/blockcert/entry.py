@@ -106,7 +106,8 @@ def certify_main(cfg: DictConfig) -> None:
     exit 3 when a hash or claim does not verify, 4 when a sound bound is below the observed
     deviation."""
     keep_freed_memory()
-    from blockcert.certify import certify, log_report_to_wandb
+    from blockcert.certify import certify
+    from blockcert.certify_report import log_report_to_wandb
 
     with one_line_errors():
         result = certify(cfg)

@@ -40,6 +40,7 @@ from blockcert.lit.data import ResidualPairDataModule
 from blockcert.lit.module import SurrogateModule
 from blockcert.lit.progress import ProgressLines
 from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.models.load import load_teacher
 from blockcert.surrogate.extract import extract_block
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def setup(cfg: DictConfig) -> Setup:
     L.seed_everything(cfg.seed, verbose=False)
     spec: PromptSpec = instantiate(cfg.data)
     surrogate = instantiate(cfg.surrogate)
-    teacher = instantiate(cfg.model)
+    teacher = load_teacher(cfg.model)
     adapter = adapter_for(teacher)
     if cfg.blocks is None:
         blocks = [check_block(cfg.block, adapter.num_blocks, teacher.name)]

@@ -98,14 +98,15 @@ def test_stress_file_is_package_data():
     assert (REPO / "src" / "blockcert" / "evaluate" / STRESS_FILE).is_file()
 
 
-def test_check_split_leaves_train_and_heldout_unchanged():
+def test_the_rest_of_the_pool_is_disjoint_from_train_and_heldout():
     tok, corpus = byte_tokenizer(), ShakespeareCorpus()
-    plain = build_prompts(corpus, tok, seq_len=24, n_train=10, n_heldout=6, seed=1)
-    more = build_prompts(corpus, tok, seq_len=24, n_train=10, n_heldout=6, seed=1, n_check=9)
-    assert torch.equal(plain.train, more.train) and torch.equal(plain.heldout, more.heldout)
-    assert plain.check.shape == (0, 24) and more.check.shape == (9, 24)
-    seen = {tuple(r) for r in torch.cat([more.train, more.heldout]).tolist()}
-    assert not seen & {tuple(r) for r in more.check.tolist()}
+    split = build_prompts(corpus, tok, seq_len=24, n_train=10, n_heldout=6, seed=1)
+    again = build_prompts(corpus, tok, seq_len=24, n_train=10, n_heldout=6, seed=1)
+    assert torch.equal(split.rest, again.rest) and split.rest.shape[1] == 24
+    assert len(split.rest) + 16 >= 8 * 16  # the pool holds pool_factor x (train + held-out)
+    seen = {tuple(r) for r in torch.cat([split.train, split.heldout]).tolist()}
+    assert not seen & {tuple(r) for r in split.rest.tolist()}
+    assert split.recipe["pool_factor"] == 8 and split.recipe["corpus"] == {"name": "shakespeare"}
 
 
 def _perturbed(adapter, k, scale=0.05):

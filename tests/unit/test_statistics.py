@@ -55,13 +55,11 @@ def _binomial_tail(n: int, p: float, k: int) -> float:
 
 @pytest.mark.slow
 def test_statements_hold_on_the_untouched_check_split(tiny_llama):
-    split = build_prompts(
-        ShakespeareCorpus(), tiny_llama.teacher.tokenizer, 16, 8, 48, seed=2, n_check=48
-    )
+    split = build_prompts(ShakespeareCorpus(), tiny_llama.teacher.tokenizer, 16, 8, 48, seed=2)
     surrogates = {2: _perturbed(tiny_llama, 2, 0.05)}
     chain = [(k, surrogates.get(k) or extract_block(tiny_llama, k)) for k in (2, 3)]
     taus = {2: 1.0}
-    held, check = list(split.heldout), list(split.check)
+    held, check = list(split.heldout), list(split.rest[:48])  # untouched: the pool's rest
     held_traj = ragged_teacher_trajectory(tiny_llama, held, 16)
     held_eval = evaluate_prompts(tiny_llama, surrogates, held, held_traj, taus)
     check_traj = ragged_teacher_trajectory(tiny_llama, check, 16)
