@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from blockcert.cert.fp_allowance import Allowance, chain_allowance
+from blockcert.cert.fp_allowance import chain_allowance
 from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.cert.metrics import ErrorReport
 from blockcert.certify_report import build_report, summary_lines
-from blockcert.compose.chain import Chain, compose_chain, input_batches
+from blockcert.certify_stages import Composition, Teacher, Verified
+from blockcert.compose.chain import compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
 from blockcert.evaluate.fresh_stage import fresh_stage
@@ -30,8 +31,7 @@ from blockcert.evaluate.own_split import check_own_options
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
 from blockcert.evaluate.trajectory import stitched_evaluation, teacher_trajectory
-from blockcert.hashing import sha256_text
-from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.models.adapters import adapter_for
 from blockcert.models.load import load_teacher as teacher_from_config
 from blockcert.progress import progress
 from blockcert.prove.checker import check_lean
@@ -42,7 +42,6 @@ from blockcert.surrogate.ir import Surrogate
 from blockcert.verify.claims import (
     TeacherFacts,
     Tolerance,
-    VerifiedBlock,
     blame,
     check_split,
     rederive_claims,
@@ -52,38 +51,6 @@ from blockcert.verify.collect import certificates_per_block
 from blockcert.verify.split import rebuild_split
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Teacher:
-    model: object  # blockcert.models.load.Teacher
-    adapter: BlockAdapter
-
-
-@dataclass(frozen=True)
-class Verified:
-    """Certificates that passed hashes, IR validation and the split check."""
-
-    blocks: dict[int, VerifiedBlock]
-    heldout: torch.Tensor  # [n_prompts, seq] shared by every certificate
-    recipe: dict  # the data recipe the split was rebuilt from (the first certificate's)
-    fresh_pool: torch.Tensor  # recipe windows no certificate trains or evaluates on
-
-    @property
-    def first(self) -> int:
-        return min(self.blocks)
-
-    def digest(self) -> str:
-        """SHA-256 over the composed certificates' own hashes, in block order."""
-        return sha256_text("".join(b.sha256 for b in self.blocks.values()))
-
-
-@dataclass(frozen=True)
-class Composition:
-    chain: Chain  # sound and empirical chains side by side; the claim is the sound one
-    claimed: object  # Fraction: a short decimal >= the exact B_L
-    fp_allowance: dict[int, Allowance]  # measured, already inside every composed eps_k
-    n_prompts: int  # the chain covers the tubes around the first n held-out prompts
 
 
 @dataclass

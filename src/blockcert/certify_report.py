@@ -10,19 +10,16 @@ min(L*B, B + a) each block takes, the stitched model's figures, Lean's status.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from blockcert.cert.metrics import ErrorReport
+from blockcert.certify_stages import Composition, Teacher, Verified
 from blockcert.compose.bound import step_taken
 from blockcert.compose.chain import Chain
 from blockcert.evaluate.trajectory import StitchedResult
 from blockcert.tracking import log_files
 from blockcert.verify.claims import Tolerance
-
-if TYPE_CHECKING:
-    from blockcert.certify import Composition, Teacher, Verified
 
 
 def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
