@@ -1,6 +1,6 @@
 """The whole-model pipeline on the embedded SmolLM2: load, one-pass capture, fit, peak memory.
 
-python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify] [--fast]
+python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify]
     [--override K=V] [--certify-override K=V]
 
 In this process (default data: 96 held-out prompts of 128 tokens):
@@ -12,10 +12,10 @@ In this process (default data: 96 held-out prompts of 128 tokens):
   pairs at the default capacity) and certificate time, on `--block`.
 With --runs, as a user runs them (fresh caches): `train.py block=K surrogate.full_capacity=true`
 and `train.py blocks=all surrogate.full_capacity=true`, each with its wall time and peak RSS
-(ratio target <= 2); with --certify also `certify.py` over the blocks= run, and the total of
-train + certify (target <= 180 s), certify's stage split from its report. --fast runs the
-whole-model path of docs/whole-model.md: certificates without the per-block Lipschitz constants
-(certify.py composes its own) and certify.py without the empirical comparison chain.
+(ratio target <= 2); with --certify also `certify.py` over the blocks= run with no other
+option, and the total of train + certify (target <= 180 s), certify's stage split from its
+report. The runs use the defaults a user gets (docs/whole-model.md); --override and
+--certify-override add options.
 """
 
 from __future__ import annotations
@@ -164,10 +164,6 @@ def run_measured(args: list[str], env: dict) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), output[-2000:]
 
 
-FAST_TRAIN = ["lipschitz.sound_prompts=0", "lipschitz.empirical_prompts=0"]
-FAST_CERTIFY = ["lipschitz.empirical_prompts=0"]
-
-
 def runs(
     model: str, block: int, certify: bool, overrides: list[str], certify_overrides: list[str]
 ) -> None:
@@ -218,11 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--certify-override", action="append", default=[], help="extra certify.py override"
     )
-    parser.add_argument("--fast", action="store_true", help="see docs/whole-model.md")
     args = parser.parse_args()
-    if args.fast:
-        args.override += FAST_TRAIN
-        args.certify_override += FAST_CERTIFY
     torch.set_grad_enabled(True)
     if not args.skip_in_process:
         in_process(args.model, args.block)
