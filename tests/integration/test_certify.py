@@ -155,6 +155,7 @@ def reduced_runs(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
     """prompts=stress and the statistics (joint statement, opt-in compositional one) on a
     reduced run: every section reaches the report, the sound bound covers the stress prompts,
@@ -166,6 +167,7 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
         "prompts=stress",
         "statistics.compositional.enabled=true",
         "statistics.lengths=mixed",
+        "statistics.shift=[stress,kjv]",
     )
     prompts = report["prompts"]
     assert prompts["table"] and "certificate prompts" in "\n".join(prompts["table"])
@@ -184,6 +186,22 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
     assert any("with confidence 0.99, a fresh prompt" in line for line in result.lines)
 
 
+def test_fresh_prompt_statement_on_a_reduced_run(tmp_path, reduced_runs):
+    """The joint statement (mixed lengths) with its check split, the shift set beside it."""
+    result, report = _certify(tmp_path, "tiny_llama", reduced_runs, "statistics.lengths=mixed")
+    stats, fresh = report["statistics"], report["fresh"]
+    assert not stats["teacher_model"] and stats["statement"]["n"] == 40
+    assert "lengths uniform in [16, 32] tokens" in stats["statement"]["statement"]
+    assert {s: v["n_prompts"] for s, v in fresh["splits"].items()} == {
+        "own": 8,
+        "calibration": 40,
+        "check": 20,
+    }
+    assert stats["check"]["n"] == 20 and stats["check"]["within"]
+    assert set(stats["shift"]) == {"King James Bible"} and stats["compositional"] is None
+    assert any("with confidence 0.99, a fresh prompt" in line for line in result.lines)
+
+
 @pytest.mark.parametrize(
     "option",
     [
@@ -195,9 +213,10 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
         "lipschitz.targeted_tokens=-1",
     ],
 )
-def test_bad_lipschitz_option_is_one_line(tmp_path, reduced_runs, option):
+def test_bad_lipschitz_option_is_one_line(tmp_path, option):
+    """Rejected before the model loads or any run is read (certify's first check)."""
     with pytest.raises(BlockCertError) as err:
-        _certify(tmp_path, "tiny_llama", reduced_runs, option)
+        _certify(tmp_path, "tiny_llama", tmp_path / "no-runs", option)
     assert err.value.exit_code == 2 and option.split("=")[0] in str(err.value)
 
 
