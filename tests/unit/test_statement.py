@@ -20,6 +20,28 @@ def test_calibration_size_is_the_fewest_prompts_reaching_the_target():
     assert clopper_pearson_upper(0, n, 0.01) <= 0.01 < clopper_pearson_upper(0, n - 1, 0.01)
 
 
+def test_the_max_of_n_gives_the_closed_form_miss_rate():
+    """One metric, n values, target below any reachable bound: t is the max, m = 1 - delta^(1/n)."""
+    values = {"v": torch.rand(50, generator=torch.Generator().manual_seed(0))}
+    statement = joint_statement(values, {"v": 1.0}, 0.95, 1e-6, "test")
+    assert statement.score_threshold == float(values["v"].max()) and statement.n_exceed == 0
+    assert statement.miss_upper == pytest.approx(1 - 0.05 ** (1 / 50), rel=1e-9)
+
+
+@pytest.mark.parametrize("j_max", [0, 3])
+def test_the_order_statistic_is_exact_for_continuous_values(j_max):
+    """Uniform values: the true exceedance of a threshold t is 1 - t; the statement fails in
+    a share of draws equal to (not merely below) 1 - confidence."""
+    g = torch.Generator().manual_seed(1)
+    n, delta, trials, failures = 40, 0.1, 2000, 0
+    target = clopper_pearson_upper(j_max, n, delta) + 1e-12  # lets exactly j_max exceedances
+    for _ in range(trials):
+        statement = joint_statement({"v": torch.rand(n, generator=g)}, {"v": 1.0}, 0.9, target, "u")
+        failures += (1 - statement.score_threshold) > statement.miss_upper
+    assert failures / trials <= delta + 3 * (delta * (1 - delta) / trials) ** 0.5
+    assert failures / trials >= delta / 2
+
+
 def test_the_statement_bounds_every_metric_at_once():
     g = torch.Generator().manual_seed(0)
     values = {name: torch.rand(200, generator=g) * (i + 1) for i, name in enumerate(METRICS)}

@@ -13,29 +13,9 @@ from blockcert.evaluate.statistics import (
     PromptConstants,
     compositional_bound,
     event_misses,
-    order_statistic_bound,
 )
 from blockcert.evaluate.trajectory import evaluate_prompts, ragged_teacher_trajectory
 from blockcert.surrogate.extract import extract_block
-
-
-def test_max_of_n_gives_the_closed_form_miss_rate():
-    values = torch.rand(50, generator=torch.Generator().manual_seed(0))
-    bound = order_statistic_bound(values, delta=0.05)
-    assert bound.threshold == float(values.max()) and bound.n_exceed == 0
-    assert bound.miss_upper == pytest.approx(1 - 0.05 ** (1 / 50), rel=1e-9)
-
-
-@pytest.mark.parametrize("n_exceed", [0, 3])
-def test_order_statistic_statement_holds_at_its_confidence(n_exceed):
-    # uniform values: the true exceedance of a threshold q is exactly 1 - q
-    g = torch.Generator().manual_seed(1)
-    n, delta, trials, failures = 40, 0.1, 2000, 0
-    for _ in range(trials):
-        bound = order_statistic_bound(torch.rand(n, generator=g), delta, n_exceed)
-        failures += (1 - bound.threshold) > bound.miss_upper
-    assert failures / trials <= delta + 3 * (delta * (1 - delta) / trials) ** 0.5
-    assert failures / trials >= delta / 2  # exact, not merely conservative, for continuous laws
 
 
 def _perturbed(adapter, k, scale):

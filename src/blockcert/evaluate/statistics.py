@@ -6,15 +6,9 @@ windows: a window drawn from the same shuffled pool); they say nothing about oth
 the stress set. Worst-case figures on the evaluated prompts themselves are the composition
 bound's business (compose/), not this module's.
 
-Order statistic = one-sided Clopper-Pearson. For n i.i.d. values with a continuous law and the
-threshold q = X_(n-j) (exactly j values strictly above it), the exceedance p(q) = P(X > q)
-follows Beta(j + 1, n - j), so
-    P(p(q) > m) = delta   for   m = Beta^{-1}(1 - delta; j + 1, n - j) = CP_upper(j, n, delta);
-ties only make it conservative. Statement: with confidence 1 - delta over the n prompts, a
-fresh prompt exceeds q with probability <= m.
-
-The direct statement on every metric at once is evaluate/statement.py's; this module holds the
-order statistic and (b), the compositional statement (opt-in, evaluate/compositional.py):
+The direct statement on every metric at once is evaluate/statement.py's (an order statistic
+with one-sided Clopper-Pearson); this module holds (b), the compositional statement (opt-in,
+evaluate/compositional.py):
 
 (b) compositional (`compositional_bound`): for each block k of the chain two events per prompt,
     E_k^eps(p):  eps_k(p) <= tau_k   (teacher inputs),
@@ -45,50 +39,6 @@ from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError
 from blockcert.evaluate.trajectory import PromptEvaluation, RaggedTrajectory
 from blockcert.surrogate.ir import Surrogate
-
-
-@dataclass(frozen=True)
-class ExceedanceBound:
-    """With confidence 1 - delta, P(fresh prompt's value > threshold) <= miss_upper."""
-
-    name: str
-    threshold: float
-    n: int
-    n_exceed: int  # evaluated prompts strictly above the threshold
-    delta: float
-    miss_upper: float
-
-    def statement(self) -> str:
-        return (
-            f"with confidence {1 - self.delta:.4g}, a fresh prompt's {self.name} exceeds "
-            f"{self.threshold:.4g} with probability <= {self.miss_upper:.4g} (n = {self.n})"
-        )
-
-    def check(self, values: torch.Tensor) -> dict:
-        """Observed fraction of other prompts (e.g. the check split) beyond the threshold."""
-        beyond = int((values > self.threshold).sum())
-        fraction = beyond / len(values) if len(values) else 0.0
-        return {
-            "name": self.name,
-            "n": len(values),
-            "beyond": beyond,
-            "fraction": fraction,
-            "miss_upper": self.miss_upper,
-            "within": fraction <= self.miss_upper,
-        }
-
-
-def order_statistic_bound(
-    values: torch.Tensor, delta: float, n_exceed: int = 0, name: str = "value"
-) -> ExceedanceBound:
-    """Threshold = the (n - n_exceed)-th smallest value; miss rate = CP_upper(j, n, delta)."""
-    n = len(values)
-    if not 0 <= n_exceed < n:
-        raise BlockCertError(f"{name}: need 0 <= n_exceed < n prompts, got {n_exceed} of {n}.")
-    ordered = values.double().sort().values
-    threshold = float(ordered[n - 1 - n_exceed])
-    j = int((values > threshold).sum())  # ties at the threshold are not misses
-    return ExceedanceBound(name, threshold, n, j, delta, clopper_pearson_upper(j, n, delta))
 
 
 @dataclass(frozen=True)
