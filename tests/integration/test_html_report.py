@@ -169,6 +169,8 @@ def test_report_page_in_browser(browser, certified, tmp_path):
     assert report["lean"]["status"] in _text(browser, "#lean-status")
     assert report["prompts"]["name"] in _text(browser, "#prompts h2")
     assert "check split" in _text(browser, "#statistics")
+    own = _text(browser, "#own-split")  # eps per block on the verifier's own prompts
+    assert all(str(row["block"]) in own for row in report["own_split"]["blocks"])
     _check_self_contained(browser, page)
     shot = _screenshot(browser, tmp_path / "certify_report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
