@@ -101,8 +101,8 @@ def _check_blocks_table(driver, report: dict) -> None:
         cells = [c.text for c in row.find_elements("css selector", "td")]
         assert cells[0] == str(b["block"])
         assert cells[1] == ("yes" if b["block"] in CERTIFIED else "teacher")
-        assert cells[4] == f"{b['eps']:.4g}" and cells[9] == f"{b['bound_sound']:.4g}"
-        assert cells[11] == f"{b['observed']:.4g}"
+        assert cells[4] == f"{b['eps']:.4g}" and cells[8] == b["step"]
+        assert cells[10] == f"{b['bound_sound']:.4g}" and cells[12] == f"{b['observed']:.4g}"
 
 
 def _check_plot(driver, report: dict) -> None:
