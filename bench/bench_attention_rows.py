@@ -29,9 +29,9 @@ from blockcert.cert.lipschitz import fold_block, forward64  # noqa: E402
 from blockcert.cert.lipschitz.attention import attention_rows  # noqa: E402
 from blockcert.evaluate.trajectory import teacher_trajectory  # noqa: E402
 from blockcert.models.adapters import adapter_for  # noqa: E402
+from blockcert.models.load import load_teacher_by_name as load_teacher  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
 from blockcert.surrogate.view import block_view  # noqa: E402
-from tests.conftest import load_teacher  # noqa: E402
 
 
 def row_lower(jac: torch.Tensor, starts: int = 5, steps: int = 100) -> float:

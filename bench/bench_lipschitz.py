@@ -34,8 +34,8 @@ from blockcert.cert.fp_allowance import fp_error  # noqa: E402
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz  # noqa: E402
 from blockcert.evaluate.trajectory import teacher_trajectory  # noqa: E402
 from blockcert.models.adapters import adapter_for  # noqa: E402
+from blockcert.models.load import load_teacher_by_name as load_teacher  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
-from tests.conftest import load_teacher  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ import torch
 from blockcert.evaluate.trajectory import stitched_evaluation, teacher_trajectory
 from blockcert.lit.training_record import TRAINING_JSON
 from blockcert.models.adapters import adapter_for
-from blockcert.stitched import load_teacher, stitch
+from blockcert.models.load import load_teacher_by_name
+from blockcert.stitched import stitch
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.view import BlockView, block_view
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24)
     args = parser.parse_args()
     start = time.perf_counter()
-    teacher = load_teacher(args.model)
+    teacher = load_teacher_by_name(args.model)
     adapter = adapter_for(teacher)
     facts = TeacherFacts.of(teacher)
     runs = {name: verified_run(teacher, run, facts) for name, run in parse_runs(args.runs).items()}

@@ -46,12 +46,12 @@ from blockcert.cert.lipschitz import (  # noqa: E402
 )
 from blockcert.cert.lipschitz.block import two_pass_rows  # noqa: E402
 from blockcert.cert.lipschitz.shells import prompt_constants  # noqa: E402
+from blockcert.models.load import load_teacher_by_name as load_teacher  # noqa: E402
 from blockcert.surrogate.capacity import Capacity, reduce  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
 from blockcert.surrogate.ir import Surrogate  # noqa: E402
 from blockcert.surrogate.transcoder import Transcoder  # noqa: E402
 from blockcert.surrogate.view import block_view  # noqa: E402
-from tests.conftest import load_teacher  # noqa: E402
 
 RADII = [1e-3, 1e-1, 0.5]  # times the median token norm of the block's inputs
 # (name, sound_lipschitz keyword arguments, radii) run on every tiny block

@@ -16,12 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.evaluate.prompt_stage import certificate_tau
-from blockcert.evaluate.statistics import (
-    LipschitzOptions,
-    compositional_bound,
-    event_misses,
-)
+from blockcert.evaluate.statistics import PromptConstants, compositional_bound, event_misses
 from blockcert.evaluate.trajectory import (
     RaggedTrajectory,
     evaluate_prompts,
@@ -52,7 +49,7 @@ def compositional_section(
     chain: Sequence[tuple[int, Surrogate]],
     slack: Mapping[int, float],
     options: Mapping,
-    lipschitz: Mapping,
+    lipschitz: LipschitzOptions,
     batch_size: int,
     check: Sequence[torch.Tensor],
 ) -> dict:
@@ -62,12 +59,10 @@ def compositional_section(
     taus = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
     evaluation = evaluate_prompts(adapter, surrogates, list(heldout), trajectory, taus)
     first = chain[0][0]
-    min_radius = lipschitz["min_radius_fraction"] * float(states[first].norm(dim=-1).median())
+    min_radius = lipschitz.min_radius_fraction * float(states[first].norm(dim=-1).median())
     kinds = ["sound", "empirical"] if options["lipschitz"] == "sound" else ["empirical"]
     for kind in kinds:  # the sound chain may be unbounded on these tubes: fall back, labelled
-        lip = LipschitzOptions(
-            kind, lipschitz["random_trials"], lipschitz["ascent_steps"], min_radius
-        )
+        lip = PromptConstants(kind, lipschitz, min_radius)
         bound = compositional_bound(
             chain,
             trajectory,

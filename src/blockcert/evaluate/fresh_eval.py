@@ -54,9 +54,6 @@ class FreshMetrics:
             n_tokens,
         )
 
-    def select(self, rows: slice) -> FreshMetrics:
-        return FreshMetrics({k: v[rows] for k, v in self.values.items()}, {}, self.n_tokens)
-
 
 @torch.no_grad()
 def evaluate_fresh(

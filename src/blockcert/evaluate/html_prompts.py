@@ -137,11 +137,11 @@ def prompt_set_section(prompts: dict) -> Markup:
     )
 
 
-def _verdict(within: bool) -> Markup:
+def _verdict(within: bool, failed: str = "EXCEEDED") -> Markup:
     return (
         tag("span", "ok", class_="badge ok")
         if within
-        else tag("span", "EXCEEDED", class_="badge exceeded")
+        else tag("span", failed, class_="badge exceeded")
     )
 
 
@@ -194,6 +194,42 @@ def _compositional(c: dict | None) -> Markup:
             tag("p", symbols(f"Compositional: {c['statement']}."), class_="statement"),
             table(headers, rows, "statistics-chain"),
         ]
+    )
+
+
+def own_split_section(own: dict) -> Markup:
+    """report["own_split"]: eps per block on prompts the verifier drew, and its tests."""
+    headers = [
+        "block",
+        "eps certified",
+        "eps on these prompts",
+        "ratio",
+        "prompts above",
+        "p exceed",
+        "p rank",
+        "flagged",
+    ]
+    rows = [
+        [
+            r["block"],
+            num(r["eps_certificate"]),
+            num(r["eps_verifier"]),
+            num(r["ratio"], "n/a"),
+            r["n_exceed"],
+            num(r["p_exceed"], "n/a"),
+            num(r["p_rank"], "n/a"),
+            _verdict(not r["flagged"], "FLAGGED") if own["exchangeable"] else "—",
+        ]
+        for r in own["blocks"]
+    ]
+    note = tag(
+        "p",
+        f"{own['n_prompts']} prompts from {own['corpus']}, seed {own['seed']} (pool of "
+        f"{own['pool']}). Test: {own['test']}.",
+        class_="note",
+    )
+    return section(
+        "own-split", "The verifier's own prompts", note, table(headers, rows, "own-split")
     )
 
 

@@ -103,6 +103,11 @@ class MlpPairDataModule(L.LightningDataModule):
         self.adapter, self.block, self.prompts = inner.adapter, inner.block, inner.prompts
 
     @property
+    def teacher(self):
+        """The teacher whose block is certified (blockcert.models.teacher.Teacher)."""
+        return self.adapter.teacher
+
+    @property
     def pairs_source(self) -> dict[str, str]:
         return self.inner.pairs_source
 

@@ -13,6 +13,7 @@
     transcoder.py      sound constants of a TopK transcoder block
     empirical.py       the empirical (lower) estimate by projected gradient ascent
     labelled.py        Lipschitz: every constant with its label, sound or empirical
+    options.py         LipschitzOptions: how they are computed (conf/lipschitz/default.yaml)
 
 Derivations: docs/soundness.md (one section per operator, linked from each module).
 """
@@ -30,6 +31,7 @@ from blockcert.cert.lipschitz.labelled import (
     not_computed,
     sound_lipschitz,
 )
+from blockcert.cert.lipschitz.options import LipschitzOptions
 from blockcert.cert.lipschitz.transcoder import REASON_SWAP, TranscoderBound, transcoder_block_bound
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "FoldedBlock",
     "FoldedRange",
     "Lipschitz",
+    "LipschitzOptions",
     "SoundBlockBound",
     "TranscoderBound",
     "empirical_ascent",
