@@ -166,7 +166,9 @@ def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
             full, datamodule.sample_inputs(s.surrogate.importance_batches)
         )
     cert_cfg = block_cfg.callbacks.certificate
-    module = SurrogateModule(surrogate, taus=tuple(cert_cfg.taus_abs), **block_cfg.optim)
+    # conf/surrogate/*.yaml may name its own LightningModule (a transcoder trains its MLP only)
+    module_class = instantiate(block_cfg.module) if block_cfg.get("module") else SurrogateModule
+    module = module_class(surrogate, taus=tuple(cert_cfg.taus_abs), **block_cfg.optim)
     certificate_cb = CertificateCallback(
         str(run_dir),
         CertificateOptions.from_config(cert_cfg),
@@ -196,10 +198,10 @@ def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
             full.num_params,
         )
         if s.cascade is None:
-            trainer.fit(module, datamodule=datamodule)
+            trainer.fit(module, datamodule=module.training_data(datamodule))
         else:  # train on h~_k from this run's earlier surrogates; certify on teacher inputs
             stitched = CascadeDataModule(datamodule, s.cascade.at(block), seed=cfg.seed)
-            trainer.fit(module, datamodule=stitched)
+            trainer.fit(module, datamodule=module.training_data(stitched))
             s.cascade.fitted(block, module.surrogate())
     _finish_wandb(trainer)
     certificate = certificate_cb.certificate

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from blockcert.capture.cache import CachedPairs, cache_dir, fill_cache, is_complete
+from blockcert.capture.cache import CachedPairs, ShardWriter, cache_dir, fill_cache, is_complete
 from blockcert.capture.corpus import Corpus, ShakespeareCorpus, TextFileCorpus, strip_markdown
 from blockcert.capture.prompts import build_prompts
 from blockcert.capture.store import PairStore
@@ -140,3 +140,43 @@ def test_store_captures_missing_blocks_only(tiny_llama, token_ids, tmp_path, mon
     assert isinstance(off.dataset(1, "train", token_ids), ResidualPairStream)
     assert off.sources[(1, "train")] == "teacher (streamed, not cached)"
     assert not (tmp_path / "off").exists()
+
+
+def test_interrupted_capture_resumes_after_the_written_shards(tiny_llama, tmp_path, monkeypatch):
+    ids = torch.randint(0, 256, (7, 11), generator=torch.Generator().manual_seed(5))
+    store = PairStore(tiny_llama, tmp_path, batch_size=2)
+    calls = []
+
+    def interrupted(adapter, token_ids, bs, blocks):
+        calls.append(len(token_ids))
+        for n, item in enumerate(teacher_pass(adapter, token_ids, bs, blocks)):
+            if n == 5:  # batches 0 and 1 of blocks 1 and 3 written, batch 2 of block 1 too
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr("blockcert.capture.store.teacher_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.capture([1, 3], "train", ids)
+    assert not is_complete(store.directory(1, ids))
+    monkeypatch.setattr(
+        "blockcert.capture.store.teacher_pass",
+        lambda adapter, token_ids, bs, blocks: (
+            calls.append(len(token_ids)) or teacher_pass(adapter, token_ids, bs, blocks)
+        ),
+    )
+    again = PairStore(tiny_llama, tmp_path, batch_size=2)
+    again.capture([1, 3], "train", ids)
+    # the second run starts after the 2 batches both blocks hold: 3 of 7 prompts left
+    assert calls == [7, 3] and again.teacher_prompts == 3
+    for k in (1, 3):
+        directory = again.directory(k, ids)
+        assert is_complete(directory) and not (directory / "progress.json").exists()
+        cached = list(CachedPairs(directory, batch_size=2))
+        ref_in, ref_out = tiny_llama.block_pair(ids, k)
+        assert torch.equal(torch.cat([b[0] for b in cached]), ref_in)
+        assert torch.equal(torch.cat([b[1] for b in cached]), ref_out)
+    # a different batch size does not take over another size's shards
+    other = PairStore(tiny_llama, tmp_path / "other", batch_size=2)
+    writer_dir = other.directory(1, ids)
+    ShardWriter(writer_dir, 2).add(*tiny_llama.block_pair(ids[:2], 1))
+    assert ShardWriter(writer_dir, 3).resumed() == 0 and ShardWriter(writer_dir, 2).resumed() == 1

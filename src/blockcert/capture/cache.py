@@ -1,7 +1,9 @@
 """Sharded safetensors cache of residual pairs, keyed by (model hash, data hash, block).
 
 A capacity sweep reads pairs from here instead of re-running the teacher. A cache directory is
-complete only once its manifest exists; the manifest is written last and atomically.
+complete only once its manifest exists; the manifest is written last and atomically. While a
+capture runs, progress.json lists the shards written so far (each written atomically, then the
+list): an interrupted capture resumes after them (ShardWriter.resumed) instead of starting over.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from blockcert.hashing import sha256_text
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 MANIFEST = "manifest.json"
+PROGRESS = "progress.json"  # an unfinished capture: batch size and the shards written so far
 
 
 def cache_dir(root: str | Path, model_sha256: str, tokens_sha256: str, block: int) -> Path:
@@ -31,13 +34,38 @@ def is_complete(directory: Path) -> bool:
 
 
 class ShardWriter:
-    """Writes the `(x_in, x_out)` batches of one block as numbered shards, then the manifest."""
+    """Writes the `(x_in, x_out)` batches of one block as numbered shards, then the manifest.
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    batch_size: the prompts per shard (every shard but the last), recorded in progress.json so
+    that a resumed capture continues with shards of the same prompts."""
+
+    def __init__(self, directory: Path, batch_size: int | None = None):
+        self.directory, self.batch_size = directory, batch_size
         self.shards: list[str] = []
         self.rows: list[int] = []
         directory.mkdir(parents=True, exist_ok=True)
+
+    def resumed(self) -> int:
+        """Take over the shards of an interrupted capture with this batch size (every listed
+        file present); returns how many batches they hold (0: start over)."""
+        path = self.directory / PROGRESS
+        if self.batch_size is None or not path.is_file():
+            return 0
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:
+            return 0
+        shards, rows = state.get("shards", []), state.get("rows", [])
+        whole = all(r == self.batch_size for r in rows) and len(shards) == len(rows)
+        present = all((self.directory / name).is_file() for name in shards)
+        if state.get("batch_size") != self.batch_size or not whole or not present:
+            return 0
+        self.shards, self.rows = list(shards), list(rows)
+        return len(shards)
+
+    def truncate(self, n_shards: int) -> None:
+        """Keep the first n_shards (a capture of several blocks resumes at the earliest)."""
+        self.shards, self.rows = self.shards[:n_shards], self.rows[:n_shards]
 
     def add(self, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         name = f"shard_{len(self.shards):05d}.safetensors"
@@ -45,10 +73,14 @@ class ShardWriter:
         write_atomic(self.directory / name, lambda tmp: save_file(tensors, str(tmp)))
         self.shards.append(name)
         self.rows.append(len(x_in))
+        if self.batch_size is not None:
+            state = {"batch_size": self.batch_size, "shards": self.shards, "rows": self.rows}
+            write_text_atomic(self.directory / PROGRESS, json.dumps(state))
 
     def finish(self, meta: dict) -> Path:
         manifest = {**meta, "shards": self.shards, "rows": self.rows}
         write_text_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=2))
+        (self.directory / PROGRESS).unlink(missing_ok=True)
         return self.directory
 
 

@@ -2,8 +2,10 @@
 
 `capture(blocks, split, ids)` runs the teacher once over `ids` for every block whose pairs are
 not cached yet (none cached: no teacher run at all) and streams each block's pairs into its own
-cache directory, one shard per batch. `dataset(block, split, ids)` then reads that directory.
-With the cache disabled nothing is stored and every dataset streams from the teacher again.
+cache directory, one shard per batch; an interrupted capture resumes after the batches that
+every missing block has already written (capture/cache.py, progress.json).
+`dataset(block, split, ids)` then reads that directory. With the cache disabled nothing is
+stored and every dataset streams from the teacher again.
 """
 
 from __future__ import annotations
@@ -51,38 +53,46 @@ class PairStore:
                 missing.append(k)
         if not missing:
             return
-        writers = {k: ShardWriter(self.directory(k, ids)) for k in missing}
+        writers = {k: ShardWriter(self.directory(k, ids), self.batch_size) for k in missing}
+        skip = min(writer.resumed() for writer in writers.values())
+        for writer in writers.values():
+            writer.truncate(skip)
         n_batches = -(-len(ids) // self.batch_size)
         log.info(
-            "capture %s: %d prompts x %d tokens through blocks 0..%d, pairs of %d block(s)",
+            "capture %s: %d prompts x %d tokens through blocks 0..%d, pairs of %d block(s)%s",
             split,
             len(ids),
             ids.shape[1],
             max(missing),
             len(missing),
+            f", resuming after batch {skip}/{n_batches}" if skip else "",
         )
+        rest = ids[skip * self.batch_size :]
         start = last = time.perf_counter()
-        for index, k, x_in, x_out in teacher_pass(self.adapter, ids, self.batch_size, missing):
+        for index, k, x_in, x_out in teacher_pass(self.adapter, rest, self.batch_size, missing):
             writers[k].add(x_in, x_out)
             now = time.perf_counter()
             if k == max(missing) and now - last >= PROGRESS_EVERY_S:
                 last = now
-                done = min(len(ids), (index + 1) * self.batch_size) * ids.shape[1]
+                done = min(len(rest), (index + 1) * self.batch_size) * ids.shape[1]
                 log.info(
                     "capture %s: batch %d/%d, %.0f tokens/s",
                     split,
-                    index + 1,
+                    skip + index + 1,
                     n_batches,
                     done / (now - start),
                 )
-        self.teacher_prompts += len(ids)
+        self.teacher_prompts += len(rest)
         meta = {"model_sha256": self.adapter.teacher.weights_sha256, "split": split}
         for k, writer in writers.items():
             writer.finish({**meta, "block": k})
             self.sources[(k, split)] = f"teacher -> cache:{writer.directory}"
         elapsed = time.perf_counter() - start
         log.info(
-            "capture %s: done in %.1f s (%.0f tokens/s)", split, elapsed, ids.numel() / elapsed
+            "capture %s: done in %.1f s (%.0f tokens/s)",
+            split,
+            elapsed,
+            rest.numel() / max(elapsed, 1e-9),
         )
 
     def dataset(

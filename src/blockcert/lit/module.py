@@ -57,7 +57,7 @@ class SurrogateModule(L.LightningModule):
         self.register_buffer("update_scale", torch.tensor(0.0))
         self.val_metrics = TokenErrorMetrics(list(taus))
         use_auxk = auxk_alpha > 0 and AuxK.applies(surrogate.graph)
-        self.auxk = AuxK(surrogate.graph, auxk_dead_tokens) if use_auxk else None
+        self.auxk = AuxK(surrogate, auxk_dead_tokens) if use_auxk else None
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {
@@ -70,6 +70,10 @@ class SurrogateModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_graph(self.graph, self.weights(), x)
+
+    def training_data(self, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """The datamodule to fit on: the residual pairs as they are."""
+        return datamodule
 
     def loss(self, x_in: torch.Tensor, x_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.auxk is None:

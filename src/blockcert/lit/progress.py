@@ -25,15 +25,19 @@ class ProgressLines(L.Callback):
         self.start, self.tokens = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        x_in, _ = batch
-        self.tokens += x_in.shape[0] * x_in.shape[1]
+        # residual pairs [b, s, d] count b s tokens; a transcoder's MLP token pairs [n, d] n
+        self.tokens += batch[0].shape[:-1].numel()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         shown = "  ".join(
             f"{name} {float(metrics[key]):.5g}"
-            for name, key in (("loss", "train/loss"), ("val eps_max", "val/eps_max"))
+            for name, key in (
+                ("loss", "train/loss"),
+                ("val eps_max", "val/eps_max"),
+                ("val FVU", "val/fvu"),
+            )
             if key in metrics
         )
         log.info(

@@ -135,5 +135,24 @@ def run_values(
     return {name: values[name] for name in names}
 
 
+def run_from(
+    graph: Graph, weights: Mapping[str, Tensor], given: Mapping[str, Tensor], names: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """The values `names` computed from the values `given` alone (e.g. a transcoder's MLP from
+    its normed input `mlp_norm`): nodes run in graph order once all their inputs are known, and
+    nodes that need anything else (the part of the block before `given`) do not run."""
+    values = dict(given)
+    wanted = set(names)
+    for node in graph.nodes:
+        if wanted <= values.keys():
+            break
+        if node.output not in values and all(name in values for name in node.inputs):
+            values[node.output] = run_node(node, values, weights)
+    missing = wanted - values.keys()
+    if missing:
+        raise KeyError(f"the values {sorted(missing)} do not follow from {sorted(given)}")
+    return {name: values[name] for name in names}
+
+
 def default_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)

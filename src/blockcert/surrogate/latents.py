@@ -7,9 +7,16 @@ from the full-capacity teacher block on the same input. Figures:
   dead fraction  fraction of latents with a_t,i = 0 on every held-out token
   FVU            sum_t ||mlp_t - mlp^teacher_t||^2 / sum_t ||mlp^teacher_t - mean||^2
                  (fraction of variance unexplained, as sparsify reports it)
-  top latents    the `n_latents` latents that fire on the most tokens; for each, the
-                 `n_contexts` held-out tokens where it is largest, shown in their left context
-                 (the block is causal: the latent has seen only that context).
+  per latent     frequency (fraction of tokens where it fires) and largest activation, for all
+  shown latents  the `n_frequent` most frequent and `n_latents - n_frequent` drawn at random
+                 (seeded) from the other live ones, each with: its `n_contexts` held-out tokens
+                 where it is largest, shown with CONTEXT_TOKENS tokens before and RIGHT_TOKENS
+                 after and the latent's activation on each (the block is causal: the value at
+                 the marked token has seen only what precedes it); the histogram of its non-zero
+                 activations; and, given `logit_effect`, the tokens its decoder direction
+                 promotes and suppresses most (DIRECT logit effects: the unembedding of the
+                 direction through the final norm, as if the later blocks passed it unchanged,
+                 which they do not: an approximation, labelled so).
 """
 
 from __future__ import annotations
@@ -28,69 +35,146 @@ from blockcert.surrogate.view import BlockView, block_view
 LATENTS_JSON = "latents.json"
 LATENTS_MD = "latents.md"
 CONTEXT_TOKENS = 12  # tokens of left context shown
+RIGHT_TOKENS = 4  # tokens after the marked one
+HISTOGRAM_BINS = 24
+LOGIT_TOKENS = 8  # promoted and suppressed tokens shown per latent
+LOGIT_LABEL = (
+    "direct logit effect: the unembedding of the latent's decoder direction through the final "
+    "norm, as if the later blocks passed it unchanged (an approximation)"
+)
+
+Decode = Callable[[list[int]], str]
+LogitEffect = Callable[[torch.Tensor], torch.Tensor]  # directions [n, d] -> logits [n, vocab]
 
 
 @torch.no_grad()
-def latent_report(
-    surrogate: Surrogate,
-    teacher_block: Surrogate,
-    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    token_ids: torch.Tensor,
-    decode: Callable[[list[int]], str],
-    n_latents: int = 16,
-    n_contexts: int = 8,
-) -> dict:
-    """The report of a transcoder surrogate on held-out `pairs` ([b, s, d] each, in the order of
-    `token_ids` [n_prompts, s]); `decode` turns token ids into text."""
+def _activations(surrogate: Surrogate, teacher_block: Surrogate, pairs) -> tuple:
+    """(latents [N, width], FVU of the MLP output) over every held-out token."""
     view = block_view(surrogate)
-    width, k = view.mlp.width, view.mlp.k
     keep = (BlockView.HIDDEN, BlockView.MLP_OUT)
-    acts, residual, mlp_teacher = [], 0.0, []
+    acts, residual, targets = [], 0.0, []
     for x_in, _ in pairs:
         _, mine = run_graph(surrogate.graph, surrogate.weights, x_in.float(), keep=keep)
         _, ref = run_graph(teacher_block.graph, teacher_block.weights, x_in.float(), keep=keep)
         target = ref[BlockView.MLP_OUT].reshape(-1, view.d_model).double()
         residual += float((mine[BlockView.MLP_OUT].reshape(-1, view.d_model) - target).pow(2).sum())
-        mlp_teacher.append(target)
-        acts.append(mine[BlockView.HIDDEN].reshape(-1, width))
-    acts = torch.cat(acts)  # [N, width], at most k nonzeros per row
-    target = torch.cat(mlp_teacher)
+        targets.append(target)
+        acts.append(mine[BlockView.HIDDEN].reshape(-1, view.mlp.width))
+    target = torch.cat(targets)
     variance = float((target - target.mean(0)).pow(2).sum())
+    return torch.cat(acts), residual / variance if variance > 0 else float("nan")
+
+
+def _chosen(frequency: torch.Tensor, n_latents: int, n_frequent: int, seed: int) -> list[int]:
+    """The shown latents, most frequent first (see the module docstring)."""
+    order = torch.argsort(frequency, descending=True)
+    frequent = order[: min(n_frequent, n_latents)]
+    others = order[len(frequent) :]
+    others = others[frequency[others] > 0]
+    draw = torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))
+    sampled = others[draw[: max(0, n_latents - len(frequent))]]
+    chosen = torch.cat([frequent, sampled])
+    return chosen[torch.argsort(frequency[chosen], descending=True, stable=True)].tolist()
+
+
+def _contexts(column: torch.Tensor, token_ids: torch.Tensor, decode: Decode, n: int) -> list:
+    """The n held-out tokens where `column` [N] is largest, each in its window of tokens."""
     seq = token_ids.shape[1]
+    per_prompt = column.view(-1, seq)
+    top = column.topk(min(n, len(column)))
+    contexts = []
+    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if value <= 0:
+            break
+        prompt, position = divmod(flat, seq)
+        row = token_ids[prompt].tolist()
+        start, stop = max(0, position - CONTEXT_TOKENS), min(seq, position + RIGHT_TOKENS + 1)
+        window = [
+            {"text": decode([row[t]]), "activation": float(per_prompt[prompt, t])}
+            for t in range(start, stop)
+        ]
+        contexts.append(
+            {
+                "prompt": prompt,
+                "position": position,
+                "token": decode([row[position]]),
+                "context": decode(row[start:position]),
+                "activation": value,
+                "tokens": window,
+                "focus": position - start,
+            }
+        )
+    return contexts
+
+
+def _histogram(column: torch.Tensor) -> dict:
+    """Counts of the latent's non-zero activations in HISTOGRAM_BINS equal bins of [0, max]."""
+    active = column[column > 0].double()
+    top = float(active.max()) if len(active) else 0.0
+    if top <= 0:
+        return {"edges": [0.0, 0.0], "counts": [0]}
+    counts = torch.histc(active, bins=HISTOGRAM_BINS, min=0.0, max=top)
+    edges = torch.linspace(0.0, top, HISTOGRAM_BINS + 1)
+    return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
+
+
+def _logits(effects: torch.Tensor, decode: Decode) -> dict:
+    """The LOGIT_TOKENS most promoted and most suppressed tokens of one latent's effects."""
+    up, down = effects.topk(LOGIT_TOKENS), (-effects).topk(LOGIT_TOKENS)
+    return {
+        "promoted": [
+            [decode([i]), float(v)] for v, i in zip(up.values, up.indices.tolist(), strict=True)
+        ],
+        "suppressed": [
+            [decode([i]), -float(v)]
+            for v, i in zip(down.values, down.indices.tolist(), strict=True)
+        ],
+    }
+
+
+def latent_report(
+    surrogate: Surrogate,
+    teacher_block: Surrogate,
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    token_ids: torch.Tensor,
+    decode: Decode,
+    n_latents: int = 64,
+    n_contexts: int = 8,
+    logit_effect: LogitEffect | None = None,
+    n_frequent: int = 16,
+    seed: int = 0,
+) -> dict:
+    """The report of a transcoder surrogate on held-out `pairs` ([b, s, d] each, in the order of
+    `token_ids` [n_prompts, s]); `decode` turns token ids into text."""
+    view = block_view(surrogate)
+    width, k = view.mlp.width, view.mlp.k
+    acts, fvu = _activations(surrogate, teacher_block, pairs)
     if acts.shape[0] != token_ids.numel():
         raise ValueError(f"{acts.shape[0]} held-out tokens but {token_ids.numel()} token ids")
     fired = acts > 0
     frequency = fired.float().mean(0)
-    order = torch.argsort(frequency, descending=True)[: min(n_latents, width)]
+    peak = acts.amax(0)
+    chosen = _chosen(frequency, n_latents, n_frequent, seed)
+    effects = None
+    if logit_effect is not None and chosen:
+        effects = logit_effect(view.mlp.down.matrix(torch.float32)[:, chosen].T)
     latents = []
-    for latent in order.tolist():
+    for row, latent in enumerate(chosen):
         column = acts[:, latent]
-        top = column.topk(min(n_contexts, len(column)))
-        contexts = []
-        for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            if value <= 0:
-                break
-            prompt, position = divmod(flat, seq)
-            row = token_ids[prompt].tolist()
-            left = row[max(0, position - CONTEXT_TOKENS) : position]
-            contexts.append(
-                {
-                    "prompt": prompt,
-                    "position": position,
-                    "token": decode([row[position]]),
-                    "context": decode(left),
-                    "activation": value,
-                }
-            )
-        latents.append(
-            {
-                "latent": latent,
-                "frequency": float(frequency[latent]),
-                "max_activation": float(column.max()),
-                "top_contexts": contexts,
-            }
-        )
+        entry = {
+            "latent": latent,
+            "frequency": float(frequency[latent]),
+            "max_activation": float(peak[latent]),
+            "mean_activation": float(column[column > 0].mean()) if fired[:, latent].any() else 0.0,
+            "histogram": _histogram(column),
+            "top_contexts": _contexts(column, token_ids, decode, n_contexts),
+        }
+        if effects is not None:
+            entry["logits"] = _logits(effects[row], decode)
+        latents.append(entry)
     return {
+        "family": view.family,
+        "skip": view.mlp.skip is not None,
         "width": width,
         "k": k,
         "n_tokens": int(acts.shape[0]),
@@ -98,7 +182,10 @@ def latent_report(
         "mean_l0": float(fired.sum(-1).float().mean()),
         "max_l0": int(fired.sum(-1).max()),
         "dead_fraction": float((~fired.any(0)).float().mean()),
-        "fvu": residual / variance if variance > 0 else float("nan"),
+        "fvu": fvu,
+        "frequencies": frequency.tolist(),
+        "max_activations": peak.tolist(),
+        "logit_label": LOGIT_LABEL if effects is not None else None,
         "latents": latents,
     }
 
@@ -118,8 +205,9 @@ def latent_markdown(report: dict, title: str) -> str:
         f"- dead latents (never active on held-out tokens): {report['dead_fraction']:.2%}",
         f"- FVU of the MLP output: {report['fvu']:.4f}",
         "",
-        f"The {len(report['latents'])} most frequently active latents; each row is a held-out "
-        "token where the latent is largest, shown after its left context as **[token]**.",
+        f"{len(report['latents'])} latents (the most frequent, then a random sample of the other "
+        "live ones); each row is a held-out token where the latent is largest, shown after its "
+        "left context as **[token]**. latents.html shows them with every token's activation.",
     ]
     for entry in report["latents"]:
         lines += [

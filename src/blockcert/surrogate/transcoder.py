@@ -10,14 +10,20 @@ so every token is explained by at most k latents, each one a row of W_enc (what 
 column of W_dec (what it writes). The block keeps the teacher's norms and attention; the graph
 family is the base family + `_transcoder` (blockcert.surrogate.view validates it).
 
+`skip=true` makes a skip transcoder (Paulo, Shabalin & Belrose 2025, "Transcoders beat sparse
+autoencoders for interpretability"): a dense linear path beside the sparse one,
+    mlp(w) = W_dec a + b_dec + W_skip w      (nodes `decoder`, `skip`, `mlp_out` = their sum)
+which carries the MLP's linear part, so the latents spend their k slots on what is not linear;
+family base + `_skip_transcoder`. W_skip [d, d] counts d^2 parameters (no bias: b_dec has it).
+
 Initialisation (`init`): `mlp` takes encoder rows from the teacher MLP's input projections
 (gate, up and their negatives for SwiGLU; fc and its negative for GELU), cycled up to `width`;
-`random` uses nn.Linear's uniform(+-1/sqrt(d)) rows with zero bias. Either way the decoder and
-its bias are then the ridge least-squares fit of the teacher MLP output on captured inputs given
-the initial latents (sparsify starts the decoder at zero; a fitted decoder starts from a useful
-surrogate, which matters on a CPU budget). Dead latents (no activation for `dead_tokens` training
-tokens) get sparsify's AuxK loss (Gao et al. 2024, App. B.1): the top k_aux = d/2 dead
-pre-activations must predict the block's residual error through the decoder.
+`random` uses nn.Linear's uniform(+-1/sqrt(d)) rows with zero bias. Either way the decoder, its
+bias and the skip are then the ridge least-squares fit of the teacher MLP output on captured
+inputs given the initial latents (sparsify starts the decoder at zero; a fitted decoder starts
+from a useful surrogate, which matters on a CPU budget). Dead latents (no activation for
+`dead_tokens` training tokens) get sparsify's AuxK loss (Gao et al. 2024, App. B.1): the top
+k_aux = d/2 dead pre-activations must predict the MLP's residual error through the decoder.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from blockcert.errors import BlockCertError
 from blockcert.surrogate.capacity import capacity_record
 from blockcert.surrogate.interpret import run_graph, topk_relu
 from blockcert.surrogate.ir import Graph, Node, Surrogate
-from blockcert.surrogate.view import TRANSCODER, BlockView, block_view
+from blockcert.surrogate.view import SKIP_TRANSCODER, TRANSCODER, BlockView, block_view
 
 INITS = ("mlp", "random")
 RIDGE = 1e-3  # times the mean diagonal of the latent Gram matrix
@@ -42,7 +48,8 @@ ATTENTION_NODES = 8  # attn_norm .. mlp_norm: shared by every family template
 
 @dataclass(frozen=True)
 class Transcoder:
-    """`surrogate=transcoder`: width latents (null: the teacher's MLP width), k active per token.
+    """`surrogate=transcoder`: width latents (null: the teacher's MLP width), k active per token,
+    skip: the affine skip path (a skip transcoder).
 
     importance_batches: training batches on which the decoder is initialised by least squares.
     """
@@ -50,12 +57,15 @@ class Transcoder:
     width: int | None = None
     k: int = 32
     init: str = "mlp"
+    skip: bool = False
     importance_batches: int = 16
     seed: int = 0
 
     full_capacity = False  # a transcoder is always trained (train.py reads this)
 
     def __post_init__(self):
+        if not isinstance(self.skip, bool):
+            raise BlockCertError(f"surrogate.skip={self.skip!r} must be true or false.")
         if self.init not in INITS:
             raise BlockCertError(f"surrogate.init={self.init!r} is not one of {', '.join(INITS)}.")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
@@ -90,42 +100,73 @@ def _encoder_init(full: Surrogate, view: BlockView, width: int, init: str, seed:
     return rows[index].clone(), biases[index].clone()
 
 
+@dataclass(frozen=True)
+class Decoder:
+    """The least-squares fit: W_dec [d, width], b_dec [d] and W_skip [d, d] (None: no skip)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    skip: torch.Tensor | None
+
+
 @torch.no_grad()
 def fit_decoder(
     encoder: tuple[torch.Tensor, torch.Tensor],
     k: int,
     full: Surrogate,
     inputs: list[torch.Tensor],
+    skip: bool = False,
     chunk: int = 2048,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge least squares (W_dec [d, width], b_dec [d]) of the teacher MLP output on `inputs`.
+) -> Decoder:
+    """Ridge least squares of the teacher MLP output on `inputs` given the encoder's latents.
 
-    Normal equations over A = [topk_relu(W_enc w + b_enc), 1]: (A^T A + lambda I) X = A^T Y,
-    accumulated in float64 chunk by chunk; the ones column carries b_dec (not regularised much).
+    Normal equations over A = [topk_relu(W_enc w + b_enc), w (with skip), 1]: (A^T A + lambda I)
+    X = A^T Y, accumulated in float64 chunk by chunk; the ones column carries b_dec.
     """
     w_enc, b_enc = encoder
-    width = w_enc.shape[0]
-    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64)
-    cross = None
+    width, d = w_enc.shape
+    columns = width + (d if skip else 0) + 1
+    gram = torch.zeros(columns, columns, dtype=torch.float64)
+    cross = torch.zeros(columns, full.graph.d_model, dtype=torch.float64)
+    tokens = 0
     for x in inputs:
         _, values = run_graph(full.graph, full.weights, x.float(), keep=("mlp_norm", "mlp_out"))
-        w = values["mlp_norm"].reshape(-1, w_enc.shape[1])
+        w = values["mlp_norm"].reshape(-1, d)
         y = values["mlp_out"].reshape(-1, values["mlp_out"].shape[-1])
         for start in range(0, len(w), chunk):
-            a = topk_relu(w[start : start + chunk] @ w_enc.T + b_enc, k)
-            a = torch.cat([a, torch.ones(len(a), 1)], dim=1)
-            gram += (a.T @ a).double()
-            part = (a.T @ y[start : start + chunk]).double()
-            cross = part if cross is None else cross + part
-    if cross is None:
+            part = w[start : start + chunk]
+            a = [topk_relu(part @ w_enc.T + b_enc, k), *([part] if skip else [])]
+            a = torch.cat([*a, torch.ones(len(part), 1)], dim=1)
+            gram += (a.T @ a).double()  # fp32 products per chunk, accumulated in float64
+            cross += (a.T @ y[start : start + chunk]).double()
+            tokens += len(part)
+    if tokens == 0:
         raise BlockCertError("the transcoder decoder needs captured inputs (importance_batches).")
     ridge = RIDGE * torch.diagonal(gram).mean().clamp_min(1e-12)
-    solution = torch.linalg.solve(gram + ridge * torch.eye(width + 1, dtype=gram.dtype), cross)
-    return solution[:width].T.float().contiguous(), solution[width].float().contiguous()
+    solution = torch.linalg.solve(gram + ridge * torch.eye(columns, dtype=gram.dtype), cross)
+    solution = solution.T.float()  # [d, columns]
+    w_skip = solution[:, width : width + d].contiguous() if skip else None
+    return Decoder(solution[:, :width].contiguous(), solution[:, -1].contiguous(), w_skip)
+
+
+def _mlp_nodes(k: int, skip: bool) -> list[Node]:
+    """The transcoder's MLP nodes after `mlp_norm` (the templates of blockcert.surrogate.view)."""
+    linear = ("weight", "bias")
+    encoder = Node("linear", ["mlp_norm"], "encoder", {r: f"encoder.{r}" for r in linear})
+    hidden = Node("topk_relu", ["encoder"], BlockView.HIDDEN, attrs={"k": k})
+    decoded = "decoder" if skip else BlockView.MLP_OUT
+    decoder = Node("linear", [BlockView.HIDDEN], decoded, {r: f"decoder.{r}" for r in linear})
+    nodes = [encoder, hidden, decoder]
+    if skip:
+        nodes += [
+            Node("linear", ["mlp_norm"], "skip", {"weight": "skip.weight"}),
+            Node("add", ["decoder", "skip"], BlockView.MLP_OUT),
+        ]
+    return [*nodes, Node("add", ["resid_attn", BlockView.MLP_OUT], "out")]
 
 
 def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor]) -> Surrogate:
-    """Keep the norms and attention of `full`; replace its MLP by a TopK transcoder."""
+    """Keep the norms and attention of `full`; replace its MLP by a (skip) TopK transcoder."""
     view = block_view(full)
     if view.mlp.kind == "transcoder":
         raise BlockCertError("the block is already a transcoder; build from the teacher block.")
@@ -136,22 +177,18 @@ def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor
     keys = {key for node in nodes for key in node.weights.values()}
     weights = {key: full.weights[key].clone() for key in keys}
     w_enc, b_enc = _encoder_init(full, view, width, config.init, config.seed)
-    w_dec, b_dec = fit_decoder((w_enc, b_enc), config.k, full, inputs)
+    decoder = fit_decoder((w_enc, b_enc), config.k, full, inputs, skip=config.skip)
     weights.update(
         {
             "encoder.weight": w_enc,
             "encoder.bias": b_enc,
-            "decoder.weight": w_dec,
-            "decoder.bias": b_dec,
+            "decoder.weight": decoder.weight,
+            "decoder.bias": decoder.bias,
         }
     )
-    linear = ("weight", "bias")
-    nodes += [
-        Node("linear", ["mlp_norm"], "encoder", {r: f"encoder.{r}" for r in linear}),
-        Node("topk_relu", ["encoder"], "hidden", attrs={"k": config.k}),
-        Node("linear", ["hidden"], "mlp_out", {r: f"decoder.{r}" for r in linear}),
-        Node("add", ["resid_attn", "mlp_out"], "out"),
-    ]
+    if config.skip:
+        weights["skip.weight"] = decoder.skip
+    nodes += _mlp_nodes(config.k, config.skip)
     cap = full.graph.capacity
     capacity = capacity_record(
         view.attention.n_heads,
@@ -163,15 +200,22 @@ def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor
         cap["teacher_params"],
     )
     capacity.update({"transcoder_width": width, "k": config.k})
-    graph = Graph(full.graph.family + TRANSCODER, full.graph.d_model, nodes, capacity)
+    suffix = SKIP_TRANSCODER if config.skip else TRANSCODER
+    graph = Graph(full.graph.family + suffix, full.graph.d_model, nodes, capacity)
     surrogate = Surrogate(graph, weights)
-    block_view(surrogate)  # the result must fit the transcoder template
+    block_view(surrogate)  # the result must fit the (skip) transcoder template
     return surrogate
 
 
-def transcoder_params(d_model: int, width: int) -> int:
-    """Parameters of the MLP part: encoder (W, b) and decoder (W, b)."""
-    return 2 * d_model * width + width + d_model
+def transcoder_params(d_model: int, width: int, skip: bool = False) -> int:
+    """Parameters of the MLP part: encoder (W, b), decoder (W, b) and the skip W [d, d]."""
+    return 2 * d_model * width + width + d_model + (d_model * d_model if skip else 0)
+
+
+def width_for_params(d_model: int, params: int, skip: bool = False) -> int:
+    """The largest width whose MLP part has at most `params` parameters (transcoder_params)."""
+    fixed = d_model + (d_model * d_model if skip else 0)
+    return (params - fixed) // (2 * d_model + 1)
 
 
 class AuxK(nn.Module):
@@ -185,12 +229,12 @@ class AuxK(nn.Module):
 
     keep = ("encoder", BlockView.HIDDEN)
 
-    def __init__(self, graph: Graph, dead_tokens: int):
+    def __init__(self, surrogate: Surrogate, dead_tokens: int):
         super().__init__()
-        node = graph.node("mlp_out")
-        self.decoder_key = node.weights["weight"]
-        self.width = graph.capacity["transcoder_width"]
-        self.k_aux = max(1, graph.d_model // 2)
+        view = block_view(surrogate)
+        self.decoder_key = surrogate.graph.node(view.mlp.down.node).weights["weight"]
+        self.width = view.mlp.width
+        self.k_aux = max(1, view.d_model // 2)
         self.dead_tokens = int(dead_tokens)
         self.register_buffer("since_fired", torch.zeros(self.width, dtype=torch.long))
         self.stats: dict[str, torch.Tensor] = {}

@@ -8,7 +8,10 @@ with mlp(w) = silu(P_gate w) * P_up w (llama) or gelu_tanh(P_fc w) (gpt2). A pro
 `linear` (W [out, in], optional bias) or `low_rank_linear` (W = up @ down). The transcoder
 families (`llama_transcoder`, `gpt2_transcoder`: the base family's norms and attention) replace
 the MLP by a sparse dictionary, mlp(w) = topk_relu(P_enc w) with 1 <= k <= width latents kept
-per token and P_down the decoder (blockcert.surrogate.transcoder).
+per token and P_down the decoder (blockcert.surrogate.transcoder). The skip transcoder families
+(`llama_skip_transcoder`, `gpt2_skip_transcoder`) add a dense affine path beside it (Paulo,
+Shabalin & Belrose 2025): mlp(w) = P_down topk_relu(P_enc w) + P_skip w, the decoder written to
+node `decoder` and the sum to `mlp_out`, so `mlp_out` is the MLP's output in every family.
 
 The IR is untrusted input: `block_view` checks a graph against its family's template before
 anything reads or runs it: exact node list (ops, inputs, outputs, in order, unique outputs),
@@ -107,7 +110,8 @@ class Attention:
 @dataclass(frozen=True)
 class Mlp:
     """`gated_silu`: down(silu(gate w) * up w); `gelu`: down(gelu_tanh(fc w));
-    `transcoder`: down(topk_relu(encoder w, k)) (down is the decoder)."""
+    `transcoder`: down(topk_relu(encoder w, k)) + skip(w) (down is the decoder; skip [d, d] is
+    None except in the skip transcoder families)."""
 
     kind: str
     down: Projection
@@ -116,6 +120,7 @@ class Mlp:
     fc: Projection | None = None
     encoder: Projection | None = None
     k: int | None = None
+    skip: Projection | None = None
 
     @property
     def width(self) -> int:
@@ -123,7 +128,7 @@ class Mlp:
 
     @property
     def inputs(self) -> tuple[Projection, ...]:
-        """The projections reading the normed input w."""
+        """The projections reading the normed input w into the nonlinearity (not the skip)."""
         if self.kind == "transcoder":
             return (self.encoder,)
         return (self.gate, self.up) if self.kind == "gated_silu" else (self.fc,)
@@ -143,13 +148,20 @@ class BlockView:
     MID = "resid_attn"  # y = x + attention output
     ATTENTION_OUT = "attn_out"  # P_o a
     HIDDEN = "hidden"  # the MLP activation read by P_down
-    MLP_OUT = "mlp_out"  # P_down hidden
+    MLP_OUT = "mlp_out"  # the MLP's output: P_down hidden (+ P_skip w in a skip transcoder)
 
     def projections(self) -> dict[str, Projection]:
+        """Every projection of the block by node name."""
         a, m = self.attention, self.mlp
-        named = {"q": a.q, "k": a.k, "v": a.v, "attn_out": a.o, "mlp_out": m.down}
-        named.update({p.node: p for p in m.inputs})
+        named = {"q": a.q, "k": a.k, "v": a.v, "attn_out": a.o, m.down.node: m.down}
+        named.update({p.node: p for p in (*m.inputs, m.skip) if p is not None})
         return named
+
+    @property
+    def last_projection(self) -> Projection | None:
+        """P_down when out = resid_attn + P_down(hidden) (what the fused certificate reduction
+        computes); None when another term joins the MLP output (the skip path)."""
+        return self.mlp.down if self.mlp.skip is None else None
 
 
 # ---- family templates: (op, inputs, output) in order; "proj" is linear or low_rank_linear ----
@@ -184,6 +196,7 @@ TEMPLATES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
     ],
 }
 TRANSCODER = "_transcoder"  # family suffix: the base family with a transcoder MLP
+SKIP_TRANSCODER = "_skip_transcoder"  # the same with an affine skip path beside the dictionary
 
 
 def _transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
@@ -196,7 +209,29 @@ def _transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
     ]
 
 
+def _skip_transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
+    return [
+        *TEMPLATES[base][:8],
+        ("proj", ("mlp_norm",), "encoder"),
+        ("topk_relu", ("encoder",), "hidden"),
+        ("proj", ("hidden",), "decoder"),
+        ("proj", ("mlp_norm",), "skip"),
+        ("add", ("decoder", "skip"), "mlp_out"),
+        ("add", ("resid_attn", "mlp_out"), "out"),
+    ]
+
+
 TEMPLATES.update({base + TRANSCODER: _transcoder_template(base) for base in ("llama", "gpt2")})
+TEMPLATES.update(
+    {base + SKIP_TRANSCODER: _skip_transcoder_template(base) for base in ("llama", "gpt2")}
+)
+
+
+def replacing_families(base: str) -> tuple[str, ...]:
+    """The surrogate families that may replace a block of teacher family `base`."""
+    return (base, base + TRANSCODER, base + SKIP_TRANSCODER)
+
+
 _ROLES = {
     "rms_norm": ({"weight"}, set()),
     "layer_norm": ({"weight", "bias"}, set()),
@@ -357,7 +392,8 @@ def _attention(nodes: dict[str, Node], weights, d: int) -> Attention:
 
 
 def _mlp(family: str, nodes: dict[str, Node], weights, d: int) -> Mlp:
-    down_node = nodes["mlp_out"]
+    skip = family.endswith(SKIP_TRANSCODER)
+    down_node = nodes["decoder" if skip else "mlp_out"]
     key = down_node.weights.get("weight") or down_node.weights.get("down")
     width = weights[key].shape[1] if key in weights and weights[key].dim() == 2 else -1
     down = _projection(down_node, weights, d, width)
@@ -366,7 +402,8 @@ def _mlp(family: str, nodes: dict[str, Node], weights, d: int) -> Mlp:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= width:
             raise _fail("hidden", f"attribute k={k!r} must be an integer in 1..width={width}.")
         encoder = _projection(nodes["encoder"], weights, width, d)
-        return Mlp("transcoder", down, encoder=encoder, k=k)
+        skip_proj = _projection(nodes["skip"], weights, d, d) if skip else None
+        return Mlp("transcoder", down, encoder=encoder, k=k, skip=skip_proj)
     if family == "llama":
         gate = _projection(nodes["gate"], weights, width, d)
         up = _projection(nodes["up"], weights, width, d)

@@ -38,7 +38,7 @@ from blockcert.models.adapters import adapter_for
 from blockcert.models.teacher import Teacher
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, Graph, Node, Surrogate
-from blockcert.surrogate.view import TRANSCODER, BlockView, InvalidGraphError, block_view
+from blockcert.surrogate.view import BlockView, InvalidGraphError, block_view, replacing_families
 from blockcert.verify.run_files import (
     GRAPH_MAX_BYTES,
     SAFETENSORS_HEADER_MAX_BYTES,
@@ -179,7 +179,7 @@ def _load_surrogate(path: Path, certificate: dict, teacher_params: int) -> Surro
 
 
 def _check_against_teacher(path: Path, view: BlockView, teacher: TeacherFacts) -> None:
-    if view.family not in (teacher.family, teacher.family + TRANSCODER):
+    if view.family not in replacing_families(teacher.family):
         raise _mismatch(
             path, "surrogate.family", f"{view.family!r} cannot replace a {teacher.family} block"
         )

@@ -13,6 +13,7 @@ import math
 import torch
 
 from blockcert.cert.lipschitz.norm import apply_norm, normalise
+from blockcert.surrogate.interpret import topk_relu
 from blockcert.surrogate.view import BlockView
 
 Tensor = torch.Tensor
@@ -38,7 +39,8 @@ def forward64(view: BlockView, x: Tensor) -> dict[str, Tensor]:
 
     xnorm [T] (||c_t|| of the attention norm), q, k, v [H, T, hd] (k, v per query head), p
     [H, T, T], o [H, T, hd], y [T, d] (after attention), ynorm [T], pre (the MLP's input
-    projections, [T, m] each), hidden [T, m], out [T, d].
+    projections, [T, m] each), hidden [T, m], out [T, d] (transcoders: the top-k latents, the
+    skip path added).
     """
     a, T = view.attention, x.shape[0]
     x = x.double()
@@ -60,12 +62,18 @@ def forward64(view: BlockView, x: Tensor) -> dict[str, Tensor]:
     y = x + attn_out
     what, ynorm = normalise(view.mlp_norm, y)
     w = apply_norm(view.mlp_norm, what)
-    pre = [_linear(proj, w) for proj in view.mlp.inputs]
-    if view.mlp.kind == "gated_silu":
+    mlp = view.mlp
+    pre = [_linear(proj, w) for proj in mlp.inputs]
+    if mlp.kind == "gated_silu":
         hidden = torch.nn.functional.silu(pre[0]) * pre[1]
+    elif mlp.kind == "transcoder":
+        hidden = topk_relu(pre[0], mlp.k)
     else:
         hidden = torch.nn.functional.gelu(pre[0], approximate="tanh")
-    out = y + _linear(view.mlp.down, hidden)
+    mlp_out = _linear(mlp.down, hidden)
+    if mlp.skip is not None:
+        mlp_out = mlp_out + _linear(mlp.skip, w)
+    out = y + mlp_out
     return {
         "xnorm": xnorm, "q": q, "k": k, "v": v, "p": p, "o": o, "y": y, "ynorm": ynorm,
         "pre": pre, "hidden": hidden, "out": out,

@@ -37,8 +37,9 @@ SOUND_METHOD = (
 TRANSCODER_METHOD = (
     "sound in exact arithmetic: attention as above; TopK transcoder MLP per token with "
     "pre-activation intervals over the tube: lambda2 ||W_dec,P|| ||A_enc,P|| over the always-"
-    "selected latents P that can be positive, no finite value where a top-k swap at a positive "
-    "activation (a discontinuity) may lie in the tube"
+    "selected latents P that can be positive (+ lambda2 ||A_skip|| for the skip path), no "
+    "finite value where a top-k swap at a positive activation (a discontinuity) may lie in the "
+    "tube"
 )
 SINGULAR_NORM = "a norm with eps = 0 reaches ||x|| <= r on this tube"
 SATURATED = "not computed: the chain's step is B + a here for any L this bound could give"
@@ -114,10 +115,13 @@ def _transcoder_lipschitz(
     surrogate: Surrogate, inputs: Iterable[torch.Tensor], radius: float
 ) -> Lipschitz:
     """TopK transcoder blocks (blockcert.cert.lipschitz.transcoder): parts as above, plus
-    swap_tokens (tokens whose tube may hold a discontinuous top-k swap: value None if any)."""
+    swap_tokens (tokens whose tube may hold a discontinuous top-k swap: value None if any) and,
+    for a skip transcoder, skip_norm (>= ||A_skip||)."""
     bound = transcoder_block_bound(surrogate, inputs, radius)
     value = bound.lipschitz if math.isfinite(bound.lipschitz) else None
     parts = {**_shared_parts(bound), "swap_tokens": bound.swap_tokens, "shells": 1}
+    if block_view(surrogate).mlp.skip is not None:
+        parts["skip_norm"] = bound.skip_norm
     if value is None:
         parts["reason"] = REASON_SWAP if bound.swap_tokens else SINGULAR_NORM
     return Lipschitz(value, "sound", radius, TRANSCODER_METHOD, parts)

@@ -1,14 +1,18 @@
 """Sound Lipschitz and saturation constants of a TopK transcoder block (exact arithmetic).
 
-Block (family `*_transcoder`): y = x + A(norm1(x)); out = y + M(w), w = norm2(y),
-M(w) = W_dec topk_relu(z) + b_dec, z = A_enc w_hat + c (gamma folded into A_enc). Attention
-and the per-token combination are those of the pre-norm block (blockcert.cert.lipschitz.block).
+Block (families `*_transcoder`, `*_skip_transcoder`): y = x + A(norm1(x)); out = y + M(w),
+w = norm2(y), M(w) = W_dec topk_relu(z) + b_dec + A_skip w_hat (+ const), z = A_enc w_hat + c
+(gamma folded into A_enc and A_skip; A_skip = 0 without the skip path). Attention and the
+per-token combination are those of the pre-norm block (blockcert.cert.lipschitz.block).
 TopK is piecewise linear but NOT continuous: where two latents swap at a positive value the
 output jumps. Per token, with the pre-activation intervals z_i +- ||A_enc,i|| lambda2_t r_y,t
-over the tube: if every contested latent stays <= 0, M is W_dec,S relu(z_S) + b_dec on the
-whole tube (S the always-selected latents) and Lmlp_t <= lambda2_t ||W_dec,P|| ||A_enc,P||
-(P: those that can be positive); otherwise no finite constant is claimed (reason `topk_swap`)
-and the chain uses the saturation constant alone. Derivation: docs/soundness.md#transcoder.
+over the tube: if every contested latent stays <= 0, M is W_dec,S relu(z_S) + b_dec + A_skip
+w_hat on the whole tube (S the always-selected latents) and
+    Lmlp_t <= lambda2_t (||W_dec,P|| ||A_enc,P|| + ||A_skip||)
+(P: those that can be positive; the skip is a linear map on the normed input, bounded like any
+other by its spectral norm); otherwise no finite constant is claimed (reason `topk_swap`) and
+the chain uses the saturation constant alone. The skip path moves by at most
+||A_skip|| min(lambda2_t r_y,t, 2 sqrt(d)) on the tube. Derivation: docs/soundness.md#transcoder.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from blockcert.cert.lipschitz.forward64 import forward64
 from blockcert.cert.lipschitz.margins import REL_MARGIN
 from blockcert.cert.lipschitz.norm import fold_gain, fold_offset, norm_factor
 from blockcert.cert.lipschitz.saturation import attention_range
-from blockcert.cert.spectral import spectral_norm_upper_batched
+from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
 from blockcert.errors import BlockCertError
 from blockcert.surrogate.interpret import topk_relu
 from blockcert.surrogate.ir import Surrogate
@@ -51,6 +55,7 @@ class TranscoderBound:
     tokens: int
     prompts: int
     swap_tokens: int  # tokens whose tube may contain a positive top-k swap
+    skip_norm: float = 0.0  # >= ||A_skip|| (0 without the skip path)
 
 
 def _mlp_rows(
@@ -91,6 +96,7 @@ def transcoder_block_bound(
     row = enc.norm(dim=1) * (1 + REL_MARGIN)
     dec = mlp.down.matrix()  # [d, m]
     dec_t = dec.T.contiguous()
+    skip = _skip_norm(view)
     u = (const + row * math.sqrt(f.d)).clamp_min(0.0) * (1 + REL_MARGIN)
     reach = (dec.norm(dim=0) * u).topk(mlp.k).values.sum() * (1 + REL_MARGIN)
     r = float(radius)
@@ -104,10 +110,13 @@ def transcoder_block_bound(
                 z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
                 spread = (lam2 * r_y)[:, None] * row[None, :]
                 rows, swap = _mlp_rows(z, spread, mlp.k, enc, dec_t)
-                lmlp = lam2 * rows
+                lmlp = lam2 * (rows + skip)
                 hidden = topk_relu(z, mlp.k)
-                # M(y) - M(x) = W_dec (h' - h): b_dec cancels
+                # M(y) - M(x) = W_dec (h' - h) + A_skip (w_hat' - w_hat): b_dec cancels
                 sat_mlp = (hidden @ dec.T).norm(dim=-1) * (1 + REL_MARGIN) + reach
+                if skip:
+                    moved = torch.clamp_max(lam2 * r_y, 2 * math.sqrt(f.d))
+                    sat_mlp = sat_mlp + skip * moved * (1 + REL_MARGIN)
                 totals.append((1 + latt) * (1 + lmlp))
                 latts.append(latt)
                 lmlps.append(torch.where(swap, torch.zeros_like(lmlp), lmlp))
@@ -126,4 +135,13 @@ def transcoder_block_bound(
             tokens=len(total),
             prompts=len(norms),
             swap_tokens=int(torch.cat(swaps).sum()),
+            skip_norm=skip,
         )
+
+
+def _skip_norm(view) -> float:
+    """>= ||A_skip|| = ||W_skip diag(gamma2)|| (Cholesky-certified), 0 without a skip path."""
+    if view.mlp.skip is None:
+        return 0.0
+    folded = fold_gain(view.mlp_norm, view.mlp.skip.matrix())
+    return float(spectral_norm_certified_batched(folded[None])[0]) * (1 + REL_MARGIN)
