@@ -58,6 +58,10 @@ def main(cfg: DictConfig) -> float | None:
         print(f"certificate: {cfg.run_dir}/certificate.json")
     else:
         print("\n".join(blocks_table(result.runs)))
+        if result.compressed is not None:
+            from blockcert.compress.summary import summary_lines
+
+            print("\n".join(summary_lines(result.compressed)))
         print(f"certificates: {cfg.run_dir}/block*/certificate.json")
         print(f"compose them: python certify.py model={cfg.model.name} runs={cfg.run_dir}")
     return value

@@ -55,6 +55,8 @@ def recertify(
             radius=cert_cfg.get("radius"),
             lipschitz_prompts=cert_cfg.get("lipschitz_prompts", 4),
             config=block_config,
+            lipschitz_search=cert_cfg.get("lipschitz_search"),
+            sound_prompts=cert_cfg.get("sound_prompts"),
             refine_tokens=cert_cfg.get("refine_tokens"),
         )
     return certificates
