@@ -81,7 +81,7 @@ class RunState:
             )
 
 
-def _fit(recipe: Recipe, widths: Widths, rank: int | None):
+def block_fit(recipe: Recipe, widths: Widths, rank: int | None):
     """The walk's fit: heads, then neurons, then (optionally) low rank."""
 
     def fit(cal: BlockCalibration) -> Surrogate:
@@ -126,7 +126,7 @@ def stage_walk(state, recipe: Recipe, adapter, prompts: PromptSplit, blocks, wid
         adapter,
         ids,
         blocks,
-        _fit(recipe, widths, recipe.budget.rank(adapter.d_model)),
+        block_fit(recipe, widths, recipe.budget.rank(adapter.d_model)),
         inputs=cal.inputs,
         stitched_weight=cal.stitched_weight,
         batch_size=cal.batch_size,
