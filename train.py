@@ -36,6 +36,18 @@ TYPES = {
     "optim.topk_fraction": float,
     "optim.warmup_fraction": float,
     "cache.enabled": bool,
+    "compress.budget.mlp_fraction": float,
+    "compress.budget.param_fraction": float,
+    "compress.budget.head_fraction": float,
+    "compress.budget.rank_fraction": float,
+    "compress.allocation.prompts": int,
+    "compress.allocation.kl_prompts": int,
+    "compress.calibration.prompts": int,
+    "compress.calibration.batch_size": int,
+    "compress.e2e.prompts": int,
+    "compress.e2e.batch_size": int,
+    "compress.e2e.epochs": int,
+    "compress.e2e.lr": float,
 }
 
 
@@ -53,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
             )
             return None
         value = result.metric(cfg.optimized_metric)
-    if cfg.blocks is None:
+    if cfg.blocks is None and result.compressed is None:
         print("\n".join(summary_lines(result.runs[0].certificate)))
         print(f"certificate: {cfg.run_dir}/certificate.json")
     else:

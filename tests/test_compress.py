@@ -273,8 +273,8 @@ TINY_RECIPE = [
 @pytest.mark.slow
 def test_recipe_on_tiny_llama_certifies_resumes_and_generates(tmp_path):
     """The one command from a clean directory; certify.py composes it (exit 0); a run with a
-    block's walk, certificate and summary deleted resumes to the same surrogates; the stitched
-    model loads and generates."""
+    block's walk, certificate and summary deleted resumes to the same surrogates; the run is a
+    point of the whole-model Pareto front; the stitched model loads and generates."""
     from blockcert.stitched import load
     from tests.conftest import run_script
 
@@ -304,7 +304,30 @@ def test_recipe_on_tiny_llama_certifies_resumes_and_generates(tmp_path):
     assert check.returncode == 0, check.stderr[-3000:]
     assert "certified blocks          4 of 4" in check.stdout
 
+    from blockcert.pareto import main as pareto
+
+    assert pareto([str(tmp_path), "--no-wandb"]) == 0
+    rows = (tmp_path / "pareto_model.md").read_text().splitlines()[2:]
+    assert len(rows) == 1 and str(run) in rows[0] and "| yes |" in rows[0]
+
     model, tokenizer = load(run, "tiny_llama")
     ids = torch.tensor([[256, 5, 9, 11]])
     out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, 9) and torch.equal(out[:, :4], ids)
+
+
+def test_block_fit_cuts_heads_neurons_and_rank(tiny_llama):
+    from blockcert.compress.allocation import Widths
+    from blockcert.compress.pipeline import block_fit
+
+    recipe = Recipe(budget={"mlp_fraction": 0.5, "head_fraction": 0.5, "rank_fraction": 0.25})
+    widths = Widths({k: 2 for k in range(4)}, {k: 64 - 8 * k for k in range(4)})
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(4))
+    fit = block_fit(recipe, widths, recipe.budget.rank(64))
+    surrogates = walk(tiny_llama, ids, range(4), fit, batch_size=2)
+    for k, surrogate in surrogates.items():
+        view = block_view(surrogate)
+        assert view.attention.n_heads == 2 and view.mlp.width == 64 - 8 * k
+        assert surrogate.graph.capacity["rank"] == 16
+        assert all(p.rank == 16 for p in view.projections().values() if p.low_rank)
+        assert surrogate.num_params < surrogate.graph.capacity["teacher_params"]

@@ -114,12 +114,12 @@ def allocate_widths(
     start = time.perf_counter()
     blocks = sorted(flat.neurons)
     budget = sum(flat.neurons.values())
-    full_widths = [adapter.config.intermediate_size for _ in blocks]
-    floor = max(1, round(allocation.floor_fraction * min(full_widths)))
-    floor = min(floor, min(flat.neurons.values()))
     ids = train_ids[: allocation.prompts]
     select = "fluctuation" if allocation.kind == "standardized" else "importance"
     cuts, scores = _measured_cuts(adapter, ids, flat, pruning, select, batch_size)
+    full_widths = [len(scores[k]) for k in blocks]
+    floor = max(1, round(allocation.floor_fraction * min(full_widths)))
+    floor = min(floor, min(flat.neurons.values()))
     block_kl = None
     if allocation.kind == "standardized":
         counts = standardized_widths([scores[k] for k in blocks], budget, floor)
