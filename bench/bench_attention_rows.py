@@ -3,7 +3,7 @@
     python bench/bench_attention_rows.py --block 12 --tokens 6
 
 For the tokens with the largest per-source bound on one held-out prompt (r -> 0), prints:
-the per-source bound and the aligned one (blockcert.cert.sound_attention.attention_rows), the
+the per-source bound and the aligned one (blockcert.cert.lipschitz.attention.attention_rows), the
 row sum sum_s ||J_ts|| of the exact float64 Jacobian (autograd), the weighted Cauchy-Schwarz
 bound sqrt(sum_s w_s) sqrt(lambda_max(sum_s J_ts J_ts^T / w_s)) with w_s = ||J_ts|| (an upper
 bound for any positive weights), and a lower estimate of the inf->2 row norm
@@ -25,11 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 from blockcert.capture.corpus import ShakespeareCorpus  # noqa: E402
 from blockcert.capture.prompts import build_prompts  # noqa: E402
-from blockcert.cert import lipschitz_sound as ls  # noqa: E402
+from blockcert.cert.lipschitz import fold_block, forward64  # noqa: E402
+from blockcert.cert.lipschitz.attention import attention_rows  # noqa: E402
 from blockcert.evaluate.trajectory import teacher_trajectory  # noqa: E402
 from blockcert.models.adapters import adapter_for  # noqa: E402
+from blockcert.models.load import load_teacher_by_name as load_teacher  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
-from tests.conftest import load_teacher  # noqa: E402
+from blockcert.surrogate.view import block_view  # noqa: E402
 
 
 def row_lower(jac: torch.Tensor, starts: int = 5, steps: int = 100) -> float:
@@ -60,19 +62,19 @@ def main() -> None:
     adapter = adapter_for(teacher)
     split = build_prompts(ShakespeareCorpus(), teacher.tokenizer, 128, 64, 1, seed=0)
     x = teacher_trajectory(adapter, split.heldout, batch_size=8)[args.block][0].double()
-    view = ls.block_view(extract_block(adapter, args.block))
-    f = ls._folded(view)
-    cen = ls.forward64(view, x)  # both passes share its cached centre terms, as in certify.py
+    view = block_view(extract_block(adapter, args.block))
+    f = fold_block(view)
+    cen = forward64(view, x)  # both passes share its cached centre terms, as in certify.py
     r = 1e-9 * float(x.norm(dim=-1).median())
-    per_source, _, _ = ls._attention_rows(f, cen, r)
+    per_source, _, _ = attention_rows(f, cen, r)
     top = torch.argsort(per_source, descending=True)[: args.tokens]
-    aligned, _, _ = ls._attention_rows(f, cen, r, top)
+    aligned, _, _ = attention_rows(f, cen, r, top)
     print("token | per-source | aligned | exact row sum | Cauchy-Schwarz | lower (inf->2)")
     for bound, t in zip(aligned.tolist(), top.tolist(), strict=True):
 
         def row(prefix: torch.Tensor) -> torch.Tensor:
             # causal: row t reads positions <= t only; y - x is the attention output
-            return ls.forward64(view, prefix)["y"][-1] - prefix[-1]
+            return forward64(view, prefix)["y"][-1] - prefix[-1]
 
         jac = torch.autograd.functional.jacobian(row, x[: t + 1].clone()).permute(1, 0, 2)
         norms = torch.linalg.matrix_norm(jac, ord=2).clamp_min(1e-30)

@@ -37,12 +37,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from blockcert.atomic import write_text_atomic
-from blockcert.cli import CONF_DIR, quiet_libraries
+from blockcert.cli import quiet_libraries
 from blockcert.compress.allocation import allocate_widths
 from blockcert.compress.cut import Pruning, cut_neurons, neuron_scores
 from blockcert.compress.pipeline import block_fit
@@ -52,6 +51,8 @@ from blockcert.compress.summary import StitchedEvaluator
 from blockcert.compress.walk import walk
 from blockcert.lit.joint import joint_finetune
 from blockcert.models.adapters import adapter_for
+from blockcert.models.load import load_teacher
+from blockcert.resources import compose_config
 from blockcert.surrogate.extract import extract_block
 
 log = logging.getLogger("bench_compress")
@@ -78,7 +79,7 @@ class Bench:
         sections = ("model", "data", "compress")
         self.config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in sections}
         self.config["seed"] = cfg.seed
-        teacher = instantiate(cfg.model)
+        teacher = load_teacher(cfg.model)
         self.adapter = adapter_for(teacher)
         self.prompts = instantiate(cfg.data).build(teacher.tokenizer)
         self.recipe: Recipe = instantiate(cfg.compress, _convert_="all")
@@ -273,8 +274,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["compress=mlp75", *args.overrides])
+    cfg = compose_config("train", ["compress=mlp75", *args.overrides])
     methods = list(ROWS) if args.methods == "all" else args.methods.split(",")
     unknown = sorted(set(methods) - set(ROWS))
     if unknown:

@@ -6,13 +6,13 @@ For every block k: g_k = extract_block(adapter, k), inputs h_k on held-out Shake
 (capture.prompts.build_prompts, conf/data/shakespeare.yaml), r = radius_fraction * median ||h_k||.
 Prints sound L (exact-arithmetic upper bound), empirical L (gradient-ascent lower estimate), their
 ratio, the saturation constant a_k, and the measured fp32-vs-float64 error at the tube centre.
---shells N cuts each tube into N shells (blockcert.cert.lipschitz_sound: tighter, N times the cost);
---refine-tokens N caps the tokens per prompt whose MLP bound uses the spectral norm (default: all
-that can decide the max); --joint-tokens N|all gives that many rows per prompt the joint attention
-bound (blockcert.cert.sound_attention_joint; default all, 0: none), and the sound L without it is
-printed beside it (--no-baseline skips that). The empirical L is projected ascent on the max over
-tokens, then --targeted-tokens N (default 4) tokens per prompt ascended on alone
-(blockcert.cert.lipschitz_empirical; 0: the max alone).
+--shells N cuts each tube into N shells (blockcert.cert.lipschitz.shells: tighter, N times the
+cost); --refine-tokens N caps the tokens per prompt whose MLP bound uses the spectral norm
+(default: all that can decide the max); --joint-tokens N|all gives that many rows per prompt the
+joint attention bound (blockcert.cert.lipschitz.attention_joint; default all, 0: none), and the
+sound L without it is printed beside it (--no-baseline skips that). The empirical L is projected
+ascent on the max over tokens, then --targeted-tokens N (default 4) tokens per prompt ascended on
+alone (blockcert.cert.lipschitz.empirical; 0: the max alone).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from blockcert.cert.fp_allowance import fp_error  # noqa: E402
 from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz  # noqa: E402
 from blockcert.evaluate.trajectory import teacher_trajectory  # noqa: E402
 from blockcert.models.adapters import adapter_for  # noqa: E402
+from blockcert.models.load import load_teacher_by_name as load_teacher  # noqa: E402
 from blockcert.surrogate.extract import extract_block  # noqa: E402
-from tests.conftest import load_teacher  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The whole-model pipeline on the embedded SmolLM2: load, one-pass capture, fit, peak memory.
 
-python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify] [--fast]
+python bench/bench_pipeline.py [--model smollm2] [--block 12] [--runs] [--certify]
     [--override K=V] [--certify-override K=V]
 
 In this process (default data: 96 held-out prompts of 128 tokens):
@@ -12,10 +12,10 @@ In this process (default data: 96 held-out prompts of 128 tokens):
   pairs at the default capacity) and certificate time, on `--block`.
 With --runs, as a user runs them (fresh caches): `train.py block=K surrogate.full_capacity=true`
 and `train.py blocks=all surrogate.full_capacity=true`, each with its wall time and peak RSS
-(ratio target <= 2); with --certify also `certify.py` over the blocks= run, and the total of
-train + certify (target <= 180 s), certify's stage split from its report. --fast runs the
-whole-model path of docs/whole-model.md: certificates without the per-block Lipschitz constants
-(certify.py composes its own) and certify.py without the empirical comparison chain.
+(ratio target <= 2); with --certify also `certify.py` over the blocks= run with no other
+option, and the total of train + certify (target <= 180 s), certify's stage split from its
+report. The runs use the defaults a user gets (docs/whole-model.md); --override and
+--certify-override add options.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def distil_tokens_per_s(surrogate, pairs, optim: dict, steps: int) -> float:
 
 def in_process(model: str, block: int) -> None:
     from blockcert.capture.store import PairStore
-    from blockcert.lit.callback import certify_block
+    from blockcert.cert.certificate import CertificateOptions, certify_block
+    from blockcert.cert.lipschitz import LipschitzOptions
     from blockcert.lit.data import ResidualPairDataModule
     from blockcert.models.adapters import adapter_for
     from blockcert.surrogate.capacity import reduce
@@ -129,17 +130,13 @@ def in_process(model: str, block: int) -> None:
         surrogate, reduce_s = timed(reduce, full, capacity, inputs)
         pairs = list(itertools.islice(datamodule.train_set, 8))
         tps = distil_tokens_per_s(surrogate, pairs, dict(cfg.optim), steps=16)
-        c = cfg.callbacks.certificate
         _, cert_s = timed(
             certify_block,
             full,
             datamodule,
             Path(run_dir),
-            list(c.taus_abs),
-            list(c.taus_rel),
-            c.delta,
-            c.radius,
-            c.lipschitz_prompts,
+            CertificateOptions.from_config(cfg.callbacks.certificate),
+            LipschitzOptions.from_config(cfg.lipschitz),
             {},
         )
     print(f"block {block}: extraction {extract_s:.2f} s; importance cut + refit {reduce_s:.1f} s")
@@ -165,10 +162,6 @@ def run_measured(args: list[str], env: dict) -> tuple[float, float, int, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), output[-2000:]
-
-
-FAST_TRAIN = ["callbacks.certificate.sound_prompts=0", "callbacks.certificate.lipschitz_prompts=0"]
-FAST_CERTIFY = ["lipschitz.empirical_prompts=0"]
 
 
 def runs(
@@ -221,11 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--certify-override", action="append", default=[], help="extra certify.py override"
     )
-    parser.add_argument("--fast", action="store_true", help="see docs/whole-model.md")
     args = parser.parse_args()
-    if args.fast:
-        args.override += FAST_TRAIN
-        args.certify_override += FAST_CERTIFY
     torch.set_grad_enabled(True)
     if not args.skip_in_process:
         in_process(args.model, args.block)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from blockcert.models.adapters import adapter_for
+from blockcert.models.load import load_teacher_by_name
+from blockcert.resources import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "cli")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tier, from its folder: `pytest -m unit` runs the unit tier."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 CONF = REPO / "conf"
 
 
 def model_config(name: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"model={name}"]).model
+    return compose_config("train", [f"model={name}"]).model
 
 
 def load_teacher(name: str):
-    return instantiate(model_config(name))
+    return load_teacher_by_name(name)
 
 
 @pytest.fixture(scope="session")
@@ -52,30 +59,16 @@ def token_ids():
     return torch.randint(0, 256, (3, 19), generator=torch.Generator().manual_seed(0))
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 900):
-    """Run a top-level entry script as a user would; returns CompletedProcess."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_reduced_run(tmp_path_factory):
     """One reduced-capacity tiny_llama run of block 1 (coverage counts differ across tau); the
     attack tests edit copies of it."""
     from tests.forgery import TINY_TRAIN
+    from tests.helpers import train_in_process
 
     tmp = tmp_path_factory.mktemp("tiny-run")
-    proc = run_script("train.py", *TINY_TRAIN, f"runs_root={tmp}", f"cache.root={tmp}/cache")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (cert,) = (tmp / "tiny_llama").rglob("certificate.json")
-    return cert.parent
+    (run,) = train_in_process(tmp, *TINY_TRAIN).runs
+    return run.run_dir
 
 
 @pytest.fixture

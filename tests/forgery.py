@@ -1,33 +1,24 @@
 """A forger's tools: edit a copy of a real run, re-hash every file and re-seal the certificate,
-as someone who controls the run directory would; and certify.py run in-process on it."""
+as someone who controls the run directory would (certify it with tests.helpers)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
 from blockcert.cert.certificate import CERTIFICATE_FILE, seal, write_certificate
-from blockcert.certify import certify
 from blockcert.hashing import sha256_file, token_ids_sha256
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE
-from tests.conftest import CONF
 
 TOKENS_FILE = "heldout_tokens.safetensors"
-TINY_TRAIN = [
-    "model=tiny_llama",
+TINY_TRAIN = [  # on top of debug=tiny: a reduced block (coverage counts differ across tau)
     "block=1",
     "surrogate.head_fraction=0.5",
     "surrogate.mlp_fraction=0.5",
-    "trainer.max_epochs=1",
     "callbacks.certificate.taus_abs=[0.02,0.05,0.1,1.0]",
-    "data.n_train_prompts=16",
-    "data.n_heldout_prompts=8",
-    "data.seq_len=32",
-    "logger=csv",
-    "callbacks.certificate.lipschitz_prompts=2",
+    "lipschitz.empirical_prompts=2",
 ]
 
 
@@ -61,23 +52,3 @@ def reseal(run: Path, graph=None, weights=None, tokens=None, cert=None) -> None:
         cert(certificate)
     body = {k: v for k, v in certificate.items() if k != "certificate_sha256"}
     write_certificate(run, seal(body))
-
-
-def certify_in_process(tmp_path: Path, runs: Path, *extra: str):
-    """certify(cfg) on tiny_llama with cheap Lipschitz options (no Lean build)."""
-    return certify(certify_config(tmp_path, runs, *extra))
-
-
-def certify_config(tmp_path: Path, runs: Path, *extra: str):
-    overrides = [
-        "model=tiny_llama",
-        f"runs={runs}",
-        f"out={tmp_path}/report",
-        f"lean.root={tmp_path}/lean",
-        "lean.build=false",
-        "lipschitz.random_trials=1",
-        "lipschitz.ascent_steps=1",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="certify", overrides=overrides)

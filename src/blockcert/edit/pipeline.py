@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from blockcert.capture.blocks import check_block
-from blockcert.capture.prompts import build_prompts
+from blockcert.cert.certificate import CertificateOptions, certify_block
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.edit.budget import budget_from, heldout_drift, largest_scale, smallest_scale
 from blockcert.edit.facts import Fact, Query, encode_query, facts_from
 from blockcert.edit.keys import DownProjection, key_second_moment
@@ -28,9 +29,9 @@ from blockcert.edit.metrics import Probe, QueryScore, heldout_locality
 from blockcert.edit.solve import memory_update, regularised
 from blockcert.edit.value import FactValue, ValueSettings, optimise_value
 from blockcert.errors import BlockCertError
-from blockcert.lit.callback import certify_block
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.models.adapters import BlockAdapter, adapter_for
+from blockcert.models.load import load_teacher
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
@@ -84,19 +85,12 @@ def _mean(values) -> float | None:
 
 def _setup(cfg: DictConfig):
     L.seed_everything(cfg.seed, verbose=False)
-    teacher = instantiate(cfg.model)
+    teacher = load_teacher(cfg.model)
     teacher.model.requires_grad_(False)  # only the value delta is optimised
     adapter = adapter_for(teacher)
     check_block(cfg.block, adapter.num_blocks, teacher.name)
     data = cfg.data
-    prompts = build_prompts(
-        instantiate(data.corpus),
-        teacher.tokenizer,
-        seq_len=data.seq_len,
-        n_train=data.n_train_prompts,
-        n_heldout=data.n_heldout_prompts,
-        seed=data.seed,
-    )
+    prompts = instantiate(data).build(teacher.tokenizer)
     datamodule = ResidualPairDataModule(
         adapter,
         cfg.block,
@@ -160,47 +154,59 @@ def _query_rows(queries: list[Query], texts: list[str], before, after) -> list[d
     )
 
 
-def edit(cfg: DictConfig) -> dict:
-    """Run one edit end to end; returns the edit report (also written into cfg.run_dir)."""
-    e, k, run_dir = cfg.edit, int(cfg.block), Path(cfg.run_dir)
-    facts = facts_from(e)
-    teacher, adapter, prompts, datamodule = _setup(cfg)
-    tokenizer = teacher.tokenizer
-    original = extract_block(adapter, k)
-    down = DownProjection.of(original.graph)
-    contexts = context_prefixes(tokenizer, prompts.train, e.n_prefixes, e.prefix_tokens)
-    started = time.perf_counter()
-    update, values = compute_update(adapter, k, original, facts, contexts, datamodule, e)
-    edited = EditedBlock(original, update, down.weight)
-    t_solve = time.perf_counter() - started
+@dataclass(frozen=True)
+class EditQueries:
+    """The edit's prompts (efficacy), their paraphrases (generalisation) and unrelated
+    prompts (specificity), tokenised, with a probe of the block for each group."""
 
-    started = time.perf_counter()
-    _ = datamodule.heldout_set  # capture (or read) the held-out pairs of block k
-    t_capture = time.perf_counter() - started
-    drift = heldout_drift(original, update, datamodule.heldout_pairs())
-    budget = budget_from(e.max_eps, e.max_eps_rel, drift.median_norm)
+    edit: list[Query]
+    paraphrase_texts: list[str]
+    paraphrase: list[Query]
+    neighbor_texts: list[str]
+    neighbor: list[Query]
+    edit_probe: Probe
+    paraphrase_probe: Probe
+    neighbor_probe: Probe
+
+
+def edit_queries(adapter, k: int, facts: list[Fact], neighbors) -> EditQueries:
+    tokenizer = adapter.teacher.tokenizer
 
     def query(text: str, fact: Fact) -> Query:
         return encode_query(
             tokenizer, text, fact.target, fact.subject if text == fact.prompt else None
         )
 
-    edit_queries = [query(f.prompt, f) for f in facts]
-    para_pairs = [(p, f) for f in facts for p in f.paraphrases]
-    para_queries = [query(p, f) for p, f in para_pairs]
-    neighbor_texts = list(e.neighbors or [])
-    neighbor_queries = [query(t, facts[0]) for t in neighbor_texts]
-    edit_probe = Probe(adapter, k, edit_queries)
-    para_probe = Probe(adapter, k, para_queries)
+    edits = [query(f.prompt, f) for f in facts]
+    pairs = [(p, f) for f in facts for p in f.paraphrases]
+    paraphrases = [query(p, f) for p, f in pairs]
+    neighbor_texts = list(neighbors or [])
+    neighbor = [query(t, facts[0]) for t in neighbor_texts]
+    return EditQueries(
+        edits,
+        [p for p, _ in pairs],
+        paraphrases,
+        neighbor_texts,
+        neighbor,
+        Probe(adapter, k, edits),
+        Probe(adapter, k, paraphrases),
+        Probe(adapter, k, neighbor),
+    )
+
+
+def choose_scale(edited, drift, budget, queries: EditQueries, e, k: int):
+    """(scale, smallest succeeding scale, trade-off rows): the largest scale within the budget,
+    once the edit is known to succeed there; one-line errors otherwise."""
 
     def succeeds(scale: float) -> bool:
-        return success(edit_probe.scores(block_fn(edited.at(scale))), e.min_prob)
+        return success(queries.edit_probe.scores(block_fn(edited.at(scale))), e.min_prob)
 
     s_budget = largest_scale(budget, drift)
     s_min = smallest_scale(succeeds, high=1.0)
     scales = [i / (e.tradeoff_points - 1) for i in range(e.tradeoff_points)] + [s_budget]
+    scales += [s_min] if s_min else []
     tradeoff = _tradeoff(
-        edit_probe, para_probe, edited, drift, scales + ([s_min] if s_min else []), e.min_prob
+        queries.edit_probe, queries.paraphrase_probe, edited, drift, scales, e.min_prob
     )
     if s_min is None:
         best = max(r["efficacy_prob"] for r in tradeoff)
@@ -214,57 +220,108 @@ def edit(cfg: DictConfig) -> dict:
             f"the closed-form update) but the budget is {budget:.4g}; raise edit.max_eps / "
             "edit.max_eps_rel or edit another block."
         )
-    scale = s_budget
-    surrogate = edited.at(scale)
+    return s_budget, s_min, tradeoff
 
-    cert_cfg = cfg.callbacks.certificate
+
+def certify_edit_block(cfg: DictConfig, surrogate, datamodule, budget) -> tuple[dict, float]:
+    """(the edited block's certificate, seconds); its measured drift must fit the budget."""
     started = time.perf_counter()
     certificate = certify_block(
-        surrogate=surrogate,
-        datamodule=datamodule,
-        run_dir=run_dir,
-        taus_abs=list(cert_cfg.taus_abs),
-        taus_rel=list(cert_cfg.taus_rel),
-        delta=cert_cfg.delta,
-        radius=cert_cfg.radius,
-        lipschitz_prompts=cert_cfg.lipschitz_prompts,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        lipschitz_search=dict(cert_cfg.get("lipschitz_search") or {}),
-        sound_prompts=cert_cfg.get("sound_prompts"),
-        refine_tokens=cert_cfg.get("refine_tokens"),
+        surrogate,
+        datamodule,
+        Path(cfg.run_dir),
+        CertificateOptions.from_config(cfg.callbacks.certificate),
+        LipschitzOptions.from_config(cfg.lipschitz),
+        OmegaConf.to_container(cfg, resolve=True),
     )
-    t_certify = time.perf_counter() - started
     eps = certificate["metrics"]["eps_max"]
     if budget is not None and eps > budget:
         raise BlockCertError(
             f"the certified drift {eps:.6g} exceeds the budget {budget:.6g} after fp32 "
             "re-evaluation; lower the budget margin or the scale."
         )
+    return certificate, time.perf_counter() - started
 
+
+def _fact_rows(facts, queries: list[Query], values) -> list[dict]:
+    return [
+        {
+            "prompt": f.prompt,
+            "target": f.target,
+            "subject": f.subject,
+            "target_tokens": len(q.target),
+            "key_position": q.key_pos,
+            "value_nll": v.nll,
+            "value_steps": v.steps,
+            "delta_norm": float(v.delta.norm()),
+            "mlp_out_norm": v.rho,
+        }
+        for f, q, v in zip(facts, queries, values, strict=True)
+    ]
+
+
+def _certificate_row(certificate: dict, run_dir: Path) -> dict:
+    metrics = certificate["metrics"]
+    return {
+        "path": str(run_dir / "certificate.json"),
+        "sha256": certificate["certificate_sha256"],
+        "eps_max": metrics["eps_max"],
+        "eps_rel_max": metrics["rel_max"],
+        "coverage": metrics["coverage"],
+        "lipschitz": {kind: v["value"] for kind, v in certificate["lipschitz"].items()},
+        "n_tokens": metrics["n_tokens"],
+    }
+
+
+def _metric_rows(adapter, k: int, queries: EditQueries, facts, after_block) -> dict:
+    """Efficacy, generalisation and specificity, each before and after the edit."""
     teacher_block = lambda h: adapter.block(k, h).float()  # noqa: E731
+    groups = {
+        "efficacy": (queries.edit, [f.prompt for f in facts], queries.edit_probe),
+        "generalisation": (
+            queries.paraphrase,
+            queries.paraphrase_texts,
+            queries.paraphrase_probe,
+        ),
+        "neighborhood": (queries.neighbor, queries.neighbor_texts, queries.neighbor_probe),
+    }
+    return {
+        name: _query_rows(q, texts, probe.scores(teacher_block), probe.scores(after_block))
+        for name, (q, texts, probe) in groups.items()
+    }
+
+
+def edit(cfg: DictConfig) -> dict:
+    """Run one edit end to end: solve the update, scale it to the budget, certify the edited
+    block, measure the editing metrics; returns the edit report (certificate in cfg.run_dir)."""
+    e, k, run_dir = cfg.edit, int(cfg.block), Path(cfg.run_dir)
+    facts = facts_from(e)
+    teacher, adapter, prompts, datamodule = _setup(cfg)
+    original = extract_block(adapter, k)
+    down = DownProjection.of(original.graph)
+    contexts = context_prefixes(teacher.tokenizer, prompts.train, e.n_prefixes, e.prefix_tokens)
+    started = time.perf_counter()
+    update, values = compute_update(adapter, k, original, facts, contexts, datamodule, e)
+    edited = EditedBlock(original, update, down.weight)
+    t_solve = time.perf_counter() - started
+    started = time.perf_counter()
+    _ = datamodule.heldout_set  # capture (or read) the held-out pairs of block k
+    t_capture = time.perf_counter() - started
+    drift = heldout_drift(original, update, datamodule.heldout_pairs())
+    budget = budget_from(e.max_eps, e.max_eps_rel, drift.median_norm)
+    queries = edit_queries(adapter, k, facts, e.neighbors)
+    scale, s_min, tradeoff = choose_scale(edited, drift, budget, queries, e, k)
+    surrogate = edited.at(scale)
+    certificate, t_certify = certify_edit_block(cfg, surrogate, datamodule, budget)
     after_block = block_fn(surrogate)
-    neighbor_probe = Probe(adapter, k, neighbor_queries)
     locality = heldout_locality(
         adapter, k, datamodule.heldout_pairs(), prompts.heldout, after_block
     )
-    report = {
+    return {
         "model": teacher.describe(),
         "block": k,
         "method": "rome" if len(facts) == 1 and e.memit_lambda == 0 else "memit",
-        "facts": [
-            {
-                "prompt": f.prompt,
-                "target": f.target,
-                "subject": f.subject,
-                "target_tokens": len(q.target),
-                "key_position": q.key_pos,
-                "value_nll": v.nll,
-                "value_steps": v.steps,
-                "delta_norm": float(v.delta.norm()),
-                "mlp_out_norm": v.rho,
-            }
-            for f, q, v in zip(facts, edit_queries, values, strict=True)
-        ],
+        "facts": _fact_rows(facts, queries.edit, values),
         "contexts": contexts,
         "update": {
             "rank": int(torch.linalg.matrix_rank(update).item()),
@@ -285,38 +342,12 @@ def edit(cfg: DictConfig) -> dict:
             "success_criterion": "top1" if e.min_prob is None else f"prob>={e.min_prob}",
         },
         "tradeoff": tradeoff,
-        "efficacy": _query_rows(
-            edit_queries,
-            [f.prompt for f in facts],
-            edit_probe.scores(teacher_block),
-            edit_probe.scores(after_block),
-        ),
-        "generalisation": _query_rows(
-            para_queries,
-            [p for p, _ in para_pairs],
-            para_probe.scores(teacher_block),
-            para_probe.scores(after_block),
-        ),
-        "neighborhood": _query_rows(
-            neighbor_queries,
-            neighbor_texts,
-            neighbor_probe.scores(teacher_block),
-            neighbor_probe.scores(after_block),
-        ),
+        **_metric_rows(adapter, k, queries, facts, after_block),
         "locality": locality.to_dict(),
-        "certificate": {
-            "path": str(run_dir / "certificate.json"),
-            "sha256": certificate["certificate_sha256"],
-            "eps_max": eps,
-            "eps_rel_max": certificate["metrics"]["rel_max"],
-            "coverage": certificate["metrics"]["coverage"],
-            "lipschitz": {kind: v["value"] for kind, v in certificate["lipschitz"].items()},
-            "n_tokens": certificate["metrics"]["n_tokens"],
-        },
+        "certificate": _certificate_row(certificate, run_dir),
         "timing": _timing(adapter.num_blocks, k, t_solve, t_capture, t_certify),
+        "success": success(queries.edit_probe.scores(after_block), e.min_prob),
     }
-    report["success"] = success(edit_probe.scores(after_block), e.min_prob)
-    return report
 
 
 def _timing(n_blocks: int, k: int, t_solve: float, t_capture: float, t_certify: float) -> dict:

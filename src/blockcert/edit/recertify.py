@@ -1,4 +1,4 @@
-"""Local re-certification: run certify.py on the edit's run directory as a user would.
+"""Local re-certification: certify the edit's run directory as certify.py would.
 
 Only the edited block has a certificate there, so certify.py composes the global bound
 B_L = sum_k eps_k prod_{j>k} L_j with eps_j = 0 for every other (teacher) block and reports the
@@ -7,42 +7,26 @@ stitched (= edited) model's observed drift, perplexity, KL and top-1 on the held
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from blockcert.errors import BlockCertError, BoundViolationError, VerificationError
-
-REPO = Path(__file__).resolve().parents[3]
-_ERRORS = {3: VerificationError, 4: BoundViolationError}
+from blockcert.errors import BlockCertError
+from blockcert.resources import compose_config
 
 
-def run_certify(run_dir: Path, model_args: list[str], extra: list[str]) -> tuple[dict, float]:
-    """(certify_report.json with its path under "path", seconds); certify.py's own one-line
-    error and exit code on failure."""
+def certify_edit(run_dir: Path, model_args: list[str], extra: list[str]) -> tuple[dict, float]:
+    """(certify's report of the edit's run directory, seconds), in this process with the
+    certify config shipped in the package; certify's own errors (exit 2, 3 or 4) propagate."""
+    from blockcert.certify import certify
+
     out = run_dir / "certify"
-    command = [
-        sys.executable,
-        str(REPO / "certify.py"),
-        *model_args,
-        f"runs={run_dir}",
-        f"out={out}",
-    ]
     started = time.perf_counter()
-    proc = subprocess.run(command + list(extra), cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        reason = lines[-1].removeprefix("error: ") if lines else "no message"
-        raise _ERRORS.get(proc.returncode, BlockCertError)(
-            f"certify.py on {run_dir} exited {proc.returncode}: {reason}"
-        )
-    path = out / "certify_report.json"
-    if not path.is_file():
-        raise BlockCertError(f"certify.py wrote no report in {out}.")
-    return {**json.loads(path.read_text()), "path": str(path)}, seconds
+    cfg = compose_config("certify", [*model_args, f"runs={run_dir}", f"out={out}", *extra])
+    result = certify(cfg)
+    report = result.report
+    if not report.get("files"):
+        raise BlockCertError(f"certify wrote no report in {out}.")
+    return {**report, "path": report["files"][0]}, time.perf_counter() - started
 
 
 def certified_figures(report: dict, block: int, seconds: float) -> dict:

@@ -160,7 +160,7 @@ def log_edit_to_wandb(
     report: dict, files: list[Path], run_dir: Path, project: str, mode: str
 ) -> None:
     """Summary, trade-off table and one artifact: the report and the certified edited block."""
-    from blockcert.lit.wandb_log import log_files
+    from blockcert.tracking import log_files
 
     summary = {
         "edit/success": report["success"],

@@ -24,6 +24,7 @@ from blockcert.edit.facts import Query, pad_right
 from blockcert.edit.forward import block_input, tail_logits
 from blockcert.edit.keys import block_with_keys
 from blockcert.models.adapters import BlockAdapter
+from blockcert.progress import progress
 from blockcert.surrogate.ir import Surrogate
 
 
@@ -79,7 +80,8 @@ def optimise_value(
     optimiser = torch.optim.Adam([unit], lr=settings.lr)
     nll, steps = float("inf"), 0
     with torch.enable_grad():
-        for steps in range(1, settings.steps + 1):  # noqa: B007 (the count is reported)
+        ascent = progress(range(1, settings.steps + 1), settings.steps, "value v*", "steps")
+        for steps in ascent:  # noqa: B007 (the count is reported)
             logits = tail_logits(adapter, h_out + at_key * (rho * unit), k + 1)
             loss_nll = -torch.stack([lp.mean() for lp in target_log_probs(logits, queries)]).mean()
             nll = float(loss_nll.detach())

@@ -137,114 +137,110 @@ def prompt_set_section(prompts: dict) -> Markup:
     )
 
 
-def _verdict(within: bool) -> Markup:
+def _verdict(within: bool, failed: str = "EXCEEDED") -> Markup:
     return (
         tag("span", "ok", class_="badge ok")
         if within
-        else tag("span", "EXCEEDED", class_="badge exceeded")
+        else tag("span", failed, class_="badge exceeded")
     )
 
 
-def _direct(stats: dict) -> Markup:
-    headers = ["(a) figure", "threshold", "n", "beyond", "delta", "miss rate <="]
+def _thresholds(statement: dict) -> Markup:
+    headers = ["metric", "threshold", "scale c_i (own split)"]
+    rows = [
+        [name, num(statement["thresholds"][name]), num(scale)]
+        for name, scale in zip(statement["metrics"], statement["scales"], strict=True)
+    ]
+    return table(headers, rows, "statistics-thresholds", text_columns=1)
+
+
+def _check_and_shift(stats: dict) -> Markup:
+    headers = ["prompts", "beyond / n", "fraction", "consistent up to", "verdict"]
+    c = stats["check"]
     rows = [
         [
-            d["name"],
-            num(d["threshold"]),
-            d["n"],
-            d["n_exceed"],
-            num(d["delta"]),
-            num(d["miss_upper"]),
+            "check split (covered, untouched)",
+            f"{c['beyond']} / {c['n']}",
+            num(c["fraction"]),
+            c["allowed"],
+            _verdict(c["within"]),
         ]
-        for d in stats["direct"]
     ]
-    return table(headers, rows, "statistics-direct")
+    for name, row in stats["shift"].items():
+        rows.append(
+            [
+                f"{name} (NOT covered: out of distribution)",
+                f"{row['beyond']} / {row['n']}",
+                num(row["fraction"]),
+                "—",
+                "—",
+            ]
+        )
+    return table(headers, rows, "statistics-check", text_columns=1)
 
 
-def _compositional(c: dict) -> Markup:
+def _compositional(c: dict | None) -> Markup:
+    if c is None:
+        return tag("p", "Compositional statement: not computed (opt-in).", class_="note")
+    if not c["informative"]:
+        return tag("p", symbols(f"Compositional statement: not stated ({c['why']})."))
     headers = ["block", "tau_k", "fp32 slack", "L^_k", "radius r_k = B_{k-1}", "B_k"]
     columns = zip(
         c["blocks"], c["taus"], c["slack"], c["lipschitz"], c["radii"], c["bounds"][1:], strict=True
     )
     rows = [[k, *(num(v, "unbounded") for v in values)] for k, *values in columns]
-    event_headers = ["block", "event", "threshold", "n", "misses", "delta", "miss rate <="]
-    events = [
+    return join(
         [
-            e["block"],
-            e["event"],
-            num(e["threshold"]),
-            e["n"],
-            e["misses"],
-            num(e["delta"]),
-            num(e["miss_upper"]),
+            tag("p", symbols(f"Compositional: {c['statement']}."), class_="statement"),
+            table(headers, rows, "statistics-chain"),
         ]
-        for e in c["events"]
+    )
+
+
+def own_split_section(own: dict) -> Markup:
+    """report["own_split"]: eps per block on prompts the verifier drew, and its tests."""
+    headers = [
+        "block",
+        "eps certified",
+        "eps on these prompts",
+        "ratio",
+        "prompts above",
+        "p exceed",
+        "p rank",
+        "flagged",
+    ]
+    rows = [
+        [
+            r["block"],
+            num(r["eps_certificate"]),
+            num(r["eps_verifier"]),
+            num(r["ratio"], "n/a"),
+            r["n_exceed"],
+            num(r["p_exceed"], "n/a"),
+            num(r["p_rank"], "n/a"),
+            _verdict(not r["flagged"], "FLAGGED") if own["exchangeable"] else "—",
+        ]
+        for r in own["blocks"]
     ]
     note = tag(
         "p",
-        symbols(
-            f"{c['kind']} L^_k; {c['n_calibration']} calibration prompt(s) fix tau_k and L^_k, the "
-            f"rest count misses. Joint event: {c['joint_misses']} miss(es), miss rate <= "
-            f"{num(c['joint_upper'])}."
-        ),
+        f"{own['n_prompts']} prompts from {own['corpus']}, seed {own['seed']} (pool of "
+        f"{own['pool']}). Test: {own['test']}.",
         class_="note",
     )
-    return join(
-        [
-            table(headers, rows, "statistics-chain"),
-            table(event_headers, events, "statistics-events", text_columns=2),
-            note,
-        ]
+    return section(
+        "own-split", "The verifier's own prompts", note, table(headers, rows, "own-split")
     )
-
-
-def _check(check: dict) -> Markup:
-    headers = ["check split", "beyond / n", "fraction", "stated <=", "verdict"]
-    rows = [
-        [
-            d["name"],
-            f"{d['beyond']} / {d['n']}",
-            num(d["fraction"]),
-            num(d["miss_upper"]),
-            _verdict(d["within"]),
-        ]
-        for d in check["direct"]
-    ]
-    c = check["compositional"]
-    for name, fraction in (
-        ("(b) stitched deviation beyond B_L", c["beyond_bound_fraction"]),
-        ("(b) some event missed", c["any_event_fraction"]),
-    ):
-        beyond = f"{round(fraction * c['n'])} / {c['n']}"
-        rows.append(
-            [
-                name,
-                beyond,
-                num(fraction),
-                num(c["miss_upper"]),
-                _verdict(fraction <= c["miss_upper"]),
-            ]
-        )
-    title = tag("h3", f"Check split ({check['n_prompts']} untouched prompts)")
-    return join([title, table(headers, rows, "statistics-check")])
 
 
 def statistics_section(stats: dict) -> Markup:
-    """report["statistics"]: (a) direct and (b) compositional statements, and their check."""
-    statements = [f"(a) {d['statement']}" for d in stats["direct"]]
-    statements.append(f"(b) {stats['compositional']['statement']}")
-    items = join(tag("li", s, class_="statement") for s in statements)
+    """report["statistics"]: the joint statement, its check split, what it does not cover."""
+    statement = stats["statement"]
     parts = [
-        tag(
-            "p",
-            f"Scope: {stats['note']} (delta {stats['delta']:g}, n = {stats['n_prompts']}).",
-            class_="note",
-        ),
-        tag("ul", items, class_="statements"),
-        _direct(stats),
-        tag("h3", "(b) compositional chain"),
-        _compositional(stats["compositional"]),
+        tag("p", f"Scope: {stats['note']}.", class_="note"),
+        tag("ul", tag("li", statement["statement"], class_="statement"), class_="statements"),
+        _thresholds(statement),
+        _check_and_shift(stats),
+        _compositional(stats.get("compositional")),
     ]
-    if stats.get("check") is not None:
-        parts.append(_check(stats["check"]))
     return section("statistics", "Fresh prompts (statistical, under the i.i.d. assumption)", *parts)

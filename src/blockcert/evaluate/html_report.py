@@ -34,7 +34,11 @@ from blockcert.evaluate.html_parts import (
     tag,
     void,
 )
-from blockcert.evaluate.html_prompts import prompt_set_section, statistics_section
+from blockcert.evaluate.html_prompts import (
+    own_split_section,
+    prompt_set_section,
+    statistics_section,
+)
 
 HTML_NAME = "certify_report.html"
 # the PNGs worth a look on the page; bound_growth.png is the SVG chain plot's twin
@@ -113,10 +117,9 @@ def _statements(report: dict) -> Markup:
         f"Lean: {lean['status']} — {lean['message'].rstrip('.')}.",
     ]
     stats = report.get("statistics")
-    if stats is not None:
-        items += [f"Fresh prompts (a): {d['statement']}." for d in stats["direct"]]
-        items.append(f"Fresh prompts (b): {stats['compositional']['statement']}.")
-        items.append(f"Scope of (a) and (b): {stats['note']}.")
+    if stats:
+        items.append(f"Fresh prompts: {stats['statement']['statement']}.")
+        items.append(f"Scope: {stats['note']}.")
     lis = join(tag("li", item, class_="statement") for item in items)
     return section("guarantees", "Guarantee statements", tag("ul", lis, class_="statements"))
 
@@ -146,6 +149,7 @@ def _blocks(report: dict) -> Markup:
         "coverage (prompts) @ tau",
         "L_k sound",
         "a_k",
+        "step",
         "L_k empirical",
         "B_k sound",
         "B_k empirical",
@@ -163,6 +167,7 @@ def _blocks(report: dict) -> Markup:
                 _first_prompt_coverage(b),
                 _lipschitz_sound(b),
                 num(b["saturation"]),
+                b["step"],
                 num(b["lipschitz_empirical"]),
                 num(b["bound_sound"], "unbounded"),
                 num(b["bound_empirical"]),
@@ -307,11 +312,13 @@ def _header(report: dict) -> Markup:
         ("per-block", "Per block"),
         ("stitched", "Stitched"),
         ("prompts", "Prompt set"),
+        ("own-split", "Verifier's prompts"),
         ("statistics", "Statistics"),
         ("lean", "Lean"),
         ("artifacts", "Artifacts"),
     ]
-    present = [(i, t) for i, t in links if i not in ("prompts", "statistics") or i in report]
+    optional = {"prompts": "prompts", "own-split": "own_split", "statistics": "statistics"}
+    present = [(i, t) for i, t in links if i not in optional or report.get(optional[i])]
     nav = tag("nav", join(tag("a", t, href=f"#{i}") for i, t in present))
     title = tag("h1", f"BlockCert report: {m['name']}")
     return tag("header", join([title, tag("p", meta, class_="meta"), nav]))
@@ -330,7 +337,8 @@ def render_html(
         _coverage(report),
         _stitched(report),
         prompt_set_section(report["prompts"]) if "prompts" in report else "",
-        statistics_section(report["statistics"]) if "statistics" in report else "",
+        own_split_section(report["own_split"]) if report.get("own_split") else "",
+        statistics_section(report["statistics"]) if report.get("statistics") else "",
         _figures(figures or {}),
         _lean(report, artifacts),
         _timing(report),

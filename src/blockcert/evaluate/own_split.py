@@ -2,11 +2,10 @@
 not choose.
 
 The author writes the recipe (corpus, seed, sizes), so a held-out split could be the luckiest
-of many seeds. certify.py therefore also draws prompts itself: from a corpus it chooses
-(`verifier.corpus`: the built-in one by default, whatever the recipe says), with a seed it
-draws (`verifier.seed`: null = fresh from the operating system, recorded in the report), and,
-when that corpus is the recipe's, from the same window pool minus every training and held-out
-prompt. For each certified block it measures each prompt's max error on teacher inputs.
+of many seeds. certify.py therefore also draws prompts itself (the `own` split of
+evaluate/fresh_prompts.py: a corpus and a seed the verifier chooses; with the recipe's corpus,
+its pool minus every training and held-out prompt, at the recipe's prompt length). For each
+certified block it measures each prompt's max error on teacher inputs.
 
 Exchangeability test. With the recipe's corpus, the verifier's m prompts and the n held-out
 prompts are draws from one pool, so for a fair split the number J of verifier prompts whose
@@ -25,31 +24,13 @@ probability <= alpha. On another corpus the figures measure a shift and no test 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from scipy.stats import mannwhitneyu
 
-from blockcert.capture.corpus import ShakespeareCorpus, TextFileCorpus
-from blockcert.capture.prompts import build_prompts
 from blockcert.errors import BlockCertError
-from blockcert.hashing import token_ids_sha256
-from blockcert.models.adapters import BlockAdapter
-from blockcert.surrogate.interpret import run_graph
-from blockcert.surrogate.ir import Surrogate
-
-BUILT_IN = "shakespeare"
-
-
-@dataclass(frozen=True)
-class OwnPrompts:
-    ids: torch.Tensor  # [m, seq_len] int64
-    corpus: str  # what the report names
-    seed: int
-    exchangeable: bool  # drawn from the recipe's own pool (the test applies)
-    pool: int  # windows the draw chose from
+from blockcert.evaluate.fresh_prompts import FreshDraw
 
 
 def exceedance_p_value(n_heldout: int, m: int, exceed: int) -> float:
@@ -58,48 +39,6 @@ def exceedance_p_value(n_heldout: int, m: int, exceed: int) -> float:
     for i in range(exceed):
         p *= (m - i) / (n_heldout + m - i)
     return p
-
-
-def draw_own_prompts(options: Mapping, recipe: dict, pool: torch.Tensor, tokenizer) -> OwnPrompts:
-    """verifier.n_prompts prompts of the recipe's seq_len from the verifier's corpus.
-
-    pool: the recipe's windows that no composed certificate trains or evaluates on
-    `[n_pool, seq_len]`, drawn from when the verifier's corpus is the recipe's.
-    """
-    seed = options["seed"]
-    seed = secrets.randbits(63) if seed is None else seed
-    m, corpus = options["n_prompts"], str(options["corpus"])
-    if corpus == BUILT_IN and recipe["corpus"]["name"] == BUILT_IN:
-        rows = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:m]
-        return OwnPrompts(pool[rows], f"{BUILT_IN} (the recipe's pool)", seed, True, len(pool))
-    source = ShakespeareCorpus() if corpus == BUILT_IN else TextFileCorpus(corpus)
-    split = build_prompts(source, tokenizer, recipe["seq_len"], 1, m, seed=seed)
-    name = f"{BUILT_IN} (another corpus than the recipe's)" if corpus == BUILT_IN else corpus
-    size = len(split.train) + len(split.heldout) + len(split.rest)
-    return OwnPrompts(split.heldout, name, seed, False, size)
-
-
-@torch.no_grad()
-def own_prompt_errors(
-    adapter: BlockAdapter,
-    surrogates: Mapping[int, Surrogate],
-    ids: torch.Tensor,
-    batch_size: int,
-) -> dict[int, torch.Tensor]:
-    """{k: [m] max_t ||g_k(h_k)_t - h_(k+1),t||} on teacher inputs, fp32; the teacher runs
-    only up to the last certified block."""
-    last = max(surrogates)
-    errors: dict[int, list[torch.Tensor]] = {k: [] for k in surrogates}
-    for start in range(0, len(ids), batch_size):
-        h = adapter.embed(ids[start : start + batch_size]).float()
-        for k in range(last + 1):
-            h_next = adapter.block(k, h).float()
-            if k in surrogates:
-                g = surrogates[k]
-                out = run_graph(g.graph, g.weights, h)
-                errors[k].append((out - h_next).norm(dim=-1).amax(dim=1))
-            h = h_next
-    return {k: torch.cat(e) for k, e in errors.items()}
 
 
 def rank_p_value(heldout: torch.Tensor, fresh: torch.Tensor) -> float:
@@ -112,24 +51,25 @@ def rank_p_value(heldout: torch.Tensor, fresh: torch.Tensor) -> float:
 
 def own_split_section(
     options: Mapping,
-    own: OwnPrompts,
+    draw: FreshDraw,
     errors: Mapping[int, torch.Tensor],
     heldout_errors: Mapping[int, torch.Tensor],
     certificates: Mapping[int, dict],
     recipe: dict,
 ) -> tuple[dict, list[str]]:
-    """(report section, findings) for the verifier's own prompts; heldout_errors: the
-    re-derived per-prompt maxima of the held-out prompts."""
-    m, alpha = len(own.ids), options["alpha"]
+    """(report section, findings) for the verifier's own prompts (draw.splits["own"]);
+    errors[k]: their eps_k on teacher inputs; heldout_errors[k]: the re-derived per-prompt
+    maxima of the held-out prompts."""
+    m, alpha = len(draw.splits["own"]), options["alpha"]
     level = alpha / (2 * len(errors))  # Bonferroni: two tests per block, every block
     rows, findings = [], []
     for k, err in errors.items():
         claimed = certificates[k]["metrics"]["eps_max"]
         n = certificates[k]["metrics"]["n_prompts"]
         exceed = int((err > claimed).sum())
-        p_exceed = exceedance_p_value(n, m, exceed) if own.exchangeable else None
-        p_rank = rank_p_value(heldout_errors[k], err) if own.exchangeable else None
-        flagged = own.exchangeable and min(p_exceed, p_rank) < level
+        p_exceed = exceedance_p_value(n, m, exceed) if draw.exchangeable else None
+        p_rank = rank_p_value(heldout_errors[k], err) if draw.exchangeable else None
+        flagged = draw.exchangeable and min(p_exceed, p_rank) < level
         measured = float(err.max())
         rows.append(
             {
@@ -152,17 +92,17 @@ def own_split_section(
             )
     section = {
         "recipe": recipe,
-        "corpus": own.corpus,
-        "seed": own.seed,
+        "corpus": draw.corpus,
+        "seed": draw.seed,
         "n_prompts": m,
-        "pool": own.pool,
-        "sha256": token_ids_sha256(own.ids),
-        "exchangeable": own.exchangeable,
+        "pool": draw.pool,
+        "sha256": draw.sha256("own"),
+        "exchangeable": draw.exchangeable,
         "alpha": alpha,
         "test": "exceedance P(J >= j) = C(m, j) / C(n + m, j) of the J fresh prompts above "
         "eps_max, and a one-sided Mann-Whitney U test of per-prompt maxima (fresh larger), "
         f"each at alpha / (2 K) = {level:.3g} for exchangeable held-out and fresh prompts"
-        if own.exchangeable
+        if draw.exchangeable
         else "none: another corpus than the recipe's (a shift, not a test)",
         "blocks": rows,
     }

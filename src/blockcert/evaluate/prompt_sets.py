@@ -184,26 +184,6 @@ def _from_data_config(data: Mapping, tokenizer, max_len: int | None) -> PromptSe
     return PromptSet(name, list(split.heldout), [name] * len(split.heldout), source)
 
 
-def check_split(
-    recipe: dict, tokenizer, heldout: torch.Tensor, n_check: int, text_path: str | None = None
-) -> torch.Tensor:
-    """`[n_check, seq_len]` check prompts of the (schema-checked) recipe a certificate records.
-
-    The split is rebuilt from the same corpus and seed; its held-out part must reproduce the
-    certificate's held-out ids, which proves the check prompts are disjoint from train and
-    held-out and drawn from the same pool.
-    """
-    from blockcert.verify.split import rebuild_split
-
-    split = rebuild_split(recipe, tokenizer, text_path, n_check)
-    if not torch.equal(split.heldout, heldout):
-        raise BlockCertError(
-            "the certificates' data recipe no longer reproduces their held-out prompts (corpus or "
-            "tokenizer changed), so no check split can be drawn: statistics.n_check_prompts=0."
-        )
-    return split.check
-
-
 def load_prompt_set(spec, tokenizer, max_len: int | None) -> PromptSet:
     """The prompt set named by `spec` (see the module docstring), tokenised."""
     if isinstance(spec, Mapping):

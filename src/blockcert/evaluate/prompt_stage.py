@@ -7,26 +7,19 @@ measured on these prompts (+ the fp32 allowance), B_k = L_k B_{k-1} + eps_k with
 of radius B_{k-1} around these prompts' teacher inputs (sound; empirical when the sound chain is
 unbounded, labelled so). The bound >= observed check is the one on the certificates' prompts.
 
-`fresh_prompt_statistics`: the two statistical statements of evaluate.statistics on the
-certificates' held-out prompts, validated on the untouched check split of the same corpus.
+The statements about fresh prompts are evaluate/fresh_stage.py's.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from blockcert.compose.chain import compose_chain, input_batches
-from blockcert.evaluate.fp_allowance import Allowance, chain_allowance
-from blockcert.evaluate.prompt_sets import PromptSet, check_split
-from blockcert.evaluate.statistics import (
-    LipschitzOptions,
-    compositional_bound,
-    direct_bounds,
-    event_misses,
-)
+from blockcert.cert.fp_allowance import chain_allowance
+from blockcert.cert.lipschitz import LipschitzOptions
+from blockcert.compose.chain import compose_chain
+from blockcert.evaluate.prompt_sets import PromptSet
 from blockcert.evaluate.trajectory import (
     PromptEvaluation,
     RaggedTrajectory,
@@ -77,12 +70,8 @@ def _ragged_chain(
         [(k, g, k in certified, e) for (k, g), e in zip(chain, eps, strict=True)],
         [trajectory.inputs(k) for k, _ in chain],
         batch_size,
-        lipschitz["empirical_prompts"],
-        lipschitz["random_trials"],
-        lipschitz["ascent_steps"],
-        min_radius=min_radius,
-        restarts=lipschitz["restarts"],
-        targeted_tokens=lipschitz["targeted_tokens"],
+        LipschitzOptions.from_config(lipschitz),
+        min_radius,
     )
     links = composed.links
     return {
@@ -107,47 +96,11 @@ def _category_rows(prompt_set: PromptSet, evaluation: PromptEvaluation) -> dict:
     return rows
 
 
-def verifier_prompts(
-    adapter: BlockAdapter,
-    prompt_set: PromptSet,
-    surrogates: Mapping[int, Surrogate],
-    certificates: Mapping[int, dict],
-    chain: Sequence[tuple[int, Surrogate]],
-    batch_size: int,
-    lipschitz: Mapping,
-) -> tuple[dict, list[str]]:
-    """(report section, sound-bound violations) on the verifier's prompts.
-
-    chain: (k, g_k) from the first certified block to the last (teacher IR where uncertified).
-    """
-    trajectory = ragged_teacher_trajectory(adapter, prompt_set.ids, batch_size)
-    taus = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
-    evaluation = evaluate_prompts(adapter, surrogates, prompt_set.ids, trajectory, taus)
-    figures = evaluation.aggregate()
-    # the measured fp32 allowance on these prompts, at both ends of every tube
-    allowance = chain_allowance(chain, trajectory.inputs)
-    eps = [figures["eps"].get(k, 0.0) + allowance[k].total for k, _ in chain]
-    first = chain[0][0]
-    median = torch.cat([h.norm(dim=-1).flatten() for h in trajectory.inputs(first)]).median()
-    composed = _ragged_chain(
-        chain,
-        eps,
-        list(certificates),
-        trajectory,
-        lipschitz,
-        lipschitz["min_radius_fraction"] * float(median),
-        batch_size,
-    )
-    kind = "sound"
-    bounds = composed["bound_sound"]
-    observed = figures["block_deviation"]
-    violations = [
-        f"block {k}: observed deviation {observed[k]:.6g} on prompts={prompt_set.name} exceeds "
-        f"B_k = {b:.6g} ({kind})"
-        for (k, _), b in zip(chain, bounds, strict=True)
-        if observed[k] > b
-    ]
+def _block_rows(chain, figures, allowance, composed, certificates, taus) -> list[dict]:
+    """Per block of the chain: eps on these prompts (against the certificate's, where there is
+    one), the fp32 allowance, the constants and bounds composed here, the observed deviation."""
     blocks = []
+    observed = figures["block_deviation"]
     for j, (k, _) in enumerate(chain):
         row = {
             "block": k,
@@ -171,6 +124,51 @@ def verifier_prompts(
                 "coverage_certificate": _coverage_fraction(certificates[k], taus[k]),
             }
         blocks.append(row)
+    return blocks
+
+
+def _per_prompt(prompt_set: PromptSet, evaluation: PromptEvaluation) -> dict:
+    return {
+        "label": prompt_set.labels,
+        "n_tokens": evaluation.n_tokens.int().tolist(),
+        "final_deviation": evaluation.final_deviation.tolist(),
+        "ppl_delta": evaluation.ppl_delta.tolist(),
+        "kl_mean": evaluation.kl_mean.tolist(),
+    }
+
+
+def verifier_prompts(
+    adapter: BlockAdapter,
+    prompt_set: PromptSet,
+    surrogates: Mapping[int, Surrogate],
+    certificates: Mapping[int, dict],
+    chain: Sequence[tuple[int, Surrogate]],
+    batch_size: int,
+    lipschitz: Mapping,
+) -> tuple[dict, list[str]]:
+    """(report section, sound-bound violations) on the verifier's prompts.
+
+    chain: (k, g_k) from the first certified block to the last (teacher IR where uncertified).
+    """
+    trajectory = ragged_teacher_trajectory(adapter, prompt_set.ids, batch_size)
+    taus = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
+    evaluation = evaluate_prompts(adapter, surrogates, prompt_set.ids, trajectory, taus)
+    figures = evaluation.aggregate()
+    # the measured fp32 allowance on these prompts, at both ends of every tube
+    allowance = chain_allowance(chain, trajectory.inputs)
+    eps = [figures["eps"].get(k, 0.0) + allowance[k].total for k, _ in chain]
+    median = torch.cat([h.norm(dim=-1).flatten() for h in trajectory.inputs(chain[0][0])]).median()
+    min_radius = lipschitz["min_radius_fraction"] * float(median)
+    composed = _ragged_chain(
+        chain, eps, list(certificates), trajectory, lipschitz, min_radius, batch_size
+    )
+    bounds, observed = composed["bound_sound"], figures["block_deviation"]
+    violations = [
+        f"block {k}: observed deviation {observed[k]:.6g} on prompts={prompt_set.name} exceeds "
+        f"B_k = {b:.6g} (sound)"
+        for (k, _), b in zip(chain, bounds, strict=True)
+        if observed[k] > b
+    ]
     final = figures["observed_final_max"]
     section = {
         "name": prompt_set.name,
@@ -181,31 +179,20 @@ def verifier_prompts(
         "n_truncated": prompt_set.n_truncated,
         "batching": "by length, no padding",
         "bound": {
-            "kind": kind,
+            "kind": "sound",
             "final": bounds[-1],
             "sound": composed["bound_sound"][-1],
             "empirical": composed["bound_empirical"][-1],
             "tightness": bounds[-1] / final if final > 0 else None,
         },
-        "blocks": blocks,
+        "blocks": _block_rows(chain, figures, allowance, composed, certificates, taus),
         "stitched": {k: v for k, v in figures.items() if k not in ("eps", "coverage")},
         "categories": _category_rows(prompt_set, evaluation),
-        "per_prompt": {
-            "label": prompt_set.labels,
-            "n_tokens": evaluation.n_tokens.int().tolist(),
-            "final_deviation": evaluation.final_deviation.tolist(),
-            "ppl_delta": evaluation.ppl_delta.tolist(),
-            "kl_mean": evaluation.kl_mean.tolist(),
-        },
-        "violations": violations if kind == "sound" else [],
-        "findings": [
-            f"empirical constant underestimated the true one on prompts={prompt_set.name}: {v}"
-            for v in violations
-        ]
-        if kind == "empirical"
-        else [],
+        "per_prompt": _per_prompt(prompt_set, evaluation),
+        "violations": violations,
+        "findings": [],
     }
-    return section, section["violations"]
+    return section, violations
 
 
 def comparison_lines(report: dict, section: dict) -> list[str]:
@@ -258,111 +245,6 @@ def comparison_lines(report: dict, section: dict) -> list[str]:
     return [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def _statistics_options(lipschitz: Mapping, min_radius: float, kind: str) -> LipschitzOptions:
-    return LipschitzOptions(
-        kind=kind,
-        random_trials=lipschitz["random_trials"],
-        ascent_steps=lipschitz["ascent_steps"],
-        min_radius=min_radius,
-    )
-
-
-def fresh_prompt_statistics(
-    adapter: BlockAdapter,
-    heldout: torch.Tensor,
-    states: list[torch.Tensor],
-    surrogates: Mapping[int, Surrogate],
-    certificates: Mapping[int, dict],
-    chain: Sequence[tuple[int, Surrogate]],
-    slack: Mapping[int, float],
-    cfg: Mapping,
-    lipschitz: Mapping,
-    tokenizer,
-    batch_size: int,
-    text_path: str | None = None,
-) -> dict:
-    """(a) direct and (b) compositional statements on the held-out prompts, checked on the
-    check split when `n_check_prompts` > 0 (cfg: the `statistics:` config section)."""
-    delta = cfg["delta"]
-    trajectory = RaggedTrajectory.from_states(states, batch_size)
-    taus_cert = {k: certificate_tau(c) or 0.0 for k, c in certificates.items()}
-    prompts = list(heldout)
-    evaluation = evaluate_prompts(adapter, surrogates, prompts, trajectory, taus_cert)
-    first = chain[0][0]
-    min_radius = lipschitz["min_radius_fraction"] * float(states[first].norm(dim=-1).median())
-    fixed_taus = taus_cert if cfg["tau"] == "certificate" else None
-    kinds = ["sound", "empirical"] if cfg["lipschitz"] == "sound" else ["empirical"]
-    for kind in kinds:  # the sound chain may be unbounded on these tubes: fall back, labelled
-        options = _statistics_options(lipschitz, min_radius, kind)
-        compositional = compositional_bound(
-            chain,
-            trajectory,
-            evaluation,
-            delta,
-            cfg["calibration_fraction"],
-            fixed_taus,
-            slack,
-            options,
-        )
-        if math.isfinite(compositional.final_bound):
-            break
-    direct = direct_bounds(evaluation, delta)
-    section = {
-        "note": IID_NOTE,
-        "delta": delta,
-        "n_prompts": len(prompts),
-        "direct": [d.__dict__ | {"statement": d.statement()} for d in direct],
-        "compositional": compositional.to_dict(),
-        "check": None,
-    }
-    n_check = cfg["n_check_prompts"]
-    if n_check is None:  # the count the run was trained with (its config is free-form JSON)
-        data = certificates[first]["config"].get("data")
-        n_check = data.get("n_check_prompts") if isinstance(data, dict) else None
-        n_check = n_check if isinstance(n_check, int) and not isinstance(n_check, bool) else 0
-        n_check = min(max(n_check, 0), 1 << 16)
-    if n_check > 0:
-        recipe = certificates[first]["data"]["recipe"]
-        check = list(check_split(recipe, tokenizer, heldout, n_check, text_path))
-        check_traj = ragged_teacher_trajectory(adapter, check, batch_size)
-        check_eval = evaluate_prompts(adapter, surrogates, check, check_traj, taus_cert)
-        values = {
-            "final deviation": check_eval.final_deviation,
-            "mean KL (nats)": check_eval.kl_mean,
-            "|ppl delta|": check_eval.ppl_delta.abs(),
-        }
-        misses = event_misses(
-            chain, check_traj, check_eval, range(len(check)), compositional, options
-        )
-        section["check"] = {
-            "n_prompts": len(check),
-            "direct": [d.check(values[d.name]) for d in direct],
-            "compositional": compositional.check(misses, check_eval.final_deviation),
-        }
-    return section
-
-
-def statistics_lines(section: dict) -> list[str]:
-    """Plain-words summary of the fresh-prompt statements and their check."""
-    lines = [f"fresh prompts ({section['note']}):"]
-    lines += [f"  (a) {d['statement']}" for d in section["direct"]]
-    lines.append(f"  (b) {section['compositional']['statement']}")
-    check = section["check"]
-    if check is not None:
-        for d in check["direct"]:
-            lines.append(
-                f"  check split: {d['beyond']}/{d['n']} beyond the {d['name']} threshold "
-                f"(stated <= {d['miss_upper']:.3g}): {'ok' if d['within'] else 'EXCEEDED'}"
-            )
-        c = check["compositional"]
-        lines.append(
-            f"  check split: {c['beyond_bound_fraction']:.3g} beyond B_L, "
-            f"{c['any_event_fraction']:.3g} with a missed event (stated <= {c['miss_upper']:.3g}): "
-            f"{'ok' if c['within'] else 'EXCEEDED'}"
-        )
-    return lines
-
-
 def run_prompt_stages(
     cfg,
     adapter: BlockAdapter,
@@ -371,13 +253,11 @@ def run_prompt_stages(
     states: list[torch.Tensor],
     chain: Sequence[tuple[int, Surrogate]],
     report: dict,
-    allowance: Mapping[int, Allowance] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """certify's stage after the stitched evaluation: `prompts=` and `statistics:`.
+    """certify's stage after the stitched evaluation: `prompts=` (the verifier's prompt set).
 
     verified: certify's Verified (blocks[k].surrogate / .certificate, heldout, first). Adds
-    report["prompts"] and report["statistics"]; returns (summary lines, sound violations).
-    allowance: the fp32 allowance of `chain` on every held-out prompt, if already measured.
+    report["prompts"]; returns (summary lines, sound violations).
     """
     from blockcert.evaluate.prompt_sets import context_length, load_prompt_set
 
@@ -399,26 +279,4 @@ def run_prompt_stages(
         report["prompts"] = section
         report["findings"] += section["findings"]
         lines += section["table"]
-    stats = cfg.get("statistics")
-    if stats is not None and stats.enabled:
-        # the statements are about every held-out prompt: so is their fp32 allowance
-        if allowance is None:
-            allowance = chain_allowance(chain, lambda k: input_batches(states[k], cfg.batch_size))
-        slack = {k: a.total for k, a in allowance.items()}
-        section = fresh_prompt_statistics(
-            adapter,
-            verified.heldout,
-            states,
-            surrogates,
-            certificates,
-            chain,
-            slack,
-            stats,
-            cfg.lipschitz,
-            tokenizer,
-            cfg.batch_size,
-            cfg.get("corpus_path"),
-        )
-        report["statistics"] = section
-        lines += statistics_lines(section)
     return lines, violations

@@ -70,11 +70,11 @@ def render_markdown(report: dict) -> str:
         table = report["prompts"]["table"]
         lines += ["", f"## Certificate prompts vs your prompts ({report['prompts']['name']})", ""]
         lines += ["```", *table, "```"]
-    if "statistics" in report:
-        stats = report["statistics"]
+    if report.get("statistics"):
+        from blockcert.evaluate.fresh_stage import statistics_lines
+
         lines += ["", "## Fresh prompts (statistical, under the i.i.d. assumption)", ""]
-        lines += [f"- (a) {d['statement']}" for d in stats["direct"]]
-        lines.append(f"- (b) {stats['compositional']['statement']}")
+        lines += [f"- {line.strip()}" for line in statistics_lines(report["statistics"])[1:]]
     lines += ["", f"Recomputation tolerance: {report['verification']['tolerance']}."]
     return "\n".join(lines) + "\n"
 

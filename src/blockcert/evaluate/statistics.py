@@ -6,15 +6,9 @@ windows: a window drawn from the same shuffled pool); they say nothing about oth
 the stress set. Worst-case figures on the evaluated prompts themselves are the composition
 bound's business (compose/), not this module's.
 
-Order statistic = one-sided Clopper-Pearson. For n i.i.d. values with a continuous law and the
-threshold q = X_(n-j) (exactly j values strictly above it), the exceedance p(q) = P(X > q)
-follows Beta(j + 1, n - j), so
-    P(p(q) > m) = delta   for   m = Beta^{-1}(1 - delta; j + 1, n - j) = CP_upper(j, n, delta);
-ties only make it conservative. Statement: with confidence 1 - delta over the n prompts, a
-fresh prompt exceeds q with probability <= m.
-
-(a) direct (`direct_bounds`): X = per-prompt final deviation max_t ||h~_L - h_L||, per-prompt
-mean KL and |ppl delta|; each at delta / 3, so the three hold jointly at 1 - delta.
+The direct statement on every metric at once is evaluate/statement.py's (an order statistic
+with one-sided Clopper-Pearson); this module holds (b), the compositional statement (opt-in,
+evaluate/compositional.py):
 
 (b) compositional (`compositional_bound`): for each block k of the chain two events per prompt,
     E_k^eps(p):  eps_k(p) <= tau_k   (teacher inputs),
@@ -39,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from blockcert.cert.coverage import clopper_pearson_upper
-from blockcert.cert.lipschitz import empirical_lipschitz, sound_lipschitz
+from blockcert.cert.lipschitz import LipschitzOptions, empirical_lipschitz, sound_lipschitz
 from blockcert.compose.bound import bound_trajectory
 from blockcert.compose.rational import round_up
 from blockcert.errors import BlockCertError
@@ -48,86 +42,31 @@ from blockcert.surrogate.ir import Surrogate
 
 
 @dataclass(frozen=True)
-class ExceedanceBound:
-    """With confidence 1 - delta, P(fresh prompt's value > threshold) <= miss_upper."""
-
-    name: str
-    threshold: float
-    n: int
-    n_exceed: int  # evaluated prompts strictly above the threshold
-    delta: float
-    miss_upper: float
-
-    def statement(self) -> str:
-        return (
-            f"with confidence {1 - self.delta:.4g}, a fresh prompt's {self.name} exceeds "
-            f"{self.threshold:.4g} with probability <= {self.miss_upper:.4g} (n = {self.n})"
-        )
-
-    def check(self, values: torch.Tensor) -> dict:
-        """Observed fraction of other prompts (e.g. the check split) beyond the threshold."""
-        beyond = int((values > self.threshold).sum())
-        fraction = beyond / len(values) if len(values) else 0.0
-        return {
-            "name": self.name,
-            "n": len(values),
-            "beyond": beyond,
-            "fraction": fraction,
-            "miss_upper": self.miss_upper,
-            "within": fraction <= self.miss_upper,
-        }
-
-
-def order_statistic_bound(
-    values: torch.Tensor, delta: float, n_exceed: int = 0, name: str = "value"
-) -> ExceedanceBound:
-    """Threshold = the (n - n_exceed)-th smallest value; miss rate = CP_upper(j, n, delta)."""
-    n = len(values)
-    if not 0 <= n_exceed < n:
-        raise BlockCertError(f"{name}: need 0 <= n_exceed < n prompts, got {n_exceed} of {n}.")
-    ordered = values.double().sort().values
-    threshold = float(ordered[n - 1 - n_exceed])
-    j = int((values > threshold).sum())  # ties at the threshold are not misses
-    return ExceedanceBound(name, threshold, n, j, delta, clopper_pearson_upper(j, n, delta))
-
-
-def direct_bounds(
-    evaluation: PromptEvaluation, delta: float, n_exceed: int = 0
-) -> list[ExceedanceBound]:
-    """(a) per-prompt final deviation, mean KL and |ppl delta|, jointly at confidence 1 - delta."""
-    figures = {
-        "final deviation": evaluation.final_deviation,
-        "mean KL (nats)": evaluation.kl_mean,
-        "|ppl delta|": evaluation.ppl_delta.abs(),
-    }
-    each = delta / len(figures)  # Bonferroni: the three statements hold jointly
-    return [order_statistic_bound(v, each, n_exceed, name) for name, v in figures.items()]
-
-
-@dataclass(frozen=True)
-class LipschitzOptions:
-    """Per-prompt Lipschitz constants: `sound` (upper bound) or `empirical` (lower estimate)."""
+class PromptConstants:
+    """Per-prompt Lipschitz constants of the compositional statement: `sound` (upper bound) or
+    `empirical` (lower estimate), computed as `options` (the lipschitz group) says; empirical
+    probes use r >= min_radius."""
 
     kind: str = "sound"
-    random_trials: int = 8
-    ascent_steps: int = 10
-    min_radius: float = 0.0  # empirical probes need r > 0
+    options: LipschitzOptions = field(default_factory=LipschitzOptions)
+    min_radius: float = 0.0
 
 
 def prompt_lipschitz(
-    surrogate: Surrogate, x: torch.Tensor, radius: float, options: LipschitzOptions, seed: int = 0
+    surrogate: Surrogate, x: torch.Tensor, radius: float, constants: PromptConstants, seed: int = 0
 ) -> float:
     """Lipschitz constant of g on the tube of `radius` around ONE prompt `x [1, s, d]`; inf if
     the sound bound does not exist there."""
-    if options.kind == "sound":
-        value = sound_lipschitz(surrogate, [x], radius).value
-    elif options.kind == "empirical":
-        r = max(radius, options.min_radius)
+    options = constants.options
+    if constants.kind == "sound":
+        value = sound_lipschitz(surrogate, [x], radius, options.tube_shells).value
+    elif constants.kind == "empirical":
+        r = max(radius, constants.min_radius)
         value = empirical_lipschitz(
             surrogate, x, r, options.random_trials, options.ascent_steps, seed=seed
         ).value
     else:
-        raise BlockCertError(f"statistics.lipschitz={options.kind!r}: use sound or empirical.")
+        raise BlockCertError(f"statistics.lipschitz={constants.kind!r}: use sound or empirical.")
     return math.inf if value is None else float(value)
 
 
@@ -232,7 +171,7 @@ def _block_lipschitz(
     k: int,
     rows: Sequence[int],
     radius: float,
-    options: LipschitzOptions,
+    options: PromptConstants,
 ) -> torch.Tensor:
     """L_k(p; radius) of every prompt in `rows`, each on its own tube."""
     values = [
@@ -248,7 +187,7 @@ def event_misses(
     evaluation: PromptEvaluation,
     rows: Sequence[int],
     bound: CompositionalBound,
-    options: LipschitzOptions,
+    options: PromptConstants,
 ) -> torch.Tensor:
     """Misses `[len(rows), n_events]` at the bound's thresholds and radii, events in the order
     of `bound.events` (per block: eps if it has a surrogate, then lipschitz)."""
@@ -269,7 +208,7 @@ def compositional_bound(
     calibration_fraction: float = 0.5,
     taus: Mapping[int, float] | None = None,
     slack: Mapping[int, float] | None = None,
-    options: LipschitzOptions | None = None,
+    options: PromptConstants | None = None,
     extra: Sequence | None = None,
 ) -> CompositionalBound:
     """(b) B_L(tau, L^) with its per-event miss bounds (see the module docstring).
@@ -280,7 +219,7 @@ def compositional_bound(
     prompts). slack: fp32 allowance added to every composed tau_k. extra: optional a_k of the
     generalised recursion, passed on to compose.bound.bound_trajectory.
     """
-    options = options or LipschitzOptions()
+    options = options or PromptConstants()
     n = len(evaluation.n_tokens)
     n_cal = int(round(calibration_fraction * n))
     if not 1 <= n_cal < n:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from blockcert.models.adapters import BlockAdapter
+from blockcert.progress import progress
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
 
@@ -30,13 +31,22 @@ def teacher_trajectory(
 ) -> list[torch.Tensor]:
     """[h_0, ..., h_L], each `[n_prompts, seq, d_model]` fp32 on CPU."""
     states: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
-    for start in range(0, len(input_ids), batch_size):
-        h = adapter.embed(input_ids[start : start + batch_size])
-        states[0].append(h.float().cpu())
-        for k in range(adapter.num_blocks):
-            h = adapter.block(k, h)
-            states[k + 1].append(h.float().cpu())
+    starts = range(0, len(input_ids), batch_size)
+    for start in progress(starts, len(starts), "teacher pass", "batches"):
+        for k, h in enumerate(teacher_states(adapter, input_ids[start : start + batch_size])):
+            states[k].append(h)
     return [torch.cat(s) for s in states]
+
+
+@torch.no_grad()
+def teacher_states(adapter: BlockAdapter, ids: torch.Tensor) -> list[torch.Tensor]:
+    """[h_0, ..., h_L] of one batch `ids [b, s]`, each `[b, s, d_model]` fp32 on CPU."""
+    h = adapter.embed(ids)
+    states = [h.float().cpu()]
+    for k in range(adapter.num_blocks):
+        h = adapter.block(k, h)
+        states.append(h.float().cpu())
+    return states
 
 
 def trajectory_is_exact(adapter: BlockAdapter) -> bool:
@@ -67,7 +77,7 @@ def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Te
 
 
 @dataclass
-class _BatchFigures:
+class BatchFigures:
     """Per-prompt figures of one batch of equal-length prompts (all fp64, shape [b] unless said)."""
 
     deviation: torch.Tensor  # [b, L]: max_t ||h~_k - h_k|| per block
@@ -75,24 +85,25 @@ class _BatchFigures:
     nll_baseline: torch.Tensor
     nll_stitched: torch.Tensor
     kl: torch.Tensor  # summed over positions
+    kl_max: torch.Tensor  # the largest over positions
     agree: torch.Tensor  # top-1 agreements
     n_targets: int  # next-token targets per prompt (s - 1)
 
 
-def _run_block(adapter: BlockAdapter, surrogates: Mapping[int, Surrogate], k: int, h):
+def run_block(adapter: BlockAdapter, surrogates: Mapping[int, Surrogate], k: int, h):
     if k in surrogates:
         return run_graph(surrogates[k].graph, surrogates[k].weights, h)
     return adapter.block(k, h).float()
 
 
 @torch.no_grad()
-def _stitched_batch(
+def stitched_batch(
     adapter: BlockAdapter,
     surrogates: Mapping[int, Surrogate],
     ids: torch.Tensor,
     states: list[torch.Tensor],
     exact: Mapping[int, bool] | None = None,
-) -> _BatchFigures:
+) -> BatchFigures:
     """Stitched model on one batch `ids [b, s]` against its teacher states `[b, s, d]` each.
 
     exact[k]: surrogate k is known to map this batch's h_k to h_{k+1} exactly; the teacher's own
@@ -109,7 +120,7 @@ def _stitched_batch(
         if h is states[k] and reproduces:
             h, gap = states[k + 1], torch.zeros(states[k + 1].shape[:-1])
         else:
-            h = _run_block(adapter, surrogates, k, h)
+            h = run_block(adapter, surrogates, k, h)
             gap = (h - states[k + 1]).norm(dim=-1)
             if not gap.any() and torch.equal(h, states[k + 1]):
                 h = states[k + 1]  # back on the teacher's path
@@ -119,12 +130,14 @@ def _stitched_batch(
         stitched_lp = base_lp
     else:
         stitched_lp, _ = _next_token_stats(adapter.head(h), ids)
-    return _BatchFigures(
+    kl = (base_lp.exp() * (base_lp - stitched_lp)).sum(-1)  # KL(teacher || stitched) [b, s-1]
+    return BatchFigures(
         deviation=torch.stack(gaps, dim=-1),
         final_gap=gap,
         nll_baseline=-base_lp.gather(-1, targets[..., None]).sum((1, 2)),
         nll_stitched=-stitched_lp.gather(-1, targets[..., None]).sum((1, 2)),
-        kl=(base_lp.exp() * (base_lp - stitched_lp)).sum((1, 2)),
+        kl=kl.sum(1),
+        kl_max=kl.amax(1) if kl.shape[1] else kl.sum(1),  # a one-token prompt: 0
         agree=(base_lp.argmax(-1) == stitched_lp.argmax(-1)).sum(-1).double(),
         n_targets=targets.shape[1],
     )
@@ -148,9 +161,10 @@ def stitched_evaluation(
     """
     exact = exact or {}
     deviation, final, nll_base, nll_stitched, kl, agree, count = [], [], 0.0, 0.0, 0.0, 0, 0
-    for start in range(0, len(input_ids), batch_size):
+    starts = range(0, len(input_ids), batch_size)
+    for start in progress(starts, len(starts), "stitched model", "batches"):
         rows = slice(start, start + batch_size)
-        batch = _stitched_batch(
+        batch = stitched_batch(
             adapter,
             surrogates,
             input_ids[rows],
@@ -341,7 +355,7 @@ def evaluate_prompts(
     """Per-prompt eps_k, coverage at tau_k, stitched deviations and next-token figures.
 
     trajectory: ragged_teacher_trajectory or RaggedTrajectory.from_states (the batches the
-    stitched run uses); blocks that reproduce it exactly are not run again (_stitched_batch).
+    stitched run uses); blocks that reproduce it exactly are not run again (stitched_batch).
     """
     n = len(prompts)
     zeros = lambda: torch.zeros(n, dtype=torch.float64)  # noqa: E731
@@ -357,7 +371,7 @@ def evaluate_prompts(
             errors, exact[k] = _teacher_input_errors(surrogate, states[k], states[k + 1])
             eps[k][index] = errors.amax(-1).double()
             covered[k][index] = (errors <= taus[k]).sum(-1).double()
-        batch = _stitched_batch(adapter, surrogates, ids, states, exact)
+        batch = stitched_batch(adapter, surrogates, ids, states, exact)
         deviation[index] = batch.deviation
         nll_base[index], nll_stitched[index] = batch.nll_baseline, batch.nll_stitched
         kl[index], agree[index] = batch.kl, batch.agree

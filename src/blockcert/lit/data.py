@@ -36,6 +36,11 @@ class ResidualPairDataModule(L.LightningDataModule):
         self.store = store or PairStore(adapter, cache_root, batch_size, enabled=cache)
 
     @property
+    def teacher(self):
+        """The teacher whose block is certified (blockcert.models.teacher.Teacher)."""
+        return self.adapter.teacher
+
+    @property
     def pairs_source(self) -> dict[str, str]:
         """{split: where its pairs came from} for the splits this module has read."""
         return {

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from blockcert.capture.prompts import PromptSplit
-from blockcert.lit.callback import certify_block
+from blockcert.cert.certificate import CertificateOptions, certify_block
+from blockcert.cert.lipschitz import LipschitzOptions
 from blockcert.lit.data import ResidualPairDataModule
 from blockcert.models.adapters import BlockAdapter
 from blockcert.surrogate.ir import Surrogate
@@ -28,10 +29,11 @@ def recertify(
 ) -> dict[int, dict]:
     """{block: certificate} for every surrogate, written under `runs_dir/block<k>/`.
 
-    config: the resolved train config (its `data`, `cache`, `seed` and
-    `callbacks.certificate` are used; it is recorded in each certificate with `block` = k).
+    config: the resolved train config (its `data`, `cache`, `seed`, `callbacks.certificate` and
+    `lipschitz` are used; it is recorded in each certificate with `block` = k).
     """
-    cert_cfg = config["callbacks"]["certificate"]
+    options = CertificateOptions.from_config(config["callbacks"]["certificate"])
+    lipschitz = LipschitzOptions.from_config(config.get("lipschitz") or {})
     certificates = {}
     for k, surrogate in sorted(surrogates.items()):
         datamodule = ResidualPairDataModule(
@@ -46,17 +48,6 @@ def recertify(
         run_dir = Path(runs_dir) / f"block{k}"
         block_config = {**copy.deepcopy(config), "block": k, "run_dir": str(run_dir)}
         certificates[k] = certify_block(
-            surrogate=surrogate,
-            datamodule=datamodule,
-            run_dir=run_dir,
-            taus_abs=list(cert_cfg["taus_abs"]),
-            taus_rel=list(cert_cfg["taus_rel"]),
-            delta=cert_cfg["delta"],
-            radius=cert_cfg.get("radius"),
-            lipschitz_prompts=cert_cfg.get("lipschitz_prompts", 4),
-            config=block_config,
-            lipschitz_search=cert_cfg.get("lipschitz_search"),
-            sound_prompts=cert_cfg.get("sound_prompts"),
-            refine_tokens=cert_cfg.get("refine_tokens"),
+            surrogate, datamodule, run_dir, options, lipschitz, block_config
         )
     return certificates

@@ -180,3 +180,18 @@ def build_tiny(name: str, model_type: str, config: dict, seed: int = 0) -> Teach
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     return _finish(model, name, f"random:{model_type}:seed={seed}", tokenizer)
+
+
+def load_teacher(model_cfg) -> Teacher:
+    """The teacher a conf/model/*.yaml node builds (its `_target_` is one of this module's
+    loaders). The one way blockcert loads a teacher from a config."""
+    from hydra.utils import instantiate
+
+    return instantiate(model_cfg)
+
+
+def load_teacher_by_name(name: str, overrides: tuple[str, ...] = ()) -> Teacher:
+    """The teacher named by conf/model/<name>.yaml (with Hydra `overrides`, e.g. model.path=)."""
+    from blockcert.resources import compose_config
+
+    return load_teacher(compose_config("train", [f"model={name}", *overrides]).model)

