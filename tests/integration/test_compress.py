@@ -105,7 +105,7 @@ def test_recipe_certifies_every_block_and_composes(tmp_path):
     assert sorted(r.block for r in result.runs) == [0, 1, 2, 3]
     summary = result.compressed
     assert summary["heldout"]["n_prompts"] == 8
-    widths = [r.certificate["capacity"]["mlp_width"] for r in result.runs]
+    widths = [r.certificate["surrogate"]["capacity"]["mlp_width"] for r in result.runs]
     full = 4 * 128  # tiny_llama: 4 blocks of 128 MLP neurons
     assert abs(sum(widths) - 0.75 * full) <= 4 and min(widths) < 128
     report = certify_in_process(tmp_path, run, "model=tiny_llama").report
