@@ -157,6 +157,24 @@ def test_head_cut_keeps_whole_heads_and_their_kv_heads(tiny_llama):
         assert cut.graph.capacity["heads"] == 2 and cut.num_params < full.num_params
 
 
+def test_uncut_blocks_never_outgrow_the_teacher_block(tiny_llama):
+    """A block the budget leaves at full width (or with every head) is refitted without a new
+    bias: certify.py refuses a surrogate with more parameters than its teacher block; a cut
+    block gains the bias and stays smaller."""
+    full, stats, x, y, values = _block_stats(tiny_llama)
+    obs = Pruning("obs", "ls")
+    same = cut_neurons(full, stats, block_view(full).mlp.width, obs)
+    assert same.num_params == full.num_params
+    assert "bias" not in same.graph.node("mlp_out").weights
+    cut = cut_neurons(full, stats, block_view(full).mlp.width - 1, obs)
+    assert "bias" in cut.graph.node("mlp_out").weights and cut.num_params < full.num_params
+    attention = run_values(full.graph, full.weights, x, ("attn",))["attn"]
+    equations = NormalEquations(attention.shape[-1], x.shape[-1])
+    equations.add(attention, values["resid_attn"] - x)
+    heads = block_view(full).attention.n_heads
+    assert cut_heads(full, equations, heads, obs).num_params == full.num_params
+
+
 def test_standardized_widths_spend_the_budget():
     scores = [torch.rand(50), 10 * torch.rand(50), torch.rand(50) + 5]
     widths = standardized_widths(scores, 90, floor=5)

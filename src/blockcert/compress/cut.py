@@ -15,7 +15,7 @@ of their head_dim features; the attention output projection is what `update` rew
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -129,6 +129,13 @@ def _compensate(
         graph_node.weights["bias"] = key
 
 
+def _uncut(pruning: Pruning) -> Pruning:
+    """An uncut projection is refitted without a new bias: the bias would make the block larger
+    than the teacher's, and certify.py refuses a surrogate with more parameters than its block
+    (a projection that has a bias keeps it)."""
+    return replace(pruning, bias=False)
+
+
 def cut_heads(
     surrogate: Surrogate, attention: NormalEquations, n_heads: int, pruning: Pruning
 ) -> Surrogate:
@@ -139,7 +146,8 @@ def cut_heads(
     if n_heads >= heads:
         out = _copy(surrogate)
         all_heads = torch.arange(attention.n)
-        _compensate(out, "attn_out", view.attention.o.matrix(), all_heads, attention, pruning)
+        uncut = _uncut(pruning)
+        _compensate(out, "attn_out", view.attention.o.matrix(), all_heads, attention, uncut)
         return _declare(out, surrogate.graph.capacity)
     w_o = view.attention.o.matrix()
     per_feature = _feature_scores(pruning.select, w_o, attention)
@@ -175,5 +183,7 @@ def cut_neurons(surrogate: Surrogate, stats: MlpStats, width: int, pruning: Prun
     out = _copy(surrogate)
     if width < view.mlp.width:
         keep_neurons(out, kept.tolist())
+    else:
+        pruning = _uncut(pruning)
     _compensate(out, "mlp_out", w_down, kept, stats.hidden, pruning)
     return _declare(out, surrogate.graph.capacity)
