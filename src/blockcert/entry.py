@@ -43,6 +43,18 @@ TRAIN_TYPES = {
     "optim.topk_fraction": float,
     "optim.warmup_fraction": float,
     "cache.enabled": bool,
+    "compress.budget.mlp_fraction": float,
+    "compress.budget.param_fraction": float,
+    "compress.budget.head_fraction": float,
+    "compress.budget.rank_fraction": float,
+    "compress.allocation.prompts": int,
+    "compress.allocation.kl_prompts": int,
+    "compress.calibration.prompts": int,
+    "compress.calibration.batch_size": int,
+    "compress.e2e.prompts": int,
+    "compress.e2e.batch_size": int,
+    "compress.e2e.epochs": int,
+    "compress.e2e.lr": float,
 }
 CERTIFY_TYPES = {
     "runs": str,
@@ -90,11 +102,15 @@ def train_main(cfg: DictConfig) -> float | None:
             )
             return None
         value = result.metric(cfg.optimized_metric)
-    if cfg.blocks is None:
+    if cfg.blocks is None and result.compressed is None:
         print("\n".join(summary_lines(result.runs[0].certificate)))
         print(f"certificate: {cfg.run_dir}/certificate.json")
     else:
         print("\n".join(blocks_table(result.runs)))
+        if result.compressed is not None:
+            from blockcert.compress.summary import summary_lines as compressed_lines
+
+            print("\n".join(compressed_lines(result.compressed)))
         print(f"certificates: {cfg.run_dir}/block*/certificate.json")
         print(f"compose them: python certify.py model={cfg.model.name} runs={cfg.run_dir}")
     return value

@@ -2,7 +2,9 @@
 
 python -m blockcert.pareto RUNS_ROOT [--out DIR] [--block K]: reads every certificate under
 RUNS_ROOT (hash-checked), writes pareto.md and pareto.png into --out (default RUNS_ROOT) and
-logs them to W&B (offline unless WANDB_MODE says otherwise).
+logs them to W&B (offline unless WANDB_MODE says otherwise). Compressed runs under RUNS_ROOT
+(train.py compress=...) add the whole-model front beside the per-block one: pareto_model.md
+and a second row of pareto.png (blockcert.compress.front).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from blockcert.atomic import write_atomic, write_text_atomic
 from blockcert.cert.certificate import CERTIFICATE_FILE
 from blockcert.cli import one_line_errors
+from blockcert.compress.front import collect_model_points, model_table, plot_model
 from blockcert.errors import BlockCertError
 from blockcert.tracking import coverage_key, log_files
 from blockcert.verify.collect import load_certificate
@@ -102,14 +105,18 @@ def markdown_table(points: list[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(points: list[Point], path: Path) -> Path:
+def plot(points: list[Point], path: Path, model_points: list | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     taus = list(points[0].coverage)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    rows = 2 if model_points else 1
+    fig, grid = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
+    axes = grid[0]
+    if model_points:
+        plot_model(grid[1], model_points)
     x = [p.params_fraction for p in points]
     axes[0].scatter(x, [p.eps_max for p in points], label="runs")
     front = pareto_front(points)
@@ -144,9 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with one_line_errors():
         points = collect_points(args.root, args.block)
+        model_points = collect_model_points(args.root)
         out = args.out or args.root
         table = markdown_table(points)
-        files = [write_text_atomic(out / "pareto.md", table), plot(points, out / "pareto.png")]
+        files = [write_text_atomic(out / "pareto.md", table)]
+        if model_points:
+            table += "\nwhole model:\n\n" + model_table(model_points)
+            files.append(write_text_atomic(out / "pareto_model.md", model_table(model_points)))
+        files.append(plot(points, out / "pareto.png", model_points))
         if not args.no_wandb:
             log_to_wandb(files, points)
     print(table)

@@ -78,6 +78,7 @@ class TrainResult:
     blocks: list[int]
     runs: list[BlockRun]
     teacher_prompts: int
+    compressed: dict | None = None  # compress=...: the stitched model's figures (summary.json)
 
     def metric(self, name: str) -> float:
         """`name` (e.g. `cert/eps_max`) from the certificates; the mean over several blocks."""
@@ -246,6 +247,10 @@ def train(cfg: DictConfig) -> TrainResult:
         s.prompts.seq_len,
         time.perf_counter() - start,
     )
+    if cfg.get("compress") is not None:
+        if cfg.stage != "all":
+            raise BlockCertError("compress=... runs its own stages: leave stage=all.")
+        return compress_blocks(cfg, s)
     teacher_prompts = capture(s)
     if cfg.stage == "capture":
         return TrainResult(s.blocks, [], teacher_prompts)
@@ -254,6 +259,20 @@ def train(cfg: DictConfig) -> TrainResult:
         runs.append(fit_block(s, cfg, block, block_run_dir(cfg, block)))
         gc.collect()  # Lightning objects hold cycles; free one block's before the next
     return TrainResult(s.blocks, runs, s.store.teacher_prompts)
+
+
+def compress_blocks(cfg: DictConfig, s: Setup) -> TrainResult:
+    """compress=...: the whole recipe (blockcert.compress.pipeline) into run_dir/block<K>/."""
+    from blockcert.compress.pipeline import compress
+
+    recipe = instantiate(cfg.compress, _convert_="all")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    result = compress(recipe, s.adapter, s.prompts, s.blocks, s.store, cfg.run_dir, config)
+    runs = [
+        BlockRun(k, Path(cfg.run_dir) / f"block{k}", cert, 0.0)
+        for k, cert in result.certificates.items()
+    ]
+    return TrainResult(s.blocks, runs, s.store.teacher_prompts, result.summary)
 
 
 def _ranges(blocks: list[int]) -> str:

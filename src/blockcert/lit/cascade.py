@@ -137,9 +137,12 @@ class CascadeDataModule(L.LightningDataModule):
         return self.teacher.val_dataloader()
 
 
-def quiet_trainer(max_epochs: int, gradient_clip_val: float, max_steps: int = -1) -> L.Trainer:
+def quiet_trainer(
+    max_epochs: int, gradient_clip_val: float, max_steps: int = -1, callbacks=None
+) -> L.Trainer:
     """A Trainer for in-process fits: no logger, checkpoints, progress bar or validation."""
     return L.Trainer(
+        callbacks=callbacks,
         max_epochs=max_epochs,
         max_steps=max_steps,
         logger=False,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from blockcert.lit.cascade import MemoryBatches, quiet_trainer
 from blockcert.lit.loss import per_token_error
 from blockcert.lit.module import SurrogateModule, adamw_cosine
+from blockcert.lit.progress import StepLines
 from blockcert.models.adapters import BlockAdapter
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import Surrogate
@@ -145,10 +146,13 @@ def joint_finetune(
     seed: int = 0,
     gradient_clip_val: float = 1.0,
     max_steps: int = -1,
+    progress: bool = False,
 ) -> dict[int, Surrogate]:
-    """Every surrogate fine-tuned jointly (see the module docstring); returns new surrogates."""
+    """Every surrogate fine-tuned jointly (see the module docstring); returns new surrogates.
+    progress: a log line every 30 s (step, KL, per-block term, tokens/s, time left)."""
     L.seed_everything(seed, verbose=False)
     module = JointModule(adapter, surrogates, lr=lr, block_weight=block_weight)
-    trainer = quiet_trainer(max_epochs, gradient_clip_val, max_steps)
+    callbacks = [StepLines("end-to-end")] if progress else None
+    trainer = quiet_trainer(max_epochs, gradient_clip_val, max_steps, callbacks)
     trainer.fit(module, datamodule=PromptsDataModule(train_ids, None, batch_size, seed))
     return module.surrogates()

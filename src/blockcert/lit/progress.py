@@ -48,3 +48,40 @@ class ProgressLines(L.Callback):
             self.tokens / elapsed,
             shown,
         )
+
+
+class StepLines(L.Callback):
+    """A log line at most every `every_s` seconds during fit: step / total, the logged
+    training figures, tokens/s and the estimated time left (batches of token ids `[b, s]`)."""
+
+    def __init__(self, label: str, every_s: float = 30.0):
+        self.label, self.every_s = label, every_s
+        self.start = self.last = 0.0
+        self.tokens = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens += batch.numel()
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        step, total = trainer.global_step, max(1, int(trainer.estimated_stepping_batches))
+        metrics = trainer.callback_metrics
+        shown = "  ".join(
+            f"{key.split('/')[-1]} {float(value):.4g}"
+            for key, value in metrics.items()
+            if key.startswith("train/")
+        )
+        elapsed = now - self.start
+        log.info(
+            "%s step %d/%d: %s  %.0f tokens/s, ETA %.0f s",
+            self.label,
+            step,
+            total,
+            shown,
+            self.tokens / elapsed,
+            elapsed / max(step, 1) * (total - step),
+        )
