@@ -17,7 +17,7 @@ from pathlib import Path
 from blockcert.atomic import write_atomic, write_text_atomic
 from blockcert.cert.certificate import CERTIFICATE_FILE
 from blockcert.cli import one_line_errors
-from blockcert.compress.front import collect_model_points, model_table, plot_model
+from blockcert.compress.front import collect_model_points, lower_front, model_table, plot_model
 from blockcert.errors import BlockCertError
 from blockcert.tracking import coverage_key, log_files
 from blockcert.verify.collect import load_certificate
@@ -66,12 +66,7 @@ def collect_points(root: Path, block: int | None = None) -> list[Point]:
 
 def pareto_front(points: list[Point]) -> list[Point]:
     """Points not dominated in (fewer params, lower eps_max), sorted by params."""
-    front, best = [], float("inf")
-    for point in sorted(points, key=lambda p: (p.params, p.eps_max)):
-        if point.eps_max < best:
-            front.append(point)
-            best = point.eps_max
-    return front
+    return lower_front(points, lambda p: p.params, lambda p: p.eps_max)
 
 
 def markdown_table(points: list[Point]) -> str:

@@ -11,6 +11,7 @@ re-measures the stitched figures from the certified surrogates.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,14 +71,20 @@ def collect_model_points(root: str | Path) -> list[ModelPoint]:
     return points
 
 
+def lower_front(points: list, cost: Callable, loss: Callable) -> list:
+    """Points not dominated in (lower cost, lower loss), sorted by cost: the per-block front
+    (params, eps_max) and the whole-model one (params kept, KL) alike."""
+    front, best = [], float("inf")
+    for point in sorted(points, key=lambda p: (cost(p), loss(p))):
+        if loss(point) < best:
+            front.append(point)
+            best = loss(point)
+    return front
+
+
 def model_front(points: list[ModelPoint]) -> list[ModelPoint]:
     """Points not dominated in (fewer params, lower KL), sorted by params."""
-    front, best = [], float("inf")
-    for point in sorted(points, key=lambda p: (p.params_fraction, p.kl)):
-        if point.kl < best:
-            front.append(point)
-            best = point.kl
-    return front
+    return lower_front(points, lambda p: p.params_fraction, lambda p: p.kl)
 
 
 def model_table(points: list[ModelPoint]) -> str:
