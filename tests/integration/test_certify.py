@@ -172,24 +172,16 @@ def test_verifier_prompts_and_fresh_prompt_statistics(tmp_path, reduced_runs):
     prompts = report["prompts"]
     assert prompts["table"] and "certificate prompts" in "\n".join(prompts["table"])
     stats, fresh = report["statistics"], report["fresh"]
-    assert not stats["teacher_model"] and stats["statement"]["n"] == 40
-    assert "lengths uniform in [16, 32] tokens" in stats["statement"]["statement"]
-    assert {s: v["n_prompts"] for s, v in fresh["splits"].items()} == {
-        "own": 8,
-        "calibration": 40,
-        "check": 20,
-    }
-    assert stats["check"]["n"] == 20 and stats["check"]["within"]
+    _assert_mixed_length_statement(stats, fresh)
     assert set(stats["shift"]) == {"stress set", "King James Bible"}
     comp = stats["compositional"]
     assert comp["informative"] is False or comp["check"]["within"]
     assert any("with confidence 0.99, a fresh prompt" in line for line in result.lines)
 
 
-def test_fresh_prompt_statement_on_a_reduced_run(tmp_path, reduced_runs):
-    """The joint statement (mixed lengths) with its check split, the shift set beside it."""
-    result, report = _certify(tmp_path, "tiny_llama", reduced_runs, "statistics.lengths=mixed")
-    stats, fresh = report["statistics"], report["fresh"]
+def _assert_mixed_length_statement(stats: dict, fresh: dict) -> None:
+    """debug=tiny's splits (8 own, 40 calibration, 20 check) and a statement over mixed
+    lengths whose untouched check split stays within its binomial slack."""
     assert not stats["teacher_model"] and stats["statement"]["n"] == 40
     assert "lengths uniform in [16, 32] tokens" in stats["statement"]["statement"]
     assert {s: v["n_prompts"] for s, v in fresh["splits"].items()} == {
@@ -198,6 +190,13 @@ def test_fresh_prompt_statement_on_a_reduced_run(tmp_path, reduced_runs):
         "check": 20,
     }
     assert stats["check"]["n"] == 20 and stats["check"]["within"]
+
+
+def test_fresh_prompt_statement_on_a_reduced_run(tmp_path, reduced_runs):
+    """The joint statement (mixed lengths) with its check split, the shift set beside it."""
+    result, report = _certify(tmp_path, "tiny_llama", reduced_runs, "statistics.lengths=mixed")
+    stats, fresh = report["statistics"], report["fresh"]
+    _assert_mixed_length_statement(stats, fresh)
     assert set(stats["shift"]) == {"King James Bible"} and stats["compositional"] is None
     assert any("with confidence 0.99, a fresh prompt" in line for line in result.lines)
 
