@@ -1,8 +1,12 @@
 """How tests run blockcert: in-process through the same config composition the entry points
-use (conf/ with debug=tiny), and as a subprocess only where the command line is under test."""
+use (conf/ with debug=tiny); the command-line entry points themselves in-process too
+(`run_entry`), and as a new interpreter only where the script as a user starts it is under
+test (`run_script`: each start imports torch, Lightning and transformers, ~7 s)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -76,3 +80,30 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
         text=True,
         timeout=timeout,
     )
+
+
+def run_entry(entry: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python <entry>.py args` run in this process: the same entry function (blockcert.entry:
+    preflight, Hydra, one-line errors), its stdout, stderr and exit code, as run_script returns
+    them, without a new interpreter. The environment (and argv) is restored afterwards; glibc's
+    allocator is left as it is (BLOCKCERT_MALLOC=system) so the test process keeps its own."""
+    from blockcert import entry as entries
+
+    main = {"train": entries.train_cli, "certify": entries.certify_cli, "edit": entries.edit_cli}
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    os.environ.update(
+        {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "BLOCKCERT_MALLOC": "system"}
+    )
+    os.environ.update(env or {})
+    sys.argv = argv = [str(REPO / f"{entry}.py"), *args]
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main[entry]()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())

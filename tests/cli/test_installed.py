@@ -4,6 +4,7 @@ stitched model loads and generates."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,10 +30,21 @@ CERTIFY = [
     "statistics.check_prompts=20",
     "statistics.shift_prompts=4",
 ]
-LOAD = """
-import sys, blockcert, blockcert.stitched as stitched
+# One interpreter runs the installed entry functions the console scripts call (train, then
+# certify) and loads and generates from the stitched model: each interpreter start imports
+# torch, Lightning and transformers (~7 s).
+SESSION = """
+import json, sys, blockcert, blockcert.stitched as stitched
+from blockcert.entry import certify_cli, train_cli
 assert "site-packages" in blockcert.__file__, blockcert.__file__
-model, tokenizer = stitched.load(sys.argv[1], model="tiny_llama")
+runs, train_args, certify_args = sys.argv[1], *json.loads(sys.argv[2])
+for name, main, args in [("train", train_cli, train_args), ("certify", certify_cli, certify_args)]:
+    sys.argv = ["blockcert-" + name, *args]
+    try:
+        main()
+    except SystemExit as done:
+        assert not done.code, (name, done.code)
+model, tokenizer = stitched.load(runs, model="tiny_llama")
 ids = tokenizer("To be, or not", return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=4, do_sample=False)
 assert out.shape[1] == ids.shape[1] + 4
@@ -80,23 +92,18 @@ def test_the_installed_wheel_trains_certifies_and_loads(installed):
     work = tmp / "elsewhere"  # outside the checkout: nothing of it on the path
     work.mkdir()
     runs = work / "runs"
-    _run(
-        [str(bin_dir / "blockcert-train"), *TRAIN, f"runs_root={runs}", f"cache.root={work}/cache"],
-        work,
-        env,
-    )
-    proc = _run(
-        [
-            str(bin_dir / "blockcert-certify"),
-            *CERTIFY,
-            f"runs={runs}/tiny_llama",
-            f"out={work}/report",
-        ],
-        work,
-        env,
-    )
+    train = [*TRAIN, f"runs_root={runs}", f"cache.root={work}/cache"]
+    certify = [*CERTIFY, f"runs={runs}/tiny_llama", f"out={work}/report"]
+    args = json.dumps([train, certify])
+    proc = _run([str(bin_dir / "python"), "-c", SESSION, str(runs / "tiny_llama"), args], work, env)
+    assert "certificate:" in proc.stdout and "generated 4" in proc.stdout
     assert "with confidence 0.99, a fresh prompt" in proc.stdout
     assert (work / "report" / "lean" / "BlockCert" / "Certificates").is_dir()
     assert not (work / "lean").exists()  # the instance went to the report, not the cwd
-    proc = _run([str(bin_dir / "python"), "-c", LOAD, str(runs / "tiny_llama")], work, env)
-    assert "generated 4" in proc.stdout
+    # the console scripts call those entry functions
+    for script, function in [
+        ("blockcert-train", "train_cli"),
+        ("blockcert-certify", "certify_cli"),
+    ]:
+        text = (bin_dir / script).read_text()
+        assert f"from blockcert.entry import {function}" in text, text

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from blockcert.pareto import Point, collect_points, main, markdown_table, pareto_front
-from tests.helpers import run_script
+from tests.helpers import run_entry, run_script
 
 
 def test_two_point_sweep_runs_the_teacher_once(tmp_path):
-    proc = run_script(
-        "train.py",
+    proc = run_entry(
+        "train",
         "-m",
         "debug=tiny",
         "block=1",

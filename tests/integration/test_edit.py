@@ -14,7 +14,7 @@ from blockcert.edit.solve import memory_update
 from blockcert.errors import BlockCertError, VerificationError
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.interpret import run_graph
-from tests.helpers import certify_in_process, edit_in_process, run_script
+from tests.helpers import certify_in_process, edit_in_process, run_entry
 
 PROMPT = "The Eiffel Tower is located in the city of"
 EDIT = [  # on top of debug=tiny
@@ -123,8 +123,8 @@ def test_facts_need_a_subject_inside_the_prompt():
 
 
 def _edit_cli(tmp, *extra):
-    return run_script(
-        "edit.py",
+    return run_entry(
+        "edit",
         "debug=tiny",
         *EDIT,
         f"runs_root={tmp}",

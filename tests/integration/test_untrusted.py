@@ -23,7 +23,7 @@ from blockcert.surrogate.capacity import keep_neurons
 from blockcert.surrogate.extract import extract_block
 from blockcert.surrogate.ir import GRAPH_FILE, WEIGHTS_FILE, save_surrogate
 from tests.forgery import TOKENS_FILE, read_certificate, reseal
-from tests.helpers import certify_in_process, run_script
+from tests.helpers import certify_in_process, run_entry, run_script
 
 
 def _one_line(err: BaseException) -> str:
@@ -52,9 +52,7 @@ def test_nested_target_in_the_recipe_fails_closed_from_the_cli(tmp_path, forged)
     payload = {"_target_": "pathlib.Path.write_text", "self": str(written), "data": "pwned"}
     corpus = {"_target_": "blockcert.capture.corpus.TextFileCorpus", "path": payload}
     reseal(forged, cert=lambda c: c["data"]["recipe"].update(corpus=corpus))
-    proc = run_script(
-        "certify.py", "model=tiny_llama", f"runs={forged.parent}", f"out={tmp_path}/out"
-    )
+    proc = run_entry("certify", "model=tiny_llama", f"runs={forged.parent}", f"out={tmp_path}/out")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 3 and len(lines) == 1, proc.stderr[-2000:]
     assert "data.recipe.corpus" in lines[0]
@@ -65,9 +63,7 @@ def test_site_dir_payload_fails_closed_from_the_cli(tmp_path, forged):
     site_dir, marker = _pth_payload(tmp_path)
     payload = {"_target_": "site.addsitedir", "sitedir": str(site_dir)}
     reseal(forged, cert=lambda c: c["data"]["recipe"]["corpus"].update(extra=payload))
-    proc = run_script(
-        "certify.py", "model=tiny_llama", f"runs={forged.parent}", f"out={tmp_path}/out"
-    )
+    proc = run_entry("certify", "model=tiny_llama", f"runs={forged.parent}", f"out={tmp_path}/out")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 3 and len(lines) == 1, proc.stderr[-2000:]
     assert "data.recipe.corpus" in lines[0] and not marker.exists()

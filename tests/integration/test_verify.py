@@ -16,7 +16,7 @@ from blockcert.verify.collect import load_certificate
 from blockcert.verify.split import rebuild_split
 from tests.conftest import load_teacher
 from tests.forgery import reseal
-from tests.helpers import certify_in_process, run_script
+from tests.helpers import certify_in_process, run_entry
 
 
 def _node(data: dict, output: str) -> dict:
@@ -147,8 +147,8 @@ def test_newest_certificate_is_chosen_by_path_not_by_claimed_time(tmp_path, forg
 
 def test_forged_graph_exits_3_with_one_line_from_the_command_line(tmp_path, forged):
     reseal(forged, graph=GRAPH_ATTACKS["duplicate_output"][0])
-    proc = run_script(
-        "certify.py",
+    proc = run_entry(
+        "certify",
         "model=tiny_llama",
         f"runs={forged.parent}",
         f"out={tmp_path}/report",
