@@ -10,6 +10,7 @@ import torch
 from blockcert.cert.fp_allowance import fp_error
 from blockcert.cert.lipschitz import forward64, sound_lipschitz, transcoder_block_bound
 from blockcert.cert.spectral import spectral_norm_estimate
+from blockcert.errors import BlockCertError
 from blockcert.lit.mlp_pairs import MlpPairStream, mlp_pairs
 from blockcert.lit.transcoder import TranscoderModule, mlp_weight_keys
 from blockcert.surrogate.extract import extract_block
@@ -75,6 +76,21 @@ def test_width_for_params_is_the_largest_width_within_budget(skip_path):
         assert transcoder_params(d, width + 1, skip_path) > budget
     # the skip's d^2 parameters come out of the dictionary: 1248 latents at the pruned budget
     assert width_for_params(576, 1_771_584, skip=True) == 1248
+
+
+@pytest.mark.parametrize("skip_path", [False, True])
+def test_width_mlp_params_spends_the_teacher_mlps_parameters(full, pairs, skip_path):
+    """surrogate.width=mlp_params: the widest dictionary whose MLP part (skip included) has at
+    most the teacher MLP's parameters, counted from the teacher's MLP weights themselves."""
+    built = Transcoder(width="mlp_params", k=8, skip=skip_path).build(full, [pairs[1][:4]])
+    teacher = sum(full.weights[k].numel() for k in mlp_weight_keys(full.graph))
+    mine = sum(built.weights[k].numel() for k in mlp_weight_keys(built.graph))
+    width = block_view(built).mlp.width
+    d = full.graph.d_model
+    assert mine == transcoder_params(d, width, skip_path) <= teacher
+    assert transcoder_params(d, width + 1, skip_path) > teacher
+    with pytest.raises(BlockCertError, match="surrogate.width"):
+        Transcoder(width="mlp", k=8)
 
 
 def test_least_squares_with_the_skip_explains_more(full, pairs):

@@ -16,6 +16,7 @@ from blockcert.models.adapters import adapter_for
 from blockcert.models.load import load_teacher_by_name
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import load_surrogate
+from blockcert.surrogate.transcoder import width_for_params
 from tests.helpers import certify_in_process, train_in_process
 
 BLOCK, WIDTH, K, EPOCHS = 1, 64, 8, 3
@@ -145,3 +146,16 @@ def test_skip_transcoder_trains_certifies_and_renders_its_latents(tmp_path):
     (row,) = [r for r in report["blocks"] if r["block"] == BLOCK]
     assert row["eps_measured"] == pytest.approx(cert["metrics"]["eps_max"], rel=1e-5)
     assert report["bound"]["claimed"] >= report["stitched"]["observed_final_max"] > 0
+
+
+def test_the_skip_transcoder_preset_trains_at_the_mlp_budget(tmp_path):
+    """experiment=skip_transcoder (debug=tiny keeps the data small): a skip transcoder as wide
+    as the teacher MLP's parameters allow, trained and certified."""
+    (result,) = train_in_process(tmp_path, "experiment=skip_transcoder", f"block={BLOCK}").runs
+    cert = json.loads((result.run_dir / "certificate.json").read_text())
+    assert cert["surrogate"]["family"] == "llama_skip_transcoder"
+    capacity = load_surrogate(result.run_dir).graph.capacity
+    d, mlp = 64, 3 * 64 * capacity["teacher_mlp_width"]  # tiny_llama: d 64, gated MLP, no bias
+    assert capacity["transcoder_width"] == width_for_params(d, mlp, skip=True)
+    assert capacity["k"] == 32
+    assert (result.run_dir / "latents.html").is_file()

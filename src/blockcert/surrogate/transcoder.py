@@ -42,19 +42,21 @@ from blockcert.surrogate.ir import Graph, Node, Surrogate
 from blockcert.surrogate.view import SKIP_TRANSCODER, TRANSCODER, BlockView, block_view
 
 INITS = ("mlp", "random")
+MLP_PARAMS = "mlp_params"  # surrogate.width: the teacher MLP's parameter budget
 RIDGE = 1e-3  # times the mean diagonal of the latent Gram matrix
 ATTENTION_NODES = 8  # attn_norm .. mlp_norm: shared by every family template
 
 
 @dataclass(frozen=True)
 class Transcoder:
-    """`surrogate=transcoder`: width latents (null: the teacher's MLP width), k active per token,
+    """`surrogate=transcoder`: width latents (null: the teacher's MLP width; `mlp_params`: the
+    widest dictionary, skip included, within the teacher MLP's parameters), k active per token,
     skip: the affine skip path (a skip transcoder).
 
     importance_batches: training batches on which the decoder is initialised by least squares.
     """
 
-    width: int | None = None
+    width: int | str | None = None
     k: int = 32
     init: str = "mlp"
     skip: bool = False
@@ -68,9 +70,12 @@ class Transcoder:
             raise BlockCertError(f"surrogate.skip={self.skip!r} must be true or false.")
         if self.init not in INITS:
             raise BlockCertError(f"surrogate.init={self.init!r} is not one of {', '.join(INITS)}.")
-        if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
-            raise BlockCertError(f"surrogate.width={self.width!r} must be a positive integer.")
-        width_ok = self.width is None or self.k <= self.width
+        sized = self.width is None or self.width == MLP_PARAMS
+        if not sized and (not isinstance(self.width, int) or self.width < 1):
+            raise BlockCertError(
+                f"surrogate.width={self.width!r} must be a positive integer, null or {MLP_PARAMS}."
+            )
+        width_ok = sized or self.k <= self.width
         if not isinstance(self.k, int) or self.k < 1 or not width_ok:
             raise BlockCertError(
                 f"surrogate.k={self.k!r} must be an integer in 1..surrogate.width={self.width}."
@@ -170,7 +175,7 @@ def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor
     view = block_view(full)
     if view.mlp.kind == "transcoder":
         raise BlockCertError("the block is already a transcoder; build from the teacher block.")
-    width = config.width or view.mlp.width
+    width = _width(config, view)
     if config.k > width:
         raise BlockCertError(f"surrogate.k={config.k} exceeds the transcoder width {width}.")
     nodes = copy.deepcopy(full.graph.nodes[:ATTENTION_NODES])
@@ -205,6 +210,18 @@ def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor
     surrogate = Surrogate(graph, weights)
     block_view(surrogate)  # the result must fit the (skip) transcoder template
     return surrogate
+
+
+def _width(config: Transcoder, view) -> int:
+    """The dictionary width `config.width` names for the teacher block `view`."""
+    if config.width == MLP_PARAMS:
+        teacher_mlp = (*view.mlp.inputs, view.mlp.down)
+        params = sum(
+            sum(t.numel() for t in (p.weight, p.down, p.up, p.bias) if t is not None)
+            for p in teacher_mlp
+        )
+        return width_for_params(view.d_model, params, config.skip)
+    return config.width or view.mlp.width
 
 
 def transcoder_params(d_model: int, width: int, skip: bool = False) -> int:
