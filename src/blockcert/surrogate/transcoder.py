@@ -212,7 +212,7 @@ def to_transcoder(full: Surrogate, config: Transcoder, inputs: list[torch.Tensor
     return surrogate
 
 
-def _width(config: Transcoder, view) -> int:
+def _width(config: Transcoder, view: BlockView) -> int:
     """The dictionary width `config.width` names for the teacher block `view`."""
     if config.width == MLP_PARAMS:
         teacher_mlp = (*view.mlp.inputs, view.mlp.down)
