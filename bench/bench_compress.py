@@ -103,6 +103,19 @@ class Bench:
             self.adapter, self.ids, self.flat, alloc, pruning, self.recipe.calibration.batch_size
         )
 
+    def _walk(self, fit, inputs: str, stitched_weight: float = 1.0) -> dict:
+        """One calibration walk over the stream: every row reads the same prompts and blocks
+        (stitched_weight as blockcert.compress.walk.walk's default)."""
+        return walk(
+            self.adapter,
+            self.ids,
+            self.blocks,
+            fit,
+            inputs=inputs,
+            stitched_weight=stitched_weight,
+            batch_size=self.recipe.calibration.batch_size,
+        )
+
     def teacher_walk(self) -> None:
         """One teacher-input walk: the flat rows cut as it goes, FLAP after it (its widths need
         every block's scores), alloc + obs at the allocation's widths."""
@@ -131,14 +144,7 @@ class Bench:
             return full
 
         start = time.perf_counter()
-        walk(
-            self.adapter,
-            self.ids,
-            self.blocks,
-            fit,
-            inputs="teacher",
-            batch_size=self.recipe.calibration.batch_size,
-        )
+        self._walk(fit, "teacher")
         shared = time.perf_counter() - start
         if "flap" in rows:
             scores = [neuron_scores(*kept_stats[k], "fluctuation") for k in self.blocks]
@@ -159,14 +165,7 @@ class Bench:
             return cut_neurons(cal.full, cal.mlp(cal.full), self.flat.neurons[cal.block], obs)
 
         start = time.perf_counter()
-        self.surrogates["obs, sequential"] = walk(
-            self.adapter,
-            self.ids,
-            self.blocks,
-            fit,
-            inputs="stitched",
-            batch_size=self.recipe.calibration.batch_size,
-        )
+        self.surrogates["obs, sequential"] = self._walk(fit, "stitched")
         self.seconds["obs, sequential"] = time.perf_counter() - start
 
     def recipe_walk(self) -> tuple[dict, float]:
@@ -183,15 +182,8 @@ class Bench:
         widths = allocate_widths(
             self.adapter, self.ids, self.flat, r.allocation, r.pruning, r.calibration.batch_size
         )
-        walked = walk(
-            self.adapter,
-            self.ids,
-            self.blocks,
-            block_fit(r, widths, r.budget.rank(self.adapter.d_model)),
-            inputs=r.calibration.inputs,
-            stitched_weight=r.calibration.stitched_weight,
-            batch_size=r.calibration.batch_size,
-        )
+        fit = block_fit(r, widths, r.budget.rank(self.adapter.d_model))
+        walked = self._walk(fit, r.calibration.inputs, r.calibration.stitched_weight)
         return walked, time.perf_counter() - start
 
     def recipe_row(self) -> None:
