@@ -1,9 +1,10 @@
-"""Surrogates of one block side by side: pruned MLP, TopK transcoder, skip transcoder, ...
+"""Surrogates of one block side by side: pruned MLP, TopK, skip and gated transcoders, ...
 
     python train.py block=12 surrogate.head_fraction=1.0 surrogate.mlp_fraction=0.6667 ...
     python train.py block=12 surrogate=transcoder surrogate.width=1536 ...
     python train.py block=12 surrogate=transcoder surrogate.skip=true surrogate.width=1248 ...
-    python bench/bench_transcoder.py pruned=RUN topk=RUN skip=RUN [--model smollm2]
+    python train.py experiment=gated_transcoder block=12
+    python bench/bench_transcoder.py pruned=RUN topk=RUN skip=RUN gated=RUN [--model smollm2]
         [--prompts 96] [--prompt "text" --new-tokens 24]
 
 Every run is verified (blockcert.verify.claims.verify_artifacts: hashes, IR template, params)
@@ -64,7 +65,7 @@ def measure(adapter, block: int, surrogate, states, ids, batch: int) -> dict:
         )
         targets.append(target)
         if view.mlp.kind == "transcoder":
-            active = mine[BlockView.HIDDEN].reshape(-1, view.mlp.width) > 0
+            active = mine[BlockView.HIDDEN].reshape(-1, view.mlp.width) != 0  # gated: signed
             l0.append(active.sum(-1).float())
             fired = active.any(0) if fired is None else fired | active.any(0)
     target = torch.cat(targets)
@@ -89,6 +90,7 @@ def label(surrogate) -> str:
     cap, view = surrogate.graph.capacity, block_view(surrogate)
     if view.mlp.kind == "transcoder":
         kind = "skip transcoder" if view.mlp.skip is not None else "TopK transcoder"
+        kind = f"gated {kind}" if view.mlp.gated else kind
         return f"{kind} w={cap['transcoder_width']} k={cap['k']}"
     return (
         f"pruned MLP {cap['mlp_width']}/{cap['teacher_mlp_width']}, "

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from blockcert.cert.certificate import TOKENS_FILE
 from blockcert.models.adapters import adapter_for
 from blockcert.models.load import load_teacher_by_name
+from blockcert.resources import compose_config
 from blockcert.surrogate.interpret import run_graph
 from blockcert.surrogate.ir import load_surrogate
 from blockcert.surrogate.transcoder import width_for_params
@@ -159,3 +160,34 @@ def test_the_skip_transcoder_preset_trains_at_the_mlp_budget(tmp_path):
     assert capacity["transcoder_width"] == width_for_params(d, mlp, skip=True)
     assert capacity["k"] == 32
     assert (result.run_dir / "latents.html").is_file()
+
+
+def test_the_gated_transcoder_preset_trains_at_the_mlp_budget(tmp_path):
+    """experiment=gated_transcoder (debug=tiny): gated latents with the skip path at the teacher
+    MLP's parameter budget, trained, certified, its page written; certify.py composes it."""
+    (result,) = train_in_process(tmp_path, "experiment=gated_transcoder", f"block={BLOCK}").runs
+    cert = json.loads((result.run_dir / "certificate.json").read_text())
+    assert cert["surrogate"]["family"] == "llama_gated_skip_transcoder"
+    capacity = load_surrogate(result.run_dir).graph.capacity
+    d, mlp = 64, 3 * 64 * capacity["teacher_mlp_width"]
+    assert capacity["transcoder_width"] == width_for_params(d, mlp, skip=True, gated=True)
+    assert capacity["k"] == 64
+    report = json.loads((result.run_dir / "latents.json").read_text())
+    assert report["signed"] and report["mean_l0"] <= 64
+    assert (result.run_dir / "latents.html").is_file()
+    report = certify_in_process(tmp_path, result.run_dir, "model=tiny_llama").report
+    assert report["certified_blocks"] == [BLOCK]
+    assert report["bound"]["claimed"] >= report["stitched"]["observed_final_max"] > 0
+
+
+def test_a_presets_values_override_the_training_defaults():
+    """conf/train.yaml lists _self_ before `experiment`: a preset's optim and trainer values
+    win over the file's own defaults, and without a preset those defaults hold."""
+    plain = compose_config("train")
+    gated = compose_config("train", ["experiment=gated_transcoder"])
+    assert plain.optim.max_aware_weight == 1.0 and gated.optim.max_aware_weight == 0
+    assert gated.trainer.max_epochs == 6 and gated.data.n_train_prompts == 8192
+    assert gated.surrogate.gated and gated.surrogate.skip and gated.surrogate.k == 64
+    # the command line still wins over the preset
+    override = compose_config("train", ["experiment=gated_transcoder", "optim.max_aware_weight=2"])
+    assert override.optim.max_aware_weight == 2

@@ -20,6 +20,7 @@ from blockcert.evaluate.html_parts import CSS, Markup, esc, join, key_values, nu
 
 LATENTS_HTML = "latents.html"
 SHADE = "214, 96, 0"  # rgb of the activation shading
+NEGATIVE_SHADE = "40, 110, 200"  # rgb of a signed latent's negative activations
 INDEX_COLUMNS = 6  # latents per row of the index table
 
 LATENT_CSS = """
@@ -38,8 +39,10 @@ table.index td { padding: 2px 8px; }
 
 
 def _shade(value: float, peak: float) -> str:
-    alpha = 0.0 if peak <= 0 or value <= 0 else min(1.0, value / peak)
-    return f"background: rgba({SHADE}, {0.08 + 0.82 * alpha:.3f})" if alpha > 0 else ""
+    """Orange by activation / peak; a signed latent's negative values in blue by |a| / peak."""
+    alpha = 0.0 if peak <= 0 or value == 0 else min(1.0, abs(value) / peak)
+    rgb = SHADE if value > 0 else NEGATIVE_SHADE
+    return f"background: rgba({rgb}, {0.08 + 0.82 * alpha:.3f})" if alpha > 0 else ""
 
 
 def _token_text(text: str) -> str:
@@ -121,12 +124,20 @@ def _logit_table(logits: dict) -> Markup:
 
 def _latent(entry: dict, report: dict, open_: bool) -> Markup:
     peak = entry["max_activation"]
+    size = "|activation|" if report.get("signed") else "activation"
     summary = (
         f"latent {entry['latent']}: fires on {entry['frequency']:.3%} of held-out tokens, "
-        f"max {num(peak, digits=3)}, mean when active {num(entry['mean_activation'], digits=3)}"
+        f"max {size} {num(peak, digits=3)}, mean {size} when active "
+        f"{num(entry['mean_activation'], digits=3)}"
     )
     rows = [_context_row(c, peak) for c in entry["top_contexts"]]
     contexts = tag("table", tag("tbody", join(rows)), class_="ctx")
+    if entry.get("negative_contexts"):  # a signed latent: its other side, in blue
+        rows = [_context_row(c, peak) for c in entry["negative_contexts"]]
+        negative = tag("table", tag("tbody", join(rows)), class_="ctx")
+        contexts = join(
+            [tag("h3", "largest positive"), contexts, tag("h3", "most negative"), negative]
+        )
     side = [
         tag("h3", "activation histogram"),
         histogram_svg(entry["histogram"]["edges"], entry["histogram"]["counts"]),

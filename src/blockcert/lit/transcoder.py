@@ -83,6 +83,8 @@ class TranscoderModule(L.LightningModule):
         self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
         self.val_metrics = TokenErrorMetrics(list(taus))
         self.auxk = AuxK(surrogate, auxk_dead_tokens) if auxk_alpha > 0 else None
+        # the values AuxK reads: pre-activations (gated: the signed latents) and the TopK
+        self.latent_values = ("latent" if view.mlp.gated else "encoder", BlockView.HIDDEN)
         self._graphs: dict[int, Graph] = {self.k: self.graph}
         self._val_fvu = torch.zeros(3, dtype=torch.float64)  # residual, sum m^2, tokens
         self._val_sum: torch.Tensor | None = None
@@ -124,9 +126,10 @@ class TranscoderModule(L.LightningModule):
         return self._graphs[k]
 
     def mlp(self, w: torch.Tensor, k: int | None = None) -> dict[str, torch.Tensor]:
-        """The MLP's values from its normed input w `[n, d]`: encoder, hidden, mlp_out."""
+        """The MLP's values from its normed input w `[n, d]`: pre-activations (encoder, or the
+        gated latents), hidden, mlp_out."""
         graph = self._graph_with_k(k or self.k)
-        names = ("encoder", BlockView.HIDDEN, BlockView.MLP_OUT)
+        names = (*self.latent_values, BlockView.MLP_OUT)
         return run_from(graph, self.weights(), {MLP_INPUT: w}, names)
 
     def loss(self, w: torch.Tensor, m: torch.Tensor, k: int | None = None) -> torch.Tensor:

@@ -87,6 +87,13 @@ def topk_relu(x: Tensor, k: int) -> Tensor:
     return torch.zeros_like(x).scatter(-1, index, F.relu(values))
 
 
+def topk_abs(x: Tensor, k: int) -> Tensor:
+    """Signed TopK latents (a gated transcoder's activation): the k entries of the last axis
+    largest in magnitude, kept with their sign, zeros elsewhere. x: [..., width]."""
+    index = x.abs().topk(k, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, index, x.gather(-1, index))
+
+
 OPS: dict[str, Callable[..., Tensor]] = {
     "rms_norm": rms_norm,
     "layer_norm": layer_norm,
@@ -96,6 +103,8 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "silu": F.silu,
     "gelu_tanh": gelu_tanh,
     "topk_relu": topk_relu,
+    "relu": F.relu,
+    "topk_abs": topk_abs,
     "mul": torch.mul,
     "add": torch.add,
 }

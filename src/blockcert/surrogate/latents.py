@@ -2,8 +2,12 @@
 
 For every held-out token t (teacher block input h_t): the transcoder's latents a_t =
 topk_relu(W_enc w_t + b_enc) (node `hidden`) and its MLP output; the teacher's MLP output comes
-from the full-capacity teacher block on the same input. Figures:
-  mean L0        mean_t #{i : a_t,i > 0}  (<= k by construction)
+from the full-capacity teacher block on the same input. A gated transcoder's latents are signed
+(relu(gate) * value): a latent fires where it is non-zero, its peak and mean are taken by
+magnitude (|a|), its contexts come in two lists, largest positive and most negative
+(`negative_contexts`), and the histogram spans both signs.
+Figures:
+  mean L0        mean_t #{i : a_t,i != 0}  (<= k by construction)
   dead fraction  fraction of latents with a_t,i = 0 on every held-out token
   FVU            sum_t ||mlp_t - mlp^teacher_t||^2 / sum_t ||mlp^teacher_t - mean||^2
                  (fraction of variance unexplained, as sparsify reports it)
@@ -77,15 +81,19 @@ def _chosen(frequency: torch.Tensor, n_latents: int, n_frequent: int, seed: int)
     return chosen[torch.argsort(frequency[chosen], descending=True, stable=True)].tolist()
 
 
-def _contexts(column: torch.Tensor, token_ids: torch.Tensor, decode: Decode, n: int) -> list:
-    """The n held-out tokens where `column` [N] is largest, each in its window of tokens."""
+def _contexts(
+    column: torch.Tensor, token_ids: torch.Tensor, decode: Decode, n: int, sign: float = 1.0
+) -> list:
+    """The n held-out tokens where `sign * column` [N] is largest and positive, each in its
+    window of tokens (sign -1: the most negative activations of a signed latent)."""
     seq = token_ids.shape[1]
     per_prompt = column.view(-1, seq)
-    top = column.topk(min(n, len(column)))
+    top = (sign * column).topk(min(n, len(column)))
     contexts = []
-    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        if value <= 0:
+    for score, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if score <= 0:
             break
+        value = float(column[flat])
         prompt, position = divmod(flat, seq)
         row = token_ids[prompt].tolist()
         start, stop = max(0, position - CONTEXT_TOKENS), min(seq, position + RIGHT_TOKENS + 1)
@@ -108,13 +116,14 @@ def _contexts(column: torch.Tensor, token_ids: torch.Tensor, decode: Decode, n: 
 
 
 def _histogram(column: torch.Tensor) -> dict:
-    """Counts of the latent's non-zero activations in HISTOGRAM_BINS equal bins of [0, max]."""
-    active = column[column > 0].double()
-    top = float(active.max()) if len(active) else 0.0
-    if top <= 0:
+    """Counts of the latent's non-zero activations in HISTOGRAM_BINS equal bins of [min(0, lowest),
+    max(0, highest)] ([0, max] for non-negative latents)."""
+    active = column[column != 0].double()
+    if not len(active):
         return {"edges": [0.0, 0.0], "counts": [0]}
-    counts = torch.histc(active, bins=HISTOGRAM_BINS, min=0.0, max=top)
-    edges = torch.linspace(0.0, top, HISTOGRAM_BINS + 1)
+    bottom, top = min(0.0, float(active.min())), max(0.0, float(active.max()))
+    counts = torch.histc(active, bins=HISTOGRAM_BINS, min=bottom, max=top)
+    edges = torch.linspace(bottom, top, HISTOGRAM_BINS + 1)
     return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
 
 
@@ -151,9 +160,9 @@ def latent_report(
     acts, fvu = _activations(surrogate, teacher_block, pairs)
     if acts.shape[0] != token_ids.numel():
         raise ValueError(f"{acts.shape[0]} held-out tokens but {token_ids.numel()} token ids")
-    fired = acts > 0
+    fired = acts != 0
     frequency = fired.float().mean(0)
-    peak = acts.amax(0)
+    peak = acts.abs().amax(0)
     chosen = _chosen(frequency, n_latents, n_frequent, seed)
     effects = None
     if logit_effect is not None and chosen:
@@ -165,16 +174,21 @@ def latent_report(
             "latent": latent,
             "frequency": float(frequency[latent]),
             "max_activation": float(peak[latent]),
-            "mean_activation": float(column[column > 0].mean()) if fired[:, latent].any() else 0.0,
+            "mean_activation": float(column[column != 0].abs().mean())
+            if fired[:, latent].any()
+            else 0.0,
             "histogram": _histogram(column),
             "top_contexts": _contexts(column, token_ids, decode, n_contexts),
         }
+        if view.mlp.gated:
+            entry["negative_contexts"] = _contexts(column, token_ids, decode, n_contexts, -1.0)
         if effects is not None:
             entry["logits"] = _logits(effects[row], decode)
         latents.append(entry)
     return {
         "family": view.family,
         "skip": view.mlp.skip is not None,
+        "signed": view.mlp.gated,
         "width": width,
         "k": k,
         "n_tokens": int(acts.shape[0]),
@@ -192,6 +206,16 @@ def latent_report(
 
 def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
+
+
+def _context_lines(contexts: list) -> list[str]:
+    lines = ["| activation | context **[token]** | prompt:position |", "|---:|---|---|"]
+    for c in contexts:
+        lines.append(
+            f"| {c['activation']:.3f} | {_cell(c['context'])}**[{_cell(c['token'])}]** "
+            f"| {c['prompt']}:{c['position']} |"
+        )
+    return lines
 
 
 def latent_markdown(report: dict, title: str) -> str:
@@ -215,14 +239,10 @@ def latent_markdown(report: dict, title: str) -> str:
             f"## latent {entry['latent']}: active on {entry['frequency']:.2%} of tokens, "
             f"max {entry['max_activation']:.3g}",
             "",
-            "| activation | context **[token]** | prompt:position |",
-            "|---:|---|---|",
         ]
-        for c in entry["top_contexts"]:
-            lines.append(
-                f"| {c['activation']:.3f} | {_cell(c['context'])}**[{_cell(c['token'])}]** "
-                f"| {c['prompt']}:{c['position']} |"
-            )
+        lines += _context_lines(entry["top_contexts"])
+        if entry.get("negative_contexts"):
+            lines += ["", "most negative:", "", *_context_lines(entry["negative_contexts"])]
     return "\n".join(lines) + "\n"
 
 

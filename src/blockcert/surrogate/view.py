@@ -12,6 +12,9 @@ per token and P_down the decoder (blockcert.surrogate.transcoder). The skip tran
 (`llama_skip_transcoder`, `gpt2_skip_transcoder`) add a dense affine path beside it (Paulo,
 Shabalin & Belrose 2025): mlp(w) = P_down topk_relu(P_enc w) + P_skip w, the decoder written to
 node `decoder` and the sum to `mlp_out`, so `mlp_out` is the MLP's output in every family.
+The gated transcoder families (`*_gated_transcoder`, `*_gated_skip_transcoder`) give each latent
+a gate and a value read, like a gated MLP's neuron, and keep the k largest in magnitude:
+mlp(w) = P_down topk_abs(relu(P_enc w) * P_value w) (+ P_skip w) (blockcert.surrogate.transcoder).
 
 The IR is untrusted input: `block_view` checks a graph against its family's template before
 anything reads or runs it: exact node list (ops, inputs, outputs, in order, unique outputs),
@@ -111,7 +114,8 @@ class Attention:
 class Mlp:
     """`gated_silu`: down(silu(gate w) * up w); `gelu`: down(gelu_tanh(fc w));
     `transcoder`: down(topk_relu(encoder w, k)) + skip(w) (down is the decoder; skip [d, d] is
-    None except in the skip transcoder families)."""
+    None except in the skip transcoder families); with a `value` projection (the gated
+    families) down(topk_abs(relu(encoder w) * value w, k)) + skip(w)."""
 
     kind: str
     down: Projection
@@ -121,6 +125,12 @@ class Mlp:
     encoder: Projection | None = None
     k: int | None = None
     skip: Projection | None = None
+    value: Projection | None = None
+
+    @property
+    def gated(self) -> bool:
+        """A gated transcoder: signed latents relu(gate) * value, TopK by magnitude."""
+        return self.value is not None
 
     @property
     def width(self) -> int:
@@ -130,7 +140,7 @@ class Mlp:
     def inputs(self) -> tuple[Projection, ...]:
         """The projections reading the normed input w into the nonlinearity (not the skip)."""
         if self.kind == "transcoder":
-            return (self.encoder,)
+            return (self.encoder,) if self.value is None else (self.encoder, self.value)
         return (self.gate, self.up) if self.kind == "gated_silu" else (self.fc,)
 
 
@@ -197,39 +207,53 @@ TEMPLATES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
 }
 TRANSCODER = "_transcoder"  # family suffix: the base family with a transcoder MLP
 SKIP_TRANSCODER = "_skip_transcoder"  # the same with an affine skip path beside the dictionary
+GATED_TRANSCODER = "_gated_transcoder"  # latents relu(gate) * value, TopK by magnitude
+GATED_SKIP_TRANSCODER = "_gated_skip_transcoder"  # the gated latents and the skip path
+TRANSCODER_SUFFIXES = (TRANSCODER, SKIP_TRANSCODER, GATED_TRANSCODER, GATED_SKIP_TRANSCODER)
 
 
-def _transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
-    return [
-        *TEMPLATES[base][:8],  # norms and attention exactly as the base family
-        ("proj", ("mlp_norm",), "encoder"),
-        ("topk_relu", ("encoder",), "hidden"),
-        ("proj", ("hidden",), "mlp_out"),
-        ("add", ("resid_attn", "mlp_out"), "out"),
-    ]
+def transcoder_suffix(gated: bool, skip: bool) -> str:
+    """The family suffix of a transcoder with (or without) gated latents and the skip path."""
+    if gated:
+        return GATED_SKIP_TRANSCODER if skip else GATED_TRANSCODER
+    return SKIP_TRANSCODER if skip else TRANSCODER
 
 
-def _skip_transcoder_template(base: str) -> list[tuple[str, tuple[str, ...], str]]:
-    return [
-        *TEMPLATES[base][:8],
-        ("proj", ("mlp_norm",), "encoder"),
-        ("topk_relu", ("encoder",), "hidden"),
-        ("proj", ("hidden",), "decoder"),
-        ("proj", ("mlp_norm",), "skip"),
-        ("add", ("decoder", "skip"), "mlp_out"),
-        ("add", ("resid_attn", "mlp_out"), "out"),
-    ]
+def _transcoder_template(base: str, gated: bool, skip: bool) -> list:
+    latents = [("proj", ("mlp_norm",), "encoder"), ("topk_relu", ("encoder",), "hidden")]
+    if gated:
+        latents = [
+            ("proj", ("mlp_norm",), "encoder"),
+            ("relu", ("encoder",), "gate"),
+            ("proj", ("mlp_norm",), "value"),
+            ("mul", ("gate", "value"), "latent"),
+            ("topk_abs", ("latent",), "hidden"),
+        ]
+    if skip:
+        output = [
+            ("proj", ("hidden",), "decoder"),
+            ("proj", ("mlp_norm",), "skip"),
+            ("add", ("decoder", "skip"), "mlp_out"),
+        ]
+    else:
+        output = [("proj", ("hidden",), "mlp_out")]
+    # norms and attention exactly as the base family
+    return [*TEMPLATES[base][:8], *latents, *output, ("add", ("resid_attn", "mlp_out"), "out")]
 
 
-TEMPLATES.update({base + TRANSCODER: _transcoder_template(base) for base in ("llama", "gpt2")})
 TEMPLATES.update(
-    {base + SKIP_TRANSCODER: _skip_transcoder_template(base) for base in ("llama", "gpt2")}
+    {
+        base + transcoder_suffix(gated, skip): _transcoder_template(base, gated, skip)
+        for base in ("llama", "gpt2")
+        for gated in (False, True)
+        for skip in (False, True)
+    }
 )
 
 
 def replacing_families(base: str) -> tuple[str, ...]:
     """The surrogate families that may replace a block of teacher family `base`."""
-    return (base, base + TRANSCODER, base + SKIP_TRANSCODER)
+    return (base, *(base + suffix for suffix in TRANSCODER_SUFFIXES))
 
 
 _ROLES = {
@@ -244,8 +268,14 @@ _ATTRS = {
     "layer_norm": {"eps"},
     "attention": {"head_dim", "kv_head_of_q", "scale", "rope_scaling"},
     "topk_relu": {"k"},
+    "topk_abs": {"k"},
 }
-_REQUIRED_ATTRS = {"rms_norm": {"eps"}, "layer_norm": {"eps"}, "topk_relu": {"k"}}
+_REQUIRED_ATTRS = {
+    "rms_norm": {"eps"},
+    "layer_norm": {"eps"},
+    "topk_relu": {"k"},
+    "topk_abs": {"k"},
+}
 _ATTENTION_REQUIRED = {"head_dim", "kv_head_of_q", "scale"}
 
 
@@ -392,7 +422,7 @@ def _attention(nodes: dict[str, Node], weights, d: int) -> Attention:
 
 
 def _mlp(family: str, nodes: dict[str, Node], weights, d: int) -> Mlp:
-    skip = family.endswith(SKIP_TRANSCODER)
+    skip = family.endswith(SKIP_TRANSCODER)  # also the gated skip family's suffix
     down_node = nodes["decoder" if skip else "mlp_out"]
     key = down_node.weights.get("weight") or down_node.weights.get("down")
     width = weights[key].shape[1] if key in weights and weights[key].dim() == 2 else -1
@@ -403,7 +433,9 @@ def _mlp(family: str, nodes: dict[str, Node], weights, d: int) -> Mlp:
             raise _fail("hidden", f"attribute k={k!r} must be an integer in 1..width={width}.")
         encoder = _projection(nodes["encoder"], weights, width, d)
         skip_proj = _projection(nodes["skip"], weights, d, d) if skip else None
-        return Mlp("transcoder", down, encoder=encoder, k=k, skip=skip_proj)
+        gated = family.endswith((GATED_TRANSCODER, GATED_SKIP_TRANSCODER))
+        value = _projection(nodes["value"], weights, width, d) if gated else None
+        return Mlp("transcoder", down, encoder=encoder, k=k, skip=skip_proj, value=value)
     if family == "llama":
         gate = _projection(nodes["gate"], weights, width, d)
         up = _projection(nodes["up"], weights, width, d)

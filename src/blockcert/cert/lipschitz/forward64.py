@@ -13,7 +13,7 @@ import math
 import torch
 
 from blockcert.cert.lipschitz.norm import apply_norm, normalise
-from blockcert.surrogate.interpret import topk_relu
+from blockcert.surrogate.interpret import topk_abs, topk_relu
 from blockcert.surrogate.view import BlockView
 
 Tensor = torch.Tensor
@@ -39,8 +39,8 @@ def forward64(view: BlockView, x: Tensor) -> dict[str, Tensor]:
 
     xnorm [T] (||c_t|| of the attention norm), q, k, v [H, T, hd] (k, v per query head), p
     [H, T, T], o [H, T, hd], y [T, d] (after attention), ynorm [T], pre (the MLP's input
-    projections, [T, m] each), hidden [T, m], out [T, d] (transcoders: the top-k latents, the
-    skip path added).
+    projections, [T, m] each; a gated transcoder's encoder and value), hidden [T, m], out [T, d]
+    (transcoders: the top-k latents, the skip path added).
     """
     a, T = view.attention, x.shape[0]
     x = x.double()
@@ -66,6 +66,8 @@ def forward64(view: BlockView, x: Tensor) -> dict[str, Tensor]:
     pre = [_linear(proj, w) for proj in mlp.inputs]
     if mlp.kind == "gated_silu":
         hidden = torch.nn.functional.silu(pre[0]) * pre[1]
+    elif mlp.kind == "transcoder" and mlp.gated:
+        hidden = topk_abs(torch.relu(pre[0]) * pre[1], mlp.k)
     elif mlp.kind == "transcoder":
         hidden = topk_relu(pre[0], mlp.k)
     else:

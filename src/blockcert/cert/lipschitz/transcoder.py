@@ -12,7 +12,10 @@ w_hat on the whole tube (S the always-selected latents) and
 (P: those that can be positive; the skip is a linear map on the normed input, bounded like any
 other by its spectral norm); otherwise no finite constant is claimed (reason `topk_swap`) and
 the chain uses the saturation constant alone. The skip path moves by at most
-||A_skip|| min(lambda2_t r_y,t, 2 sqrt(d)) on the tube. Derivation: docs/soundness.md#transcoder.
+||A_skip|| min(lambda2_t r_y,t, 2 sqrt(d)) on the tube. Gated latents (h = relu(z) * v, v =
+A_val w_hat + c_val, TopK by |h|) run the same swap test on intervals of |h| and bound the
+Jacobian of W_dec,S h_S by its two product-rule terms (_gated_rows).
+Derivation: docs/soundness.md#transcoder.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from blockcert.cert.lipschitz.norm import fold_gain, fold_offset, norm_factor
 from blockcert.cert.lipschitz.saturation import attention_range
 from blockcert.cert.spectral import spectral_norm_certified_batched, spectral_norm_upper_batched
 from blockcert.errors import BlockCertError
-from blockcert.surrogate.interpret import topk_relu
 from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.view import block_view
 
@@ -58,12 +60,11 @@ class TranscoderBound:
     skip_norm: float = 0.0  # >= ||A_skip|| (0 without the skip path)
 
 
-def _mlp_rows(
-    z: Tensor, spread: Tensor, k: int, enc: Tensor, dec_t: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(Lmlp_t / lambda2_t [T] with inf where a positive swap may happen, swap mask [T])."""
-    lo, hi = z - spread, z + spread
-    m = z.shape[-1]
+def _selection(lo: Tensor, hi: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(index [T, k], valid [T, k, 1], swap [T]) from the intervals [lo, hi] [T, m] of the values
+    TopK ranks over the tube: index/valid the latents selected on the whole tube with a value
+    that can be positive (at most k), swap where the top-k set may change at a positive value."""
+    m = lo.shape[-1]
     theta_lo = lo.topk(k, dim=-1).values[:, -1:]
     if k < m:
         theta_hi = hi.topk(k + 1, dim=-1).values[:, -1:]
@@ -74,10 +75,63 @@ def _mlp_rows(
     swap = (candidate & ~always & (hi > 0)).any(-1)
     active = always & (hi > 0)  # at most k latents
     score, index = (active.double() * (1 + torch.arange(m, dtype=torch.float64))).topk(k, -1)
-    valid = (score > 0).double()[..., None]
+    return index, (score > 0).double()[..., None], swap
+
+
+def _mlp_rows(
+    z: Tensor, spread: Tensor, k: int, enc: Tensor, dec_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(Lmlp_t / lambda2_t [T] with inf where a positive swap may happen, swap mask [T])."""
+    index, valid, swap = _selection(z - spread, z + spread, k)
     enc_rows = enc[index] * valid  # [T, k, d]
     dec_rows = dec_t[index] * valid
     norms = spectral_norm_upper_batched(enc_rows) * spectral_norm_upper_batched(dec_rows)
+    rows = torch.where(swap, torch.full_like(norms, math.inf), norms * (1 + REL_MARGIN))
+    return rows, swap
+
+
+@dataclass(frozen=True)
+class GatedReads:
+    """A gated transcoder's reads of w_hat (gamma folded): encoder and value rows, their norms
+    (rounded up), and per latent the largest |h| = relu(z) |v| over any input (||w_hat|| <=
+    sqrt(d))."""
+
+    enc: Tensor
+    val: Tensor
+    enc_row: Tensor
+    val_row: Tensor
+    peak: Tensor
+
+    @classmethod
+    def of(cls, view, enc: Tensor, const: Tensor, d: int) -> GatedReads:
+        norm2, value = view.mlp_norm, view.mlp.value
+        val = fold_gain(norm2, value.matrix())
+        val_const = fold_offset(norm2, value.matrix(), value.bias)
+        enc_row = enc.norm(dim=1) * (1 + REL_MARGIN)
+        val_row = val.norm(dim=1) * (1 + REL_MARGIN)
+        gate_peak = (const + enc_row * math.sqrt(d)).clamp_min(0.0) * (1 + REL_MARGIN)
+        value_peak = (val_const.abs() + val_row * math.sqrt(d)) * (1 + REL_MARGIN)
+        return cls(enc, val, enc_row, val_row, gate_peak * value_peak * (1 + REL_MARGIN))
+
+
+def _gated_rows(
+    pre: tuple[Tensor, Tensor], rho: Tensor, k: int, gated: GatedReads, dec_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """As _mlp_rows for gated latents h = relu(z) * v, TopK by |h| (docs/soundness.md#transcoder):
+    over the tube relu(z) <= g_hi, |v| <= v_hi and |h| in [lo, hi]; with the top-k set S fixed,
+    ||J|| <= ||W_dec,S diag(v_hi)|| ||A_enc,S|| + ||W_dec,S diag(g_hi)|| ||A_val,S||."""
+    z, v = pre
+    reach_z, reach_v = rho[:, None] * gated.enc_row[None, :], rho[:, None] * gated.val_row[None, :]
+    g_lo, g_hi = torch.relu(z - reach_z), torch.relu(z + reach_z)
+    v_lo, v_hi = (v.abs() - reach_v).clamp_min(0.0), v.abs() + reach_v
+    lo, hi = g_lo * v_lo * (1 - REL_MARGIN), g_hi * v_hi * (1 + REL_MARGIN)
+    index, valid, swap = _selection(lo, hi, k)
+    dec_rows = dec_t[index] * valid  # [T, k, d]
+    by_value = dec_rows * v_hi.gather(-1, index)[..., None]
+    by_gate = dec_rows * g_hi.gather(-1, index)[..., None]
+    norms = spectral_norm_upper_batched(by_value) * spectral_norm_upper_batched(
+        gated.enc[index] * valid
+    ) + spectral_norm_upper_batched(by_gate) * spectral_norm_upper_batched(gated.val[index] * valid)
     rows = torch.where(swap, torch.full_like(norms, math.inf), norms * (1 + REL_MARGIN))
     return rows, swap
 
@@ -97,8 +151,12 @@ def transcoder_block_bound(
     dec = mlp.down.matrix()  # [d, m]
     dec_t = dec.T.contiguous()
     skip = _skip_norm(view)
-    u = (const + row * math.sqrt(f.d)).clamp_min(0.0) * (1 + REL_MARGIN)
-    reach = (dec.norm(dim=0) * u).topk(mlp.k).values.sum() * (1 + REL_MARGIN)
+    gated = GatedReads.of(view, enc, const, f.d) if mlp.gated else None
+    if gated is None:
+        peak = (const + row * math.sqrt(f.d)).clamp_min(0.0) * (1 + REL_MARGIN)
+    else:
+        peak = gated.peak
+    reach = (dec.norm(dim=0) * peak).topk(mlp.k).values.sum() * (1 + REL_MARGIN)
     r = float(radius)
     totals, latts, lmlps, sats, swaps, norms = [], [], [], [], [], []
     with torch.no_grad():
@@ -107,11 +165,14 @@ def transcoder_block_bound(
                 cen = forward64(view, x)  # attention values; the MLP values are recomputed here
                 latt, move, r_y = attention_rows(f, cen, r)
                 lam2 = norm_factor(cen["ynorm"], r_y, f.d, norm2.eps)
-                z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
-                spread = (lam2 * r_y)[:, None] * row[None, :]
-                rows, swap = _mlp_rows(z, spread, mlp.k, enc, dec_t)
+                if gated is None:
+                    z = cen["pre"][0]  # encoder pre-activations at the centre [T, m]
+                    spread = (lam2 * r_y)[:, None] * row[None, :]
+                    rows, swap = _mlp_rows(z, spread, mlp.k, enc, dec_t)
+                else:
+                    rows, swap = _gated_rows(cen["pre"], lam2 * r_y, mlp.k, gated, dec_t)
                 lmlp = lam2 * (rows + skip)
-                hidden = topk_relu(z, mlp.k)
+                hidden = cen["hidden"]  # the top-k latents at the centre
                 # M(y) - M(x) = W_dec (h' - h) + A_skip (w_hat' - w_hat): b_dec cancels
                 sat_mlp = (hidden @ dec.T).norm(dim=-1) * (1 + REL_MARGIN) + reach
                 if skip:
