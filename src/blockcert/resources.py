@@ -20,11 +20,19 @@ LEAN_INSTANCES = Path("BlockCert") / "Certificates"  # per-run instances, never 
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """conf/<name>.yaml with Hydra `overrides`, composed as the entry script would."""
+    """conf/<name>.yaml with Hydra `overrides`, composed as the entry script would; inside a
+    running entry point (edit.py re-certifying its run) that entry's Hydra state is put back."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+    outer = get_gh_backup()
+    GlobalHydra.instance().clear()  # Hydra allows one initialisation at a time
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=name, overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(outer)
 
 
 def lean_project(target: Path) -> Path:

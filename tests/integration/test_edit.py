@@ -224,7 +224,7 @@ def test_memit_batch_certifies_end_to_end(tmp_path):
         f"edit.facts={facts}",
         "edit.certify=true",
         "wandb.mode=offline",
-        "edit.certify_args=[debug=tiny,lean.build=false]",
+        "edit.certify_args=['debug=tiny','lean.build=false']",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list(tmp_path.rglob("edit_report.json"))

@@ -276,6 +276,7 @@ def test_transcoder_run_certificate_verifies_with_certify_py(tmp_path):
         "surrogate.k=8",
         "trainer.max_epochs=2",
         "logger=csv",
+        "lipschitz.sound_prompts=2",  # train.py computes no constants unless asked
         "lipschitz.empirical_prompts=2",
         f"runs_root={tmp_path}",
         f"cache.root={tmp_path}/cache",

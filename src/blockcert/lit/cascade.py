@@ -108,7 +108,7 @@ class CascadeDataModule(L.LightningDataModule):
 
     def __init__(self, teacher, stitched: Sequence[Tensor], seed: int = 0):
         super().__init__()
-        self.teacher, self.seed = teacher, seed
+        self.base, self.seed = teacher, seed  # the teacher's datamodule of this block
         self.adapter, self.block, self.prompts = teacher.adapter, teacher.block, teacher.prompts
         # targets: the teacher pairs of the training prompts, in prompt order, batch by batch
         self.pairs = []
@@ -121,20 +121,25 @@ class CascadeDataModule(L.LightningDataModule):
             self.pairs.append((h, x_out))
 
     @property
+    def teacher(self):
+        """The teacher whose block is certified (as the base datamodule's `teacher`)."""
+        return self.base.teacher
+
+    @property
     def pairs_source(self) -> dict[str, str]:
         return {
-            **self.teacher.pairs_source,
+            **self.base.pairs_source,
             "train_inputs": "stitched: the run's surrogates of the earlier blocks (cascade)",
         }
 
     def heldout_pairs(self):
-        return self.teacher.heldout_pairs()
+        return self.base.heldout_pairs()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(MemoryBatches(self.pairs, shuffle=True, seed=self.seed), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self.teacher.val_dataloader()
+        return self.base.val_dataloader()
 
 
 def quiet_trainer(
