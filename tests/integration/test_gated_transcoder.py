@@ -2,8 +2,6 @@
 TopK, IR template and validator, parameter budget, initialisation from the teacher's neurons,
 the float64 forward, sound and saturation constants, AuxK, training and the latent report."""
 
-import copy
-
 import pytest
 import torch
 
@@ -18,15 +16,14 @@ from blockcert.surrogate.ir import Surrogate
 from blockcert.surrogate.latents import latent_report
 from blockcert.surrogate.transcoder import Transcoder, transcoder_params, width_for_params
 from blockcert.surrogate.view import InvalidGraphError, block_view
+from tests.transcoder_tools import all_latents, block_pairs, forged, mlp_fvu, worst_ratio
 
 BLOCK, WIDTH, K = 1, 96, 8
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_llama):
-    ids = torch.randint(0, 256, (8, 24), generator=torch.Generator().manual_seed(1))
-    x, y = tiny_llama.block_pair(ids, BLOCK)
-    return ids, x, y
+    return block_pairs(tiny_llama, BLOCK)
 
 
 @pytest.fixture(scope="module")
@@ -130,24 +127,9 @@ def test_gated_latents_explain_the_swiglu_mlp_better_than_relu_latents(full, pai
     fvus = {}
     for gated_latents in (False, True):
         config = Transcoder(width="mlp_params", k=32, skip=True, gated=gated_latents)
-        fvus[gated_latents] = _fvu(config.build(full, [x[:6]]), full, x[6:])
+        fvus[gated_latents] = mlp_fvu(config.build(full, [x[:6]]), full, x[6:])
         assert transcoder_params(64, block_view(config.build(full, [x[:1]])).mlp.width) <= teacher
     assert fvus[True] < fvus[False]
-
-
-def _fvu(surrogate, full, x):
-    _, mine = run_graph(surrogate.graph, surrogate.weights, x, keep=("mlp_out",))
-    _, ref = run_graph(full.graph, full.weights, x, keep=("mlp_out",))
-    target = ref["mlp_out"]
-    residual = (mine["mlp_out"] - target).pow(2).sum()
-    return float(residual / (target - target.mean((0, 1))).pow(2).sum())
-
-
-def _forged(surrogate, edit):
-    graph = copy.deepcopy(surrogate.graph)
-    weights = dict(surrogate.weights)
-    edit(graph, weights)
-    return Surrogate(graph, weights)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +151,7 @@ def _forged(surrogate, edit):
 )  # fmt: skip
 def test_forged_gated_graph_is_rejected(gated, name, edit, node):
     with pytest.raises(InvalidGraphError) as err:
-        block_view(_forged(gated, edit))
+        block_view(forged(gated, edit))
     if node is not None:
         assert f"node {node!r}" in str(err.value), name
 
@@ -185,32 +167,13 @@ def test_float64_forward_is_the_interpreter_in_float64(gated, pairs):
         assert torch.allclose(centre["hidden"], values["hidden"][0], atol=1e-9)
 
 
-def _all_latents(surrogate):
-    """k = width: no top-k swap can happen, so a finite sound constant exists."""
-    graph = copy.deepcopy(surrogate.graph)
-    graph.node("hidden").attrs["k"] = graph.capacity["k"] = graph.capacity["transcoder_width"]
-    return Surrogate(graph, surrogate.weights)
-
-
-def _worst_ratio(surrogate, x, radius, trials=32):
-    base = run_graph(surrogate.graph, surrogate.weights, x)
-    generator = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for _ in range(trials):
-        delta = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        delta = delta / delta.norm(dim=-1, keepdim=True).amax() * radius
-        moved = run_graph(surrogate.graph, surrogate.weights, (x.double() + delta).float())
-        worst = max(worst, float((moved - base).double().norm(dim=-1).amax()) / radius)
-    return worst
-
-
 def test_sound_constant_without_swaps_covers_perturbations(gated, pairs):
     _, x, _ = pairs
-    dense = _all_latents(gated)
+    dense = all_latents(gated)
     radius = 1e-3
     sound = sound_lipschitz(dense, [x[:2]], radius)  # dispatched to the transcoder rule
     assert sound.parts["swap_tokens"] == 0 and sound.value is not None
-    assert _worst_ratio(dense, x[:2], radius) <= sound.value
+    assert worst_ratio(dense, x[:2], radius) <= sound.value
     # the product rule's value term counts: zero values leave the gate term alone, smaller
     weights = dict(
         dense.weights, **{"value.weight": torch.zeros_like(dense.weights["value.weight"])}
@@ -236,19 +199,19 @@ def test_mlp_constant_covers_the_value_path_when_the_gates_are_flat(gated, pairs
     """Gates nearly constant (encoder rows ~0, bias 1): the MLP's slope comes from the value
     path alone, diag(relu z) A_val; the per-token MLP constant must still bound the Jacobian."""
     _, x, _ = pairs
-    weights = dict(_all_latents(gated).weights)
+    weights = dict(all_latents(gated).weights)
     weights["encoder.weight"] = weights["encoder.weight"] * 1e-4
     weights["encoder.bias"] = torch.ones_like(weights["encoder.bias"])
-    flat = Surrogate(_all_latents(gated).graph, weights)
+    flat = Surrogate(all_latents(gated).graph, weights)
     bound = transcoder_block_bound(flat, [x[:1]], 1e-9)
     _, values = run_graph(flat.graph, flat.weights, x[:1], keep=("resid_attn",))
     slopes = [_mlp_jacobian_norm(flat, y) for y in values["resid_attn"][0]]
     assert bound.swap_tokens == 0 and max(slopes) <= bound.mlp
     # and the gate path alone: values constant (value rows ~0, bias 1), gates moving
-    weights = dict(_all_latents(gated).weights)
+    weights = dict(all_latents(gated).weights)
     weights["value.weight"] = weights["value.weight"] * 1e-4
     weights["value.bias"] = torch.ones_like(weights["value.bias"])
-    moving = Surrogate(_all_latents(gated).graph, weights)
+    moving = Surrogate(all_latents(gated).graph, weights)
     bound = transcoder_block_bound(moving, [x[:1]], 1e-9)
     slopes = [_mlp_jacobian_norm(moving, y) for y in values["resid_attn"][0]]
     assert bound.swap_tokens == 0 and max(slopes) <= bound.mlp

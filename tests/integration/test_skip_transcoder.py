@@ -18,15 +18,14 @@ from blockcert.surrogate.interpret import run_from, run_graph
 from blockcert.surrogate.ir import Node, Surrogate
 from blockcert.surrogate.transcoder import Transcoder, transcoder_params, width_for_params
 from blockcert.surrogate.view import InvalidGraphError, block_view
+from tests.transcoder_tools import all_latents, block_pairs, forged, mlp_fvu, worst_ratio
 
 BLOCK = 1
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_llama):
-    ids = torch.randint(0, 256, (8, 24), generator=torch.Generator().manual_seed(1))
-    x, y = tiny_llama.block_pair(ids, BLOCK)
-    return ids, x, y
+    return block_pairs(tiny_llama, BLOCK)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +36,6 @@ def full(tiny_llama):
 @pytest.fixture(scope="module")
 def skip(full, pairs):
     return Transcoder(width=96, k=8, skip=True).build(full, [pairs[1][:4]])
-
-
-def _fvu(surrogate, full, x):
-    _, mine = run_graph(surrogate.graph, surrogate.weights, x, keep=("mlp_out",))
-    _, ref = run_graph(full.graph, full.weights, x, keep=("mlp_out",))
-    target = ref["mlp_out"]
-    residual = (mine["mlp_out"] - target).pow(2).sum()
-    return float(residual / (target - target.mean((0, 1))).pow(2).sum())
 
 
 def test_skip_transcoder_template_and_parameter_count(skip, full):
@@ -99,14 +90,7 @@ def test_least_squares_with_the_skip_explains_more(full, pairs):
     skip = Transcoder(width=96, k=8, skip=True).build(full, [x[:4]])
     # same encoder, more regressors: the in-sample fit cannot be worse (ridge aside)
     assert torch.equal(plain.weights["encoder.weight"], skip.weights["encoder.weight"])
-    assert _fvu(skip, full, x[:4]) < _fvu(plain, full, x[:4])
-
-
-def _forged(surrogate, edit):
-    graph = copy.deepcopy(surrogate.graph)
-    weights = dict(surrogate.weights)
-    edit(graph, weights)
-    return Surrogate(graph, weights)
+    assert mlp_fvu(skip, full, x[:4]) < mlp_fvu(plain, full, x[:4])
 
 
 def _rewire(output, inputs):
@@ -141,7 +125,7 @@ def _rewire(output, inputs):
 )
 def test_forged_skip_graph_is_rejected(skip, name, edit, node):
     with pytest.raises(InvalidGraphError) as err:
-        block_view(_forged(skip, edit))
+        block_view(forged(skip, edit))
     if node is not None:
         assert f"node {node!r}" in str(err.value), name
 
@@ -149,34 +133,15 @@ def test_forged_skip_graph_is_rejected(skip, name, edit, node):
 def test_plain_transcoder_cannot_claim_the_skip_family(full, pairs):
     plain = Transcoder(width=96, k=8).build(full, [pairs[1][:4]])
     with pytest.raises(InvalidGraphError):
-        block_view(_forged(plain, lambda g, w: setattr(g, "family", "llama_skip_transcoder")))
-
-
-def _relu_version(surrogate):
-    """k = width: no top-k swap can happen, so a finite sound constant exists."""
-    graph = copy.deepcopy(surrogate.graph)
-    graph.node("hidden").attrs["k"] = graph.capacity["k"] = graph.capacity["transcoder_width"]
-    return Surrogate(graph, surrogate.weights)
-
-
-def _worst_ratio(surrogate, x, radius, trials=32):
-    base = run_graph(surrogate.graph, surrogate.weights, x)
-    generator = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for _ in range(trials):
-        delta = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        delta = delta / delta.norm(dim=-1, keepdim=True).amax() * radius
-        moved = run_graph(surrogate.graph, surrogate.weights, (x.double() + delta).float())
-        worst = max(worst, float((moved - base).double().norm(dim=-1).amax()) / radius)
-    return worst
+        block_view(forged(plain, lambda g, w: setattr(g, "family", "llama_skip_transcoder")))
 
 
 def test_sound_constant_counts_the_skip_path(skip, pairs):
     _, x, _ = pairs
-    relu = _relu_version(skip)
+    relu = all_latents(skip)
     sound = sound_lipschitz(relu, [x[:2]], 1e-3)
     assert sound.parts["swap_tokens"] == 0 and sound.value is not None
-    assert _worst_ratio(relu, x[:2], 1e-3) <= sound.value
+    assert worst_ratio(relu, x[:2], 1e-3) <= sound.value
     # the skip's bound is at least its folded spectral norm (power iteration, from below)
     folded = skip.weights["skip.weight"].double() * skip.weights["mlp_norm.weight"].double()
     assert sound.parts["skip_norm"] >= spectral_norm_estimate(folded)

@@ -17,15 +17,14 @@ from blockcert.surrogate.latents import latent_markdown, latent_report
 from blockcert.surrogate.transcoder import AuxK, Transcoder, transcoder_params
 from blockcert.surrogate.view import InvalidGraphError, block_view
 from tests.helpers import run_script
+from tests.transcoder_tools import all_latents, block_pairs, forged, worst_ratio
 
 BLOCK = 1
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_llama):
-    ids = torch.randint(0, 256, (8, 24), generator=torch.Generator().manual_seed(1))
-    x, y = tiny_llama.block_pair(ids, BLOCK)
-    return ids, x, y
+    return block_pairs(tiny_llama, BLOCK)
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +102,6 @@ def test_config_rejects_bad_knobs():
             Transcoder(**bad)
 
 
-def _forged(transcoder, edit):
-    graph = copy.deepcopy(transcoder.graph)
-    weights = dict(transcoder.weights)
-    edit(graph, weights)
-    return Surrogate(graph, weights)
-
-
 def _set_k(value):
     def edit(graph, weights):
         graph.node("hidden").attrs["k"] = value
@@ -155,33 +147,18 @@ def _set_k(value):
 )
 def test_forged_transcoder_graph_is_rejected(transcoder, name, edit, node):
     with pytest.raises(InvalidGraphError) as err:
-        block_view(_forged(transcoder, edit))
+        block_view(forged(transcoder, edit))
     if node is not None:
         assert f"node {node!r}" in str(err.value), name
 
 
-def _worst_ratio(surrogate, x, radius, trials=64):
-    base = run_graph(surrogate.graph, surrogate.weights, x)
-    generator = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for _ in range(trials):
-        delta = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        delta = delta / delta.norm(dim=-1, keepdim=True).amax() * radius
-        moved = run_graph(surrogate.graph, surrogate.weights, (x.double() + delta).float())
-        gap = (moved - base).double().norm(dim=-1).amax()
-        worst = max(worst, float(gap) / radius)
-    return worst
-
-
 def test_sound_constant_without_swaps_covers_perturbations(transcoder, pairs):
     _, x, _ = pairs
-    graph = copy.deepcopy(transcoder.graph)  # k = width: relu latents, no top-k swap possible
-    graph.node("hidden").attrs["k"] = graph.capacity["k"] = 96
-    relu = Surrogate(graph, transcoder.weights)
+    relu = all_latents(transcoder)  # k = width 96: relu latents, no top-k swap possible
     radius = 1e-3
     sound = sound_lipschitz(relu, [x[:2]], radius)  # dispatched to the transcoder rule
     assert sound.parts["swap_tokens"] == 0 and sound.value is not None
-    assert sound.value >= 1.0 and _worst_ratio(relu, x[:2], radius, trials=32) <= sound.value
+    assert sound.value >= 1.0 and worst_ratio(relu, x[:2], radius, trials=32) <= sound.value
 
 
 def test_topk_swap_makes_the_block_discontinuous_and_unclaimed(transcoder, pairs):
