@@ -29,7 +29,7 @@ from blockcert.lit.mlp_pairs import MLP_INPUT, MlpPairDataModule
 from blockcert.lit.module import adamw_cosine
 from blockcert.surrogate.interpret import run_from, run_graph
 from blockcert.surrogate.ir import Graph, Surrogate
-from blockcert.surrogate.transcoder import AuxK
+from blockcert.surrogate.transcoder import AuxK, latent_values
 from blockcert.surrogate.view import BlockView, block_view
 
 MLP_NODES_AFTER = MLP_INPUT  # every node after the MLP's normed input is the MLP (trained)
@@ -83,8 +83,7 @@ class TranscoderModule(L.LightningModule):
         self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
         self.val_metrics = TokenErrorMetrics(list(taus))
         self.auxk = AuxK(surrogate, auxk_dead_tokens) if auxk_alpha > 0 else None
-        # the values AuxK reads: pre-activations (gated: the signed latents) and the TopK
-        self.latent_values = ("latent" if view.mlp.gated else "encoder", BlockView.HIDDEN)
+        self.latent_values = latent_values(view)  # what AuxK reads
         self._graphs: dict[int, Graph] = {self.k: self.graph}
         self._val_fvu = torch.zeros(3, dtype=torch.float64)  # residual, sum m^2, tokens
         self._val_sum: torch.Tensor | None = None

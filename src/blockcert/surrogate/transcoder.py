@@ -142,8 +142,7 @@ def _encoder_init(
     for sign in (1.0, -1.0):
         for p in view.mlp.inputs:
             rows.append(sign * p.matrix(torch.float32))
-            bias = p.bias if p.bias is not None else torch.zeros(p.out_features)
-            biases.append(sign * bias.float())
+            biases.append(sign * _bias(p))
     rows, biases = torch.cat(rows), torch.cat(biases)
     index = torch.arange(width) % len(rows)
     return Encoder(rows[index].clone(), biases[index].clone())
@@ -332,6 +331,12 @@ def width_for_params(d_model: int, params: int, skip: bool = False, gated: bool 
     return (params - fixed) // _per_latent(d_model, gated)
 
 
+def latent_values(view: BlockView) -> tuple[str, str]:
+    """The values TopK selects from (the encoder's pre-activations; gated: the signed latents)
+    and the TopK latents (node `hidden`)."""
+    return ("latent" if view.mlp.gated else "encoder", BlockView.HIDDEN)
+
+
 class AuxK(nn.Module):
     """Dead-latent bookkeeping and sparsify's AuxK loss for a transcoder graph.
 
@@ -349,7 +354,7 @@ class AuxK(nn.Module):
         self.decoder_key = surrogate.graph.node(view.mlp.down.node).weights["weight"]
         self.width = view.mlp.width
         self.gated = view.mlp.gated
-        self.keep = ("latent" if self.gated else "encoder", BlockView.HIDDEN)
+        self.keep = latent_values(view)
         self.k_aux = max(1, view.d_model // 2)
         self.dead_tokens = int(dead_tokens)
         self.register_buffer("since_fired", torch.zeros(self.width, dtype=torch.long))

@@ -90,11 +90,18 @@ def _mlp_rows(
     return rows, swap
 
 
+def relu_peaks(enc: Tensor, const: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """(||A_enc,i|| rounded up, the largest relu(z_i) = relu(A_enc,i w_hat + c_i) over any input,
+    ||w_hat|| <= sqrt(d)) per latent."""
+    row = enc.norm(dim=1) * (1 + REL_MARGIN)
+    return row, (const + row * math.sqrt(d)).clamp_min(0.0) * (1 + REL_MARGIN)
+
+
 @dataclass(frozen=True)
 class GatedReads:
     """A gated transcoder's reads of w_hat (gamma folded): encoder and value rows, their norms
     (rounded up), and per latent the largest |h| = relu(z) |v| over any input (||w_hat|| <=
-    sqrt(d))."""
+    sqrt(d)), from the gate's peak relu(z) (relu_peaks, as a plain transcoder's latent)."""
 
     enc: Tensor
     val: Tensor
@@ -104,12 +111,11 @@ class GatedReads:
 
     @classmethod
     def of(cls, view, enc: Tensor, const: Tensor, d: int) -> GatedReads:
+        enc_row, gate_peak = relu_peaks(enc, const, d)
         norm2, value = view.mlp_norm, view.mlp.value
         val = fold_gain(norm2, value.matrix())
         val_const = fold_offset(norm2, value.matrix(), value.bias)
-        enc_row = enc.norm(dim=1) * (1 + REL_MARGIN)
         val_row = val.norm(dim=1) * (1 + REL_MARGIN)
-        gate_peak = (const + enc_row * math.sqrt(d)).clamp_min(0.0) * (1 + REL_MARGIN)
         value_peak = (val_const.abs() + val_row * math.sqrt(d)) * (1 + REL_MARGIN)
         return cls(enc, val, enc_row, val_row, gate_peak * value_peak * (1 + REL_MARGIN))
 
@@ -147,15 +153,11 @@ def transcoder_block_bound(
     mlp, norm2 = view.mlp, view.mlp_norm
     enc = fold_gain(norm2, mlp.encoder.matrix())  # [m, d]
     const = fold_offset(norm2, mlp.encoder.matrix(), mlp.encoder.bias)
-    row = enc.norm(dim=1) * (1 + REL_MARGIN)
     dec = mlp.down.matrix()  # [d, m]
     dec_t = dec.T.contiguous()
     skip = _skip_norm(view)
     gated = GatedReads.of(view, enc, const, f.d) if mlp.gated else None
-    if gated is None:
-        peak = (const + row * math.sqrt(f.d)).clamp_min(0.0) * (1 + REL_MARGIN)
-    else:
-        peak = gated.peak
+    row, peak = (gated.enc_row, gated.peak) if gated is not None else relu_peaks(enc, const, f.d)
     reach = (dec.norm(dim=0) * peak).topk(mlp.k).values.sum() * (1 + REL_MARGIN)
     r = float(radius)
     totals, latts, lmlps, sats, swaps, norms = [], [], [], [], [], []
